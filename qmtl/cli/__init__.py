@@ -1,0 +1,1 @@
+"""The ``qmtl-seamless`` command line."""

@@ -1,0 +1,1 @@
+"""Runtime packages: ``sdk`` (pure core and engine) and ``io`` (exchange, storage, stores)."""

@@ -1,0 +1,1 @@
+"""Edges: ccxt, storage backends, artifact stores."""

@@ -1,0 +1,1 @@
+"""Pure core and the provider engine (no exchange or database code)."""

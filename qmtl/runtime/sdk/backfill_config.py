@@ -1,0 +1,61 @@
+"""``BackfillConfig``: how missing ranges are cut, run concurrently and retried.
+
+Re-exported by :mod:`qmtl.runtime.sdk.seamless_data_provider`, where SPEC §6.4 names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["BackfillConfig", "BackfillMode"]
+
+BackfillMode = Literal["background", "sync"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BackfillConfig:
+    """Backfill tuning. Durations are milliseconds; out-of-range values raise ``ValueError``.
+
+    The delay before attempt *n+1* is ``retry_backoff_ms * 2**(n-1) * (1 + u)`` with ``u``
+    uniform in ``[0, jitter_ratio]``, never less than the exchange's ``Retry-After``.
+    """
+
+    mode: BackfillMode = "background"
+    window_bars: int = 900
+    max_concurrent_requests: int = 8
+    single_flight_ttl_ms: int = 60_000
+    distributed_lease_ttl_ms: int = 120_000
+    max_attempts: int = 5
+    retry_backoff_ms: int = 500
+    jitter_ratio: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("background", "sync"):
+            raise ValueError(f"mode: must be 'background' or 'sync', got {self.mode!r}")
+        _positive_int("window_bars", self.window_bars, maximum=100_000)
+        _positive_int("max_concurrent_requests", self.max_concurrent_requests, maximum=1024)
+        _positive_int("single_flight_ttl_ms", self.single_flight_ttl_ms)
+        _positive_int("distributed_lease_ttl_ms", self.distributed_lease_ttl_ms)
+        _positive_int("max_attempts", self.max_attempts, maximum=100)
+        _non_negative_int("retry_backoff_ms", self.retry_backoff_ms)
+        if isinstance(self.jitter_ratio, bool) or not isinstance(self.jitter_ratio, int | float):
+            raise ValueError(f"jitter_ratio: must be a number, got {self.jitter_ratio!r}")
+        if not 0.0 <= float(self.jitter_ratio) <= 1.0:
+            raise ValueError(f"jitter_ratio: must be within [0, 1], got {self.jitter_ratio!r}")
+
+
+def _positive_int(name: str, value: object, *, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: must be an integer, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name}: must be > 0, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: must be <= {maximum}, got {value}")
+
+
+def _non_negative_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: must be an integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}: must be >= 0, got {value}")

@@ -1,0 +1,98 @@
+"""The one error tree of qmtl-seamless.
+
+Every error the library raises on purpose derives from :class:`SeamlessError`; adapters
+translate foreign errors (ccxt, redis, asyncpg, aiohttp) at the edge with ``raise ... from exc``
+and attach the node id and window they were working on::
+
+    SeamlessError
+    ├── ConfigError (also ValueError)        bad configuration; names the key path
+    ├── ConformanceError                     strict conformance refused a frame
+    ├── ExchangeDataError                    malformed / unusable exchange payload
+    ├── SeamlessCoverageError                FAIL_FAST found missing ranges
+    ├── SeamlessSLAExceeded                  a fetch phase blew its budget (FAIL_FAST)
+    └── SeamlessDomainPolicyError            an execution-domain rule refused the fetch
+
+Plain ``ValueError`` is kept for bad arguments to pure functions (node ids, ranges,
+timestamps), as Python users expect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qmtl.runtime.sdk.history_coverage import Range
+
+__all__ = [
+    "ConfigError",
+    "ConformanceError",
+    "ExchangeDataError",
+    "SeamlessCoverageError",
+    "SeamlessDomainPolicyError",
+    "SeamlessError",
+    "SeamlessSLAExceeded",
+]
+
+
+class SeamlessError(Exception):
+    """Root of every error qmtl-seamless raises on purpose."""
+
+
+class ConfigError(SeamlessError, ValueError):
+    """Invalid configuration. ``errors`` lists every ``"key.path: problem"`` found."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(self.errors) if self.errors else "invalid configuration")
+
+
+class ConformanceError(SeamlessError):
+    """A frame violated the strict dtype policy (missing column or dtype mismatch)."""
+
+
+class ExchangeDataError(SeamlessError):
+    """The exchange answered with data we cannot trust; nothing from it is stored.
+
+    ``window`` is the half-open ``(start, end)`` in epoch seconds that was being fetched.
+    """
+
+    def __init__(
+        self, message: str, *, node_id: str | None = None, window: tuple[int, int] | None = None
+    ) -> None:
+        self.node_id = node_id
+        self.window = window
+        where = ""
+        if node_id is not None:
+            where += f" node_id={node_id!r}"
+        if window is not None:
+            where += f" window=[{window[0]}, {window[1]})"
+        super().__init__(f"{message}{' (' + where.strip() + ')' if where else ''}")
+
+
+class SeamlessCoverageError(SeamlessError):
+    """Storage cannot cover the request and the strategy forbids backfilling it."""
+
+    def __init__(self, node_id: str, missing_ranges: Sequence[Range]) -> None:
+        self.node_id = node_id
+        self.missing_ranges = list(missing_ranges)
+        shown = ", ".join(f"[{r.start}, {r.end})" for r in self.missing_ranges[:5])
+        more = f" (+{len(self.missing_ranges) - 5} more)" if len(self.missing_ranges) > 5 else ""
+        super().__init__(f"{node_id}: missing ranges {shown}{more}")
+
+
+class SeamlessSLAExceeded(SeamlessError):
+    """A fetch phase exceeded its budget under ``SLAViolationMode.FAIL_FAST``."""
+
+    def __init__(self, phase: str, *, node_id: str, elapsed_ms: float, budget_ms: float) -> None:
+        self.phase = phase
+        self.node_id = node_id
+        self.elapsed_ms = elapsed_ms
+        self.budget_ms = budget_ms
+        super().__init__(
+            f"{node_id}: SLA phase {phase!r} took {elapsed_ms:.1f} ms (budget {budget_ms:.1f} ms)"
+        )
+
+
+class SeamlessDomainPolicyError(SeamlessError):
+    """The execution domain's policy refuses this fetch (e.g. backtest without ``as_of``)."""

@@ -1,0 +1,1 @@
+"""Services: the backfill coordinator and the exchange simulator."""

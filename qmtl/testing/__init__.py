@@ -1,0 +1,1 @@
+"""Test support shipped with the package: throwaway real servers for tests and benchmarks."""
