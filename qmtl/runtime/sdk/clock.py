@@ -10,6 +10,7 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["Clock", "FakeClock", "SystemClock"]
@@ -74,6 +75,25 @@ class FakeClock:
             _, _, fut = heapq.heappop(self._sleepers)
             if not fut.done():
                 fut.set_result(None)
+
+    def next_wakeup(self) -> float | None:
+        """The earliest deadline among sleepers, or ``None`` when nobody sleeps."""
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+        return self._sleepers[0][0] if self._sleepers else None
+
+    async def run_until(self, done: Callable[[], bool], *, max_steps: int = 100_000) -> None:
+        """Drive sleepers: repeatedly let tasks run, then jump to the next wakeup, until
+        ``done()``; for tests of code that sleeps on this clock."""
+        for _ in range(max_steps):
+            for _ in range(5):
+                await asyncio.sleep(0)
+            if done():
+                return
+            wakeup = self.next_wakeup()
+            if wakeup is not None:
+                self.advance(max(0.0, wakeup - self._t))
+        raise RuntimeError("FakeClock.run_until: condition not reached")
 
     async def sleep(self, seconds: float) -> None:
         seconds = max(0.0, seconds)

@@ -1,0 +1,96 @@
+"""Token-bucket arithmetic as pure functions (no I/O, no clock of its own).
+
+The bucket refills continuously at ``rate_per_ms`` and holds at most ``capacity`` tokens
+(``burst_tokens``). :func:`reserve` is *reservation* based: a caller takes its cost at once
+and is told when its request is due; when the bucket is short it goes negative and later
+callers queue behind (FIFO by construction, no polling). A request is issued only when its
+tokens are due, so over any window of ``W`` ms the spend never exceeds
+``capacity + rate_per_ms * W`` — ``burst_tokens + tokens_per_interval`` per ``interval_ms``.
+
+A penalty (429/418) is :func:`penalize`: the bucket is drained to ``min(tokens, 0)`` and its
+clock moved to the end of the pause, so nothing new is due before it and refill resumes only
+after it. Reservations handed out before the penalty must be re-taken by their waiters
+(``not_before_ms`` tells them), which forfeits their tokens: conservative, never over budget.
+
+The Redis limiter runs the same arithmetic in a Lua script; both are tested on one table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["BucketState", "Reservation", "penalize", "reserve"]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    """``tokens`` as of ``updated_ms`` (may be negative: outstanding reservations;
+    ``updated_ms`` may lie in the future during a penalty). ``not_before_ms`` is the end of
+    the latest penalty. All instants in the same millisecond clock."""
+
+    tokens: float
+    updated_ms: float
+    not_before_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The new state, and ``due_ms``: the instant the caller may issue its request."""
+
+    state: BucketState
+    due_ms: float
+
+    def wait_ms(self, now_ms: float) -> float:
+        return max(0.0, self.due_ms - now_ms)
+
+
+def _check(rate_per_ms: float, capacity: float) -> None:
+    if rate_per_ms <= 0 or capacity <= 0:
+        raise ValueError("rate_per_ms and capacity must be > 0")
+
+
+def _tokens_at(state: BucketState, at_ms: float, rate_per_ms: float, capacity: float) -> float:
+    """Tokens at ``at_ms >= state.updated_ms`` (refill capped at capacity)."""
+    return min(capacity, state.tokens + (at_ms - state.updated_ms) * rate_per_ms)
+
+
+def reserve(
+    state: BucketState | None,
+    now_ms: float,
+    cost: float,
+    *,
+    rate_per_ms: float,
+    capacity: float,
+) -> Reservation:
+    """Take ``cost`` tokens at ``now_ms``; ``state=None`` is a full bucket.
+
+    Time never runs backwards for the bucket: a ``now_ms`` older than ``updated_ms`` (skew
+    between callers, or a penalty) is computed as of ``updated_ms``.
+    """
+    _check(rate_per_ms, capacity)
+    if not 0 <= cost <= capacity:
+        raise ValueError(f"cost {cost} must be within [0, capacity={capacity}]")
+    if state is None:
+        state = BucketState(tokens=capacity, updated_ms=now_ms)
+    at = max(now_ms, state.updated_ms)
+    tokens = _tokens_at(state, at, rate_per_ms, capacity) - cost
+    due = at + max(0.0, -tokens / rate_per_ms)
+    return Reservation(BucketState(tokens, at, state.not_before_ms), due)
+
+
+def penalize(
+    state: BucketState | None,
+    now_ms: float,
+    until_ms: float,
+    *,
+    rate_per_ms: float,
+    capacity: float,
+) -> BucketState:
+    """Stop the bucket until ``until_ms``: drain it to ``min(tokens, 0)`` and restart its
+    refill at the end of the pause (a later penalty never shortens an earlier one)."""
+    _check(rate_per_ms, capacity)
+    if state is None:
+        state = BucketState(tokens=capacity, updated_ms=now_ms)
+    at = max(now_ms, state.updated_ms)
+    tokens = min(_tokens_at(state, at, rate_per_ms, capacity), 0.0)
+    return BucketState(tokens, max(at, until_ms), max(state.not_before_ms, until_ms))
