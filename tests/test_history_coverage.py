@@ -18,6 +18,7 @@ from qmtl.runtime.sdk.history_coverage import (
     coverage_ratio,
     merge_ranges,
     split_range,
+    subtract_ranges,
 )
 
 I = 60
@@ -102,8 +103,16 @@ def test_coverage_ratio_and_empty_request() -> None:
 
 def test_split_range_into_windows() -> None:
     assert split_range(Range(0, 600), I, 4) == [Range(0, 240), Range(240, 480), Range(480, 600)]
+    # Cut points sit on a fixed grid, whatever the start: overlapping requests share batches.
+    assert split_range(Range(120, 600), I, 4) == [Range(120, 240), Range(240, 480), Range(480, 600)]
+    assert split_range(Range(300, 300), I, 4) == []
     with pytest.raises(ValueError, match="max_bars"):
         split_range(Range(0, 600), I, 0)
+
+
+def test_subtract_ranges() -> None:
+    got = subtract_ranges([Range(0, 600), Range(900, 1200)], [Range(60, 120), Range(500, 1000)])
+    assert got == [Range(0, 60), Range(120, 500), Range(1000, 1200)]
 
 
 def test_apply_outcome_data_empty_and_failure() -> None:
@@ -214,3 +223,13 @@ def test_apply_outcome_matches_per_bar_model(
     # Segments are sorted, disjoint and aligned.
     for left, right in pairwise(out):
         assert left.end <= right.start
+
+
+@given(bound, bound, st.integers(min_value=1, max_value=7))
+def test_split_range_partitions_on_the_grid(a: int, b: int, max_bars: int) -> None:
+    window = Range(min(a, b), max(a, b))
+    parts = split_range(window, I, max_bars)
+    assert bars_of(parts) == bars_of([window])
+    for part in parts:
+        assert 0 < part.bars(I) <= max_bars
+        assert part.start // (max_bars * I) == (part.end - 1) // (max_bars * I)

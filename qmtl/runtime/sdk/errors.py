@@ -7,7 +7,11 @@ and attach the node id and window they were working on::
     SeamlessError
     ├── ConfigError (also ValueError)        bad configuration; names the key path
     ├── ConformanceError                     strict conformance refused a frame
-    ├── ExchangeDataError                    malformed / unusable exchange payload
+    ├── ExchangeError                        the exchange could not serve a window
+    │   ├── ExchangeDataError                malformed / unusable payload (retryable)
+    │   ├── ExchangeUnavailableError         network failure, timeout, 5xx (retryable)
+    │   ├── ExchangeRateLimitError           429 / 418 with Retry-After (retryable, later)
+    │   └── ExchangeRequestError             bad symbol / parameters / auth (not retryable)
     ├── SeamlessCoverageError                FAIL_FAST found missing ranges
     ├── SeamlessSLAExceeded                  a fetch phase blew its budget (FAIL_FAST)
     └── SeamlessDomainPolicyError            an execution-domain rule refused the fetch
@@ -28,6 +32,10 @@ __all__ = [
     "ConfigError",
     "ConformanceError",
     "ExchangeDataError",
+    "ExchangeError",
+    "ExchangeRateLimitError",
+    "ExchangeRequestError",
+    "ExchangeUnavailableError",
     "SeamlessCoverageError",
     "SeamlessDomainPolicyError",
     "SeamlessError",
@@ -51,23 +59,56 @@ class ConformanceError(SeamlessError):
     """A frame violated the strict dtype policy (missing column or dtype mismatch)."""
 
 
-class ExchangeDataError(SeamlessError):
-    """The exchange answered with data we cannot trust; nothing from it is stored.
+class ExchangeError(SeamlessError):
+    """The exchange could not serve ``window`` (half-open epoch seconds) of ``node_id``.
 
-    ``window`` is the half-open ``(start, end)`` in epoch seconds that was being fetched.
+    ``retryable`` tells the backfiller whether another attempt can help; ``retry_after_s``
+    is the exchange's ``Retry-After`` and ``http_status`` its status code, when known.
     """
 
+    retryable: bool = True
+
     def __init__(
-        self, message: str, *, node_id: str | None = None, window: tuple[int, int] | None = None
+        self,
+        message: str,
+        *,
+        node_id: str | None = None,
+        window: tuple[int, int] | None = None,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
+        self.reason = message
         self.node_id = node_id
         self.window = window
-        where = ""
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s
+        where = []
         if node_id is not None:
-            where += f" node_id={node_id!r}"
+            where.append(f"node_id={node_id!r}")
         if window is not None:
-            where += f" window=[{window[0]}, {window[1]})"
-        super().__init__(f"{message}{' (' + where.strip() + ')' if where else ''}")
+            where.append(f"window=[{window[0]}, {window[1]})")
+        if http_status is not None:
+            where.append(f"http_status={http_status}")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+
+
+class ExchangeDataError(ExchangeError):
+    """The exchange answered with data we cannot trust; nothing from it is stored."""
+
+
+class ExchangeUnavailableError(ExchangeError):
+    """Network failure, timeout or 5xx: the exchange may answer a later attempt."""
+
+
+class ExchangeRateLimitError(ExchangeError):
+    """429 (rate limit) or 418 (IP ban): retry no sooner than ``retry_after_s``."""
+
+
+class ExchangeRequestError(ExchangeError):
+    """The request itself is wrong (unknown symbol, bad parameter, auth): retrying cannot
+    help."""
+
+    retryable = False
 
 
 class SeamlessCoverageError(SeamlessError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,7 @@ __all__ = [
     "coverage_ratio",
     "merge_ranges",
     "split_range",
+    "subtract_ranges",
 ]
 
 _I64 = npt.NDArray[np.int64]
@@ -194,13 +196,20 @@ def _pair(r: Range) -> tuple[int, int]:
 
 
 def split_range(window: Range, interval: int, max_bars: int) -> list[Range]:
-    """Cut an aligned range into consecutive windows of at most ``max_bars`` bars."""
+    """Cut a range into batches of at most ``max_bars`` bars on a fixed grid.
+
+    Cut points are the multiples of ``max_bars * interval`` since the epoch, so two requests
+    that overlap cut their common part into the *same* batches — which is what lets
+    concurrent fetches share one backfill per batch (single flight).
+    """
     _check_interval(interval)
-    if max_bars <= 0:
-        raise ValueError(f"max_bars must be > 0, got {max_bars}")
+    if isinstance(max_bars, bool) or not isinstance(max_bars, int) or max_bars <= 0:
+        raise ValueError(f"max_bars must be a positive int, got {max_bars!r}")
     step = max_bars * interval
-    aligned = Range(_ceil(window.start, interval), _ceil(window.end, interval))
-    return [Range(s, min(s + step, aligned.end)) for s in range(aligned.start, aligned.end, step)]
+    start, end = _ceil(window.start, interval), _ceil(window.end, interval)
+    cuts = range((start // step + 1) * step, end, step)
+    bounds = [start, *cuts, end]
+    return [Range(a, b) for a, b in pairwise(bounds) if a < b]
 
 
 def apply_backfill_outcome(
@@ -230,25 +239,25 @@ def apply_backfill_outcome(
         empty_ranges = [
             r for e in empty_ranges if (r := e.intersect(Range(e.start, max(e.start, horizon))))
         ]
-    new_empty = _subtract(empty_ranges, new_data)
+    new_empty = subtract_ranges(empty_ranges, new_data)
     painted = new_data + new_empty
     kept: list[CoverageSegment] = []
     for seg in ledger:
         claims = new_data if seg.kind is SegmentKind.DATA else painted
-        for part in _subtract([seg.range], claims):
+        for part in subtract_ranges([seg.range], claims):
             kept.append(CoverageSegment(part.start, part.end, seg.kind, seg.source, seg.fetched_at))
     kept += [
         CoverageSegment(r.start, r.end, SegmentKind.DATA, source, fetched_at) for r in new_data
     ]
     kept += [
         CoverageSegment(r.start, r.end, SegmentKind.EMPTY, source, fetched_at)
-        for r in _subtract(new_empty, [s.range for s in kept if s.kind is SegmentKind.DATA])
+        for r in subtract_ranges(new_empty, [s.range for s in kept if s.kind is SegmentKind.DATA])
     ]
     return _coalesce(kept)
 
 
-def _subtract(ranges: Sequence[Range], holes: Sequence[Range]) -> list[Range]:
-    """``ranges`` minus the union of ``holes`` (both sorted or not; result sorted)."""
+def subtract_ranges(ranges: Sequence[Range], holes: Sequence[Range]) -> list[Range]:
+    """``ranges`` minus the union of ``holes`` (inputs in any order; result sorted)."""
     if not holes:
         return sorted(r for r in ranges if not r.empty)
     h_starts, h_ends = _union(*_raw_bounds(holes))
