@@ -16,6 +16,7 @@ from qmtl.runtime.sdk.history_coverage import (
     apply_backfill_outcome,
     compute_missing_ranges,
     coverage_ratio,
+    grid_cell,
     merge_ranges,
     split_range,
     subtract_ranges,
@@ -232,4 +233,15 @@ def test_split_range_partitions_on_the_grid(a: int, b: int, max_bars: int) -> No
     assert bars_of(parts) == bars_of([window])
     for part in parts:
         assert 0 < part.bars(I) <= max_bars
-        assert part.start // (max_bars * I) == (part.end - 1) // (max_bars * I)
+        assert grid_cell(part.start, I, max_bars) == grid_cell(part.end - I, I, max_bars)
+
+
+def test_weekly_bars_align_on_mondays() -> None:
+    week = 604_800
+    monday = 1_704_067_200  # 2024-01-01 was a Monday
+    assert Range.aligned(monday - 1, monday + 1, week) == Range(monday, monday + week)
+    assert compute_missing_ranges([], monday, monday + 2 * week, week) == [
+        Range(monday, monday + 2 * week)
+    ]
+    parts = split_range(Range(monday, monday + 3 * week), week, 2)
+    assert all((p.start - monday) % week == 0 for p in parts)

@@ -4,7 +4,8 @@ Conventions (the whole system relies on them):
 
 - A :class:`Range` is half-open ``[start, end)`` in epoch seconds (UTC). A bar with open time
   ``t`` belongs to it when ``start <= t < end``; the last bar of a range is ``end - interval``.
-- Bounds are *aligned by ceiling* to the interval: the bars with open time in ``[s, e)`` are
+- Bounds are *aligned by ceiling* to the interval's bar grid (multiples of the interval since
+  :func:`~qmtl.runtime.sdk.node_id.alignment_origin`: the epoch, or a Monday for weeks): the bars with open time in ``[s, e)`` are
   exactly those in ``[ceil(s), ceil(e))``, so aligning this way never changes which bars a
   request means (``10:30..12:30`` on 1h is the bars 11:00 and 12:00). Misaligned input is
   therefore accepted and normalized, never rejected.
@@ -25,6 +26,7 @@ from itertools import pairwise
 import numpy as np
 import numpy.typing as npt
 
+from qmtl.runtime.sdk.node_id import alignment_origin
 from qmtl.runtime.sdk.timestamps import InstantLike, to_epoch_seconds
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "apply_backfill_outcome",
     "compute_missing_ranges",
     "coverage_ratio",
+    "grid_cell",
     "merge_ranges",
     "split_range",
     "subtract_ranges",
@@ -49,7 +52,8 @@ def _check_interval(interval: int) -> int:
 
 
 def _ceil(value: int, interval: int) -> int:
-    return -(-value // interval) * interval
+    origin = alignment_origin(interval)
+    return origin - ((origin - value) // interval) * interval
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -123,8 +127,9 @@ def _bounds(items: Iterable[Range | CoverageSegment], interval: int) -> tuple[_I
         empty = np.empty(0, dtype=np.int64)
         return empty, empty.copy()
     arr = np.asarray(pairs, dtype=np.int64)
-    starts = -(-arr[:, 0] // interval) * interval
-    ends = -(-arr[:, 1] // interval) * interval
+    origin = alignment_origin(interval)
+    starts = origin - ((origin - arr[:, 0]) // interval) * interval
+    ends = origin - ((origin - arr[:, 1]) // interval) * interval
     return starts, ends
 
 
@@ -207,9 +212,15 @@ def split_range(window: Range, interval: int, max_bars: int) -> list[Range]:
         raise ValueError(f"max_bars must be a positive int, got {max_bars!r}")
     step = max_bars * interval
     start, end = _ceil(window.start, interval), _ceil(window.end, interval)
-    cuts = range((start // step + 1) * step, end, step)
+    origin = alignment_origin(interval)
+    cuts = range(origin + ((start - origin) // step + 1) * step, end, step)
     bounds = [start, *cuts, end]
     return [Range(a, b) for a, b in pairwise(bounds) if a < b]
+
+
+def grid_cell(ts: int, interval: int, max_bars: int) -> int:
+    """Index of the :func:`split_range` grid cell holding the bar that opens at ``ts``."""
+    return (ts - alignment_origin(interval)) // (max_bars * interval)
 
 
 def apply_backfill_outcome(
@@ -235,7 +246,7 @@ def apply_backfill_outcome(
     new_data = merge_ranges(data, interval)
     empty_ranges = merge_ranges(empty, interval)
     if fetched_at is not None:
-        horizon = (int(fetched_at) // interval - stabilization_bars) * interval
+        horizon = _ceil(int(fetched_at) - interval + 1, interval) - stabilization_bars * interval
         empty_ranges = [
             r for e in empty_ranges if (r := e.intersect(Range(e.start, max(e.start, horizon))))
         ]

@@ -24,7 +24,9 @@ __all__ = [
     "MAX_NODE_ID_LENGTH",
     "NODE_ID_PREFIX",
     "TIMEFRAMES",
+    "WEEK_ORIGIN",
     "NodeId",
+    "alignment_origin",
     "check_interval",
     "format_node_id",
     "parse_node_id",
@@ -53,6 +55,16 @@ TIMEFRAMES: dict[str, int] = {
     "1w": 604800,
 }
 _SECONDS_TO_TIMEFRAME = {v: k for k, v in TIMEFRAMES.items()}
+
+#: Weekly bars open on Monday 00:00 UTC on every major exchange; the epoch was a Thursday.
+WEEK_ORIGIN = 345_600  # 1970-01-05T00:00:00Z
+
+
+def alignment_origin(interval: int) -> int:
+    """The instant bar open times of ``interval`` seconds are aligned to (``ts - origin``
+    is a multiple of ``interval``): 0 for every timeframe but the week."""
+    return WEEK_ORIGIN if interval == TIMEFRAMES["1w"] else 0
+
 
 _EXCHANGE_RE = re.compile(r"[a-z][a-z0-9_]*")
 _ASSET_RE = re.compile(r"[A-Za-z0-9._-]+")
