@@ -5,10 +5,10 @@ Conventions (the whole system relies on them):
 - A :class:`Range` is half-open ``[start, end)`` in epoch seconds (UTC). A bar with open time
   ``t`` belongs to it when ``start <= t < end``; the last bar of a range is ``end - interval``.
 - Bounds are *aligned by ceiling* to the interval's bar grid (multiples of the interval since
-  :func:`~qmtl.runtime.sdk.node_id.alignment_origin`: the epoch, or a Monday for weeks): the bars with open time in ``[s, e)`` are
-  exactly those in ``[ceil(s), ceil(e))``, so aligning this way never changes which bars a
-  request means (``10:30..12:30`` on 1h is the bars 11:00 and 12:00). Misaligned input is
-  therefore accepted and normalized, never rejected.
+  :func:`~qmtl.runtime.sdk.node_id.alignment_origin`: the epoch, or a Monday for weeks): the
+  bars with open time in ``[s, e)`` are exactly those in ``[ceil(s), ceil(e))``, so aligning
+  this way never changes which bars a request means (``10:30..12:30`` on 1h is the bars
+  11:00 and 12:00). Misaligned input is therefore accepted and normalized, never rejected.
 - Inputs accept ``int`` seconds, tz-aware ``datetime`` and ISO-8601 strings; naive datetimes
   are a ``ValueError`` (see :mod:`qmtl.runtime.sdk.timestamps`).
 - The ledger is a list of :class:`CoverageSegment` with kind ``DATA`` (bars stored) or
