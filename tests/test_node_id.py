@@ -69,6 +69,8 @@ def test_timeframe_table_is_the_spec_list() -> None:
         ("ohlcv:binance:BTC/USDT:1m:x:y", "extra ':' separated parts"),
         ("ohlcv:binance:BTC/USDT:x:1m:", "extra ':' separated parts"),
         ("ohlcv:binance:../../etc/passwd:1m", "invalid symbol"),
+        ("ohlcv:binance:../..:1m", "invalid symbol"),
+        ("ohlcv:binance:./.:1m", "invalid symbol"),
         ("ohlcv:binance:BTC/USDT';DROP TABLE bars;--:1m", "whitespace or control"),
         ("ohlcv:binance:BTC/US'DT:1m", "invalid symbol"),
         ("ohlcv:binance:BTC/USDT\x00:1m", "whitespace or control"),

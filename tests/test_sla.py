@@ -134,3 +134,10 @@ def test_decisions_match_reference_model(
         tracker.record(phase, ms)
     model = reference_decision(dict(zip(PHASES, map(float, budgets), strict=True)), mode, events)
     assert tracker.decision().action == model
+
+
+def test_timed_out_wait_is_a_violation_at_exactly_the_budget() -> None:
+    tracker = SLATracker(SLAPolicy(max_wait_backfill_ms=100), node_id="n", clock=FakeClock())
+    assert tracker.record("backfill_wait", 100) is None
+    violation = tracker.record("backfill_wait", 0, timed_out=True)
+    assert violation is not None and violation.elapsed_ms == 100

@@ -18,7 +18,8 @@ Conventions (the whole system relies on them):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import pairwise
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 _I64 = npt.NDArray[np.int64]
+_get_start = operator.attrgetter("start")
+_get_end = operator.attrgetter("end")
 
 
 def _check_interval(interval: int) -> int:
@@ -122,14 +125,12 @@ class CoverageSegment:
 
 
 def _bounds(items: Iterable[Range | CoverageSegment], interval: int) -> tuple[_I64, _I64]:
-    pairs = [(item.start, item.end) for item in items]
-    if not pairs:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty.copy()
-    arr = np.asarray(pairs, dtype=np.int64)
+    seq = items if isinstance(items, list | tuple) else list(items)
+    raw_starts = np.fromiter(map(_get_start, seq), dtype=np.int64, count=len(seq))
+    raw_ends = np.fromiter(map(_get_end, seq), dtype=np.int64, count=len(seq))
     origin = alignment_origin(interval)
-    starts = origin - ((origin - arr[:, 0]) // interval) * interval
-    ends = origin - ((origin - arr[:, 1]) // interval) * interval
+    starts = origin - ((origin - raw_starts) // interval) * interval
+    ends = origin - ((origin - raw_ends) // interval) * interval
     return starts, ends
 
 
@@ -148,8 +149,22 @@ def _union(starts: _I64, ends: _I64) -> tuple[_I64, _I64]:
     return starts[group_starts], reach[group_ends]
 
 
+_new_object = object.__new__
+_set_start: Callable[[Range, int], None] = Range.__dict__["start"].__set__
+_set_end: Callable[[Range, int], None] = Range.__dict__["end"].__set__
+
+
+def _trusted_range(start: int, end: int) -> Range:
+    """A Range from bounds already known to be valid ints (skips ``__post_init__``: the
+    result lists of gap math can hold 10^5 ranges)."""
+    r: Range = _new_object(Range)
+    _set_start(r, start)
+    _set_end(r, end)
+    return r
+
+
 def _to_ranges(starts: _I64, ends: _I64) -> list[Range]:
-    return [Range(int(s), int(e)) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+    return [_trusted_range(s, e) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
 def merge_ranges(ranges: Iterable[Range | CoverageSegment], interval: int) -> list[Range]:

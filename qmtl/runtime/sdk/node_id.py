@@ -8,9 +8,9 @@ Grammar (decisions written down):
 
 - ``exchange``: a ccxt exchange id, ``[a-z][a-z0-9_]*``.
 - ``symbol``: a ccxt unified symbol ``BASE/QUOTE``, optionally ``:SETTLE`` for derivatives
-  (``BTC/USDT:USDT``); each part is ``[A-Za-z0-9._-]+``. The settle colon is the only colon a
-  node id may contain besides its three separators; ids are parsed by structure (prefix,
-  exchange, timeframe last), never by a naive split.
+  (``BTC/USDT:USDT``); each part is ``[A-Za-z0-9][A-Za-z0-9._-]*`` (so never ``..``). The
+  settle colon is the only colon a node id may contain besides its three separators; ids
+  are parsed by structure (prefix, exchange, timeframe last), never by a naive split.
 - ``timeframe``: one of :data:`TIMEFRAMES`.
 - At most :data:`MAX_NODE_ID_LENGTH` characters; no whitespace or control characters.
 """
@@ -67,7 +67,7 @@ def alignment_origin(interval: int) -> int:
 
 
 _EXCHANGE_RE = re.compile(r"[a-z][a-z0-9_]*")
-_ASSET_RE = re.compile(r"[A-Za-z0-9._-]+")
+_ASSET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def timeframe_to_seconds(timeframe: str) -> int:

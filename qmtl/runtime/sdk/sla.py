@@ -173,13 +173,18 @@ class SLATracker:
         finally:
             self.record(phase, (self.clock.monotonic() - begin) * 1000.0)
 
-    def record(self, phase: SLAPhase | str, elapsed_ms: float) -> SLAViolation | None:
-        """Add ``elapsed_ms`` to ``phase``; return the violation if it is now over budget."""
+    def record(
+        self, phase: SLAPhase | str, elapsed_ms: float, *, timed_out: bool = False
+    ) -> SLAViolation | None:
+        """Add ``elapsed_ms`` to ``phase``; return the violation if it is now over budget.
+
+        ``timed_out=True`` says the caller stopped waiting because the budget ran out: that
+        is a violation even when the measured time equals the budget exactly."""
         key = SLAPhase(phase)
         total = self.phases_ms.get(key.value, 0.0) + max(0.0, elapsed_ms)
         self.phases_ms[key.value] = total
         budget = self.policy.budget_ms(key)
-        if budget is None or total <= budget:
+        if budget is None or (total <= budget and not timed_out):
             return None
         if any(v.phase is key for v in self.violations):
             return None
