@@ -82,12 +82,18 @@ class FakeClock:
             heapq.heappop(self._sleepers)
         return self._sleepers[0][0] if self._sleepers else None
 
-    async def run_until(self, done: Callable[[], bool], *, max_steps: int = 100_000) -> None:
-        """Drive sleepers: repeatedly let tasks run, then jump to the next wakeup, until
-        ``done()``; for tests of code that sleeps on this clock."""
+    async def run_until(
+        self, done: Callable[[], bool], *, max_steps: int = 100_000, settle_s: float = 0.01
+    ) -> None:
+        """Drive sleepers: let tasks run (and worker threads finish, ``settle_s`` of real
+        time), then jump to the next wakeup, until ``done()``; for tests of code that sleeps
+        on this clock."""
         for _ in range(max_steps):
             for _ in range(5):
                 await asyncio.sleep(0)
+            if done():
+                return
+            await asyncio.sleep(settle_s)
             if done():
                 return
             wakeup = self.next_wakeup()

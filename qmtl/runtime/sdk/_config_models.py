@@ -1,0 +1,367 @@
+"""Section models of the configuration (re-exported by :mod:`qmtl.runtime.sdk.config`).
+
+Each is a frozen, keyword-only dataclass whose ``__post_init__`` checks its own values and
+raises ``ValueError("field: problem")``; the loader prefixes the key path. Checks that span
+sections live in :mod:`qmtl.runtime.sdk._config_checks`.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+from urllib.parse import urlsplit
+
+from qmtl.runtime.io.rate_limiter_config import RateLimiterConfig
+from qmtl.runtime.sdk.backfill_config import BackfillConfig
+from qmtl.runtime.sdk.conformance import ConformancePipeline
+from qmtl.runtime.sdk.fingerprint import FingerprintConfig
+from qmtl.runtime.sdk.node_id import NodeId, parse_node_id
+from qmtl.runtime.sdk.sla import SLAPolicy
+
+__all__ = [
+    "DEFAULT_CACHE_KEY_TEMPLATE",
+    "DEFAULT_NODE_ID_FORMAT",
+    "DEFAULT_PARTITION_TEMPLATE",
+    "DOMAIN_DEFAULTS",
+    "DOMAIN_NAMES",
+    "ArtifactConfig",
+    "CacheConfig",
+    "DomainPolicy",
+    "DomainSource",
+    "EnvironmentConfig",
+    "ExchangeConfig",
+    "ExchangeUrls",
+    "LiveConfig",
+    "LiveWsConfig",
+    "ObservabilityConfig",
+    "SeamlessSettings",
+    "StorageConfig",
+    "StrategyName",
+    "placeholders",
+]
+
+StrategyName = Literal["FAIL_FAST", "AUTO_BACKFILL", "PARTIAL_FILL", "SEAMLESS"]
+"""``DataAvailabilityStrategy`` member names (SPEC §6.1)."""
+
+DomainSource = Literal[
+    "artifact_only", "artifact_prefers", "storage_only", "storage_backfill", "storage_backfill_live"
+]
+"""Where a domain may read bars: ``artifact_only`` (published artifacts, a range without one
+fails), ``artifact_prefers`` (artifacts first; fresh reads are published, then served from
+them), ``storage_only`` (hot store, no backfill), ``storage_backfill`` (+ exchange backfill),
+``storage_backfill_live`` (+ the live feed for the newest bars)."""
+
+DEFAULT_NODE_ID_FORMAT = "ohlcv:{exchange}:{symbol}:{timeframe}"
+DEFAULT_PARTITION_TEMPLATE = "exchange={exchange}/symbol={symbol}/timeframe={timeframe}"
+DEFAULT_CACHE_KEY_TEMPLATE = (
+    "{node_id}:{start}:{end}:{interval}:{conformance_version}:{world_id}:{as_of}"
+)
+_NODE_FIELDS = frozenset({"exchange", "symbol", "timeframe"})
+_CACHE_FIELDS = frozenset(
+    {"node_id", "start", "end", "interval", "conformance_version", "world_id", "as_of"}
+)
+_CACHE_REQUIRED = _CACHE_FIELDS - {"conformance_version"}
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_STORAGE_SCHEMES = "duckdb:///path/file.duckdb, postgresql://..., postgres://..."
+
+
+def placeholders(template: str) -> set[str]:
+    """Field names used by a ``str.format`` template; ``ValueError`` when malformed."""
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"malformed template {template!r}: {exc}") from None
+
+
+def _template(name: str, value: str, allowed: frozenset[str], required: frozenset[str]) -> None:
+    try:
+        used = placeholders(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    unknown = used - allowed
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
+    missing = required - used
+    if missing:
+        raise ValueError(f"{name}: missing placeholder(s) {sorted(missing)}")
+
+
+def _int_at_least(name: str, value: int | None, minimum: int) -> None:
+    if value is not None and value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+
+
+def _ratio(name: str, value: float | None) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: must be within [0, 1], got {value}")
+
+
+def _url(name: str, value: str | None, schemes: tuple[str, ...]) -> None:
+    if value is None:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        listed = ", ".join(f"{s}://" for s in schemes)
+        raise ValueError(f"{name}: expected a URL starting with {listed}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StorageConfig:
+    """Hot store: ``duckdb:///path`` (relative to the working directory; ``duckdb:///:memory:``
+    for tests) or ``postgresql://`` / ``postgres://``."""
+
+    dsn: str = "duckdb:///.qmtl/seamless.duckdb"
+
+    def __post_init__(self) -> None:
+        scheme, sep, rest = self.dsn.partition("://")
+        if not sep:
+            raise ValueError(f"dsn: missing scheme in {self.dsn!r}; supported: {_STORAGE_SCHEMES}")
+        if scheme == "duckdb":
+            if not rest.startswith("/") or len(rest) < 2:
+                raise ValueError(f"dsn: expected duckdb:///path/file.duckdb, got {self.dsn!r}")
+        elif scheme in ("postgresql", "postgres"):
+            if not rest:
+                raise ValueError(f"dsn: {self.dsn!r} names no server or database")
+        else:
+            raise ValueError(f"dsn: unsupported scheme {scheme!r}; supported: {_STORAGE_SCHEMES}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ArtifactConfig:
+    """Artifact publication (SPEC §8). ``object_store_uri``: ``file://dir`` (``file://rel`` is
+    relative to the working directory, ``file:///abs`` absolute) or ``s3://bucket/prefix``
+    (``s3_endpoint_url`` for S3-compatible servers). ``publish_optional`` publishes also where
+    publication is optional (live / shadow fetches and fetches without a domain); dryrun
+    always publishes and backtest only reads. ``stabilization_bars`` is at least 1."""
+
+    object_store_uri: str = "file://.qmtl/artifacts"
+    s3_endpoint_url: str | None = None
+    format: Literal["parquet"] = "parquet"
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
+    stabilization_bars: int = 2
+    partition_template: str = DEFAULT_PARTITION_TEMPLATE
+    publish_fingerprint: bool = True
+    early_fingerprint: bool = False
+    publish_optional: bool = False
+    fingerprint: FingerprintConfig = field(default_factory=FingerprintConfig)
+
+    def __post_init__(self) -> None:
+        scheme, sep, rest = self.object_store_uri.partition("://")
+        if scheme == "file" and sep:
+            if not rest:
+                raise ValueError("object_store_uri: file:// needs a directory")
+        elif scheme == "s3" and sep:
+            bucket = rest.partition("/")[0]
+            if not _S3_BUCKET.fullmatch(bucket):
+                raise ValueError(
+                    f"object_store_uri: {self.object_store_uri!r} needs a valid bucket "
+                    "(s3://bucket/prefix)"
+                )
+        else:
+            raise ValueError(
+                f"object_store_uri: unsupported destination {self.object_store_uri!r}; "
+                "supported: file://directory, s3://bucket/prefix"
+            )
+        _url("s3_endpoint_url", self.s3_endpoint_url, ("http", "https"))
+        _int_at_least("stabilization_bars", self.stabilization_bars, 1)
+        _template("partition_template", self.partition_template, _NODE_FIELDS, frozenset())
+        if self.partition_template.startswith("/") or ".." in self.partition_template:
+            raise ValueError("partition_template: must be a relative path without '..'")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LiveWsConfig:
+    """Websocket live feed. ``reconnect_backoff_ms``: successive reconnect delays (the last
+    one repeats)."""
+
+    enabled: bool = False
+    reconnect_backoff_ms: tuple[int, ...] = (500, 1000, 2000, 5000)
+    dedupe_by: Literal["ts"] = "ts"
+    emit_building_candle: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.reconnect_backoff_ms or any(d <= 0 for d in self.reconnect_backoff_ms):
+            raise ValueError("reconnect_backoff_ms: must be a non-empty list of delays > 0")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LiveConfig:
+    ws: LiveWsConfig = field(default_factory=LiveWsConfig)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ObservabilityConfig:
+    """Alert thresholds (ratios in [0, 1], durations in ms) and the log format."""
+
+    coverage_ratio_threshold: float = 0.98
+    backfill_completion_ratio_min: float = 0.95
+    storage_wait_warn_ms: float = 300
+    backfill_wait_warn_ms: float = 5000
+    log_format: Literal["text", "json"] = "text"
+
+    def __post_init__(self) -> None:
+        _ratio("coverage_ratio_threshold", self.coverage_ratio_threshold)
+        _ratio("backfill_completion_ratio_min", self.backfill_completion_ratio_min)
+        for name in ("storage_wait_warn_ms", "backfill_wait_warn_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SeamlessSettings:
+    """The ``seamless:`` section. ``conformance``, ``sla``, ``backfill``, ``rate_limit`` and
+    ``artifact.fingerprint`` are the runtime objects themselves (``ConformancePipeline``,
+    ``SLAPolicy``, ``BackfillConfig``, ``RateLimiterConfig``, ``FingerprintConfig``)."""
+
+    node_id_format: str = DEFAULT_NODE_ID_FORMAT
+    strategy: StrategyName = "SEAMLESS"
+    conformance: ConformancePipeline = field(default_factory=ConformancePipeline)
+    sla: SLAPolicy = field(default_factory=SLAPolicy)
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    rate_limit: RateLimiterConfig = field(default_factory=RateLimiterConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    artifact: ArtifactConfig = field(default_factory=ArtifactConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+
+    def __post_init__(self) -> None:
+        _template("node_id_format", self.node_id_format, _NODE_FIELDS, _NODE_FIELDS)
+        sample = NodeId(exchange="binance", symbol="BTC/USDT", timeframe="1m")
+        rendered = self.node_id_format.format(
+            exchange=sample.exchange, symbol=sample.symbol, timeframe=sample.timeframe
+        )
+        try:
+            same = parse_node_id(rendered) == sample
+        except ValueError:
+            same = False
+        if not same:
+            raise ValueError(
+                f"node_id_format: must render node ids {DEFAULT_NODE_ID_FORMAT!r} "
+                f"(SPEC §3), got {rendered!r} for binance BTC/USDT 1m"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CacheConfig:
+    """Result cache (SPEC §9): LRU of ``max_shards`` entries, each valid ``ttl_ms``. The key
+    template must keep ``node_id, start, end, interval, world_id, as_of`` so that entries
+    never cross a world or an ``as_of``."""
+
+    enable: bool = True
+    ttl_ms: int = 60_000
+    max_shards: int = 512
+    key_template: str = DEFAULT_CACHE_KEY_TEMPLATE
+
+    def __post_init__(self) -> None:
+        _int_at_least("ttl_ms", self.ttl_ms, 1)
+        _int_at_least("max_shards", self.max_shards, 1)
+        _template("key_template", self.key_template, _CACHE_FIELDS, _CACHE_REQUIRED)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DomainPolicy:
+    """One execution domain's rules (SPEC §9). ``max_lag_sec``: staleness beyond it is a HOLD
+    (``None``: unchecked); ``min_coverage``: coverage below it is a HOLD (``None``: the SLA
+    default). Field defaults are permissive; :data:`DOMAIN_DEFAULTS` holds each domain's."""
+
+    require_as_of: bool = False
+    source: DomainSource = "storage_backfill_live"
+    max_lag_sec: float | None = None
+    allow_partial: bool = True
+    monotonic_as_of: bool = False
+    min_coverage: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_lag_sec is not None and self.max_lag_sec <= 0:
+            raise ValueError(f"max_lag_sec: must be > 0 or null, got {self.max_lag_sec}")
+        _ratio("min_coverage", self.min_coverage)
+
+
+DOMAIN_NAMES = ("backtest", "dryrun", "live", "shadow")
+_LIVE = DomainPolicy(max_lag_sec=120, allow_partial=True, monotonic_as_of=True)
+DOMAIN_DEFAULTS: Mapping[str, DomainPolicy] = MappingProxyType(
+    {
+        "backtest": DomainPolicy(require_as_of=True, source="artifact_only", allow_partial=False),
+        "dryrun": DomainPolicy(require_as_of=True, source="artifact_prefers", allow_partial=False),
+        "live": _LIVE,
+        "shadow": _LIVE,
+    }
+)
+"""Per-domain defaults; keys a ``domains.<name>`` block omits take these values."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExchangeUrls:
+    """Replace the scheme and host of the exchange's REST / websocket URLs (SPEC §7.1)."""
+
+    rest: str | None = None
+    ws: str | None = None
+
+    def __post_init__(self) -> None:
+        _url("rest", self.rest, ("http", "https"))
+        _url("ws", self.ws, ("ws", "wss"))
+        if self.rest is None and self.ws is None:
+            raise ValueError("give rest and/or ws, or write urls: null")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExchangeConfig:
+    """One ``exchanges.<ccxt id>`` entry. ``rate_limit`` is the exchange's own limiter block
+    already merged over ``seamless.rate_limit`` (``None``: inherit it); ``rate_limit_rps`` is
+    shorthand applied by :meth:`QMTLConfig.rate_limiter_for`. ``account`` fills ``{account}``
+    in the limiter key. ``ccxt_options`` is passed to the ccxt constructor as is."""
+
+    sandbox: bool = False
+    symbols: tuple[str, ...] = ()
+    timeframes: tuple[str, ...] = ("1m",)
+    rate_limit_rps: int | None = None
+    rate_limit: RateLimiterConfig | None = None
+    urls: ExchangeUrls | None = None
+    market_type: Literal["spot", "margin", "swap", "future", "option"] = "spot"
+    page_limit: int | None = None
+    account: str | None = None
+    ccxt_options: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ccxt_options", MappingProxyType(dict(self.ccxt_options)))
+        _int_at_least("rate_limit_rps", self.rate_limit_rps, 1)
+        _int_at_least("page_limit", self.page_limit, 1)
+        if not self.timeframes:
+            raise ValueError("timeframes: must list at least one timeframe")
+        if self.account is not None and not self.account.strip():
+            raise ValueError("account: must be a non-empty string or null")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EnvironmentConfig:
+    """Deployment endpoints. ``None`` means "not used": no coordinator (in-process single
+    flight), no Redis (process-local limiter). ``worker_id`` names this worker in logs and
+    leases."""
+
+    coordinator_url: str | None = None
+    coordinator_token: str | None = field(default=None, repr=False)
+    rate_limiter_redis: str | None = None
+    worker_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _url("coordinator_url", self.coordinator_url, ("http", "https"))
+        if self.rate_limiter_redis is not None:
+            try:
+                RateLimiterConfig(redis_dsn=self.rate_limiter_redis)
+            except ValueError as exc:
+                raise ValueError(f"rate_limiter_redis: {str(exc).partition(': ')[2]}") from None
+        if self.worker_id is not None and (
+            not self.worker_id
+            or len(self.worker_id) > 128
+            or any(ch.isspace() or not ch.isprintable() for ch in self.worker_id)
+        ):
+            raise ValueError(
+                "worker_id: must be 1-128 printable characters without spaces, "
+                f"got {self.worker_id!r}"
+            )

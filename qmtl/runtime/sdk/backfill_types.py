@@ -1,0 +1,104 @@
+"""The backfill seams: :class:`DataFetcher` (exchange side) and :class:`Backfiller` (engine
+side), with the values that cross them.
+
+A fetcher establishes what the exchange has in a window. Its answer,
+:class:`FetchWindowResult`, vouches for ``[start, covered_until)``: every bar open time there
+is either in ``frame`` or inside one of the ``empty`` ranges (the exchange confirmed it has no
+bar). Bars after ``covered_until`` (e.g. the still-forming bar, or the future) are not
+vouched for and stay *missing*. Failures are raised as
+:class:`~qmtl.runtime.sdk.errors.ExchangeError` subclasses, never returned as partial frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from qmtl.runtime.sdk.history_coverage import Range, merge_ranges
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pandas as pd
+
+    from qmtl.runtime.sdk.conformance import ConformanceReport
+
+__all__ = ["BackfillReport", "Backfiller", "BatchOutcome", "DataFetcher", "FetchWindowResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchWindowResult:
+    """Bars (canonical columns) and known-empty ranges for ``[start, covered_until)``."""
+
+    frame: pd.DataFrame
+    empty: tuple[Range, ...] = ()
+    covered_until: int | None = None
+    requests: int = 0
+
+
+@runtime_checkable
+class DataFetcher(Protocol):
+    """Anything that can fetch one window of one node (half-open epoch seconds)."""
+
+    async def fetch_window(
+        self, start: int, end: int, *, node_id: str, interval: int
+    ) -> FetchWindowResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What became of one batch: rows stored and ranges established, or the final error."""
+
+    batch: Range
+    attempts: int
+    rows: int = 0
+    data: tuple[Range, ...] = ()
+    empty: tuple[Range, ...] = ()
+    error: str | None = None
+    conformance: ConformanceReport | None = None
+    shared: bool = False  # another caller's batch covered it (single flight)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillReport:
+    """Every batch outcome of one backfill call."""
+
+    node_id: str
+    interval: int
+    outcomes: tuple[BatchOutcome, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        return sum(o.rows for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[Range]:
+        """Batches that failed for good: still missing."""
+        return merge_ranges([o.batch for o in self.outcomes if not o.ok], self.interval)
+
+    @property
+    def errors(self) -> list[str]:
+        return [o.error for o in self.outcomes if o.error is not None]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes)
+
+
+@runtime_checkable
+class Backfiller(Protocol):
+    """What the provider needs to repair gaps."""
+
+    async def backfill(
+        self, node_id: str, interval: int, ranges: Sequence[Range]
+    ) -> BackfillReport:
+        """Backfill ``ranges`` and report every batch (failures are outcomes, not raises)."""
+        ...
+
+    async def wait_idle(self) -> None:
+        """Wait for every running batch, background ones included."""
+        ...

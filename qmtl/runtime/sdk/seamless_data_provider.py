@@ -1,0 +1,526 @@
+"""``SeamlessDataProvider``: storage first, then backfill, within an SLA — and say what was served.
+
+A fetch reads the coverage ledger of the hot store, computes the missing ranges of the
+half-open request, repairs them according to the :class:`DataAvailabilityStrategy`, reads the
+bars, conforms them and returns a :class:`SeamlessFetchResult` whose metadata names the exact
+bars served (``dataset_fingerprint``), what is still missing and why, and the SLA phase times.
+
+Strategies:
+
+- ``FAIL_FAST``: storage only; any missing range raises :class:`SeamlessCoverageError`.
+- ``AUTO_BACKFILL``: backfill every missing range synchronously (no budget), then serve.
+- ``PARTIAL_FILL``: serve what storage has *now*; the backfill of the rest runs in the
+  background and a later fetch sees it.
+- ``SEAMLESS``: storage, then a synchronous backfill bounded by the SLA budgets; gaps longer
+  than ``sla.max_sync_gap_bars`` go to the background at once. When a budget runs out the
+  backfill keeps running in the background and ``sla.on_violation`` decides: raise
+  (FAIL_FAST), serve partial (PARTIAL_FILL) or serve marked HOLD.
+
+The live feed, when configured, is asked for the newest bars still missing at the end of the
+request (``live_wait`` phase); those bars are served (and flagged in the metadata) but not
+stored: the backfill stores them once they are stable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import pandas as pd
+
+from qmtl.runtime.sdk.backfill_config import BackfillConfig
+from qmtl.runtime.sdk.clock import Clock, SystemClock
+from qmtl.runtime.sdk.compute_context import ComputeContext
+from qmtl.runtime.sdk.conformance import ConformancePipeline, ConformanceReport
+from qmtl.runtime.sdk.errors import SeamlessCoverageError
+from qmtl.runtime.sdk.events import SLA_DOWNGRADE, SLA_PHASE_EXCEEDED, log_event
+from qmtl.runtime.sdk.fingerprint import FingerprintMetadata, compute_fingerprint
+from qmtl.runtime.sdk.history_coverage import (
+    CoverageSegment,
+    Range,
+    compute_missing_ranges,
+    merge_ranges,
+    subtract_ranges,
+)
+from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
+from qmtl.runtime.sdk.node_id import check_interval
+from qmtl.runtime.sdk.sla import SLAPhase, SLAPolicy, SLATracker
+from qmtl.runtime.sdk.timestamps import InstantLike, format_iso
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import pyarrow as pa
+
+    from qmtl.runtime.io.storage.base import HistoryStorage
+    from qmtl.runtime.sdk.backfill_types import Backfiller
+
+__all__ = [
+    "BackfillConfig",
+    "DataAvailabilityStrategy",
+    "LiveDataFeed",
+    "SeamlessDataProvider",
+    "SeamlessFetchMetadata",
+    "SeamlessFetchResult",
+]
+
+logger = logging.getLogger(__name__)
+
+_UNBOUNDED_SLA = SLAPolicy(
+    max_wait_storage_ms=None,
+    max_wait_backfill_ms=None,
+    max_wait_live_ms=None,
+    total_deadline_ms=None,
+)
+
+
+class DataAvailabilityStrategy(StrEnum):
+    FAIL_FAST = "FAIL_FAST"
+    AUTO_BACKFILL = "AUTO_BACKFILL"
+    PARTIAL_FILL = "PARTIAL_FILL"
+    SEAMLESS = "SEAMLESS"
+
+
+@runtime_checkable
+class LiveDataFeed(Protocol):
+    """A source of the newest *closed* bars (canonical columns, ``ts >= since``)."""
+
+    async def latest_bars(self, node_id: str, interval: int, since: int) -> pd.DataFrame: ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SeamlessFetchMetadata:
+    """What a fetch served. Ranges are half-open epoch seconds; ``as_of`` values are ISO-8601
+    UTC; durations in milliseconds. ``dataset_fingerprint`` identifies exactly the bars
+    served; ``missing_ranges`` is what is still missing after this fetch."""
+
+    node_id: str
+    interval: int
+    requested_range: Range
+    rows: int
+    coverage_bounds: Range | None
+    missing_ranges: tuple[Range, ...]
+    coverage_ratio: float
+    conformance_flags: dict[str, int]
+    conformance_warnings: tuple[str, ...]
+    conformance_version: str
+    dataset_fingerprint: str | None
+    as_of: str | None
+    requested_as_of: str | None
+    manifest_uri: str | None
+    artifacts: tuple[str, ...]
+    strategy: str
+    partial: bool
+    downgraded: bool
+    downgrade_mode: str | None
+    downgrade_reason: str | None
+    sla_violation: str | None
+    sla_phases_ms: dict[str, float]
+    staleness_ms: float | None
+    world_id: str | None
+    execution_domain: str | None
+    cache_key: str | None
+    backfill_errors: tuple[str, ...] = ()
+    live_rows: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (ranges as ``[start, end]`` pairs)."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, Range):
+                value = [value.start, value.end]
+            elif isinstance(value, tuple) and value and isinstance(value[0], Range):
+                value = [[r.start, r.end] for r in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SeamlessFetchResult:
+    """A conformed canonical frame and the metadata that says what it is."""
+
+    frame: pd.DataFrame
+    metadata: SeamlessFetchMetadata
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def to_arrow(self) -> pa.Table:
+        import pyarrow as pa
+
+        return pa.Table.from_pandas(self.frame, preserve_index=False)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """Mutable state of one fetch while it runs."""
+
+    missing: list[Range]
+    partial: bool = False
+    errors: list[str] = field(default_factory=list)
+    live_rows: int = 0
+    handled: set[SLAPhase] = field(default_factory=set)
+
+
+class SeamlessDataProvider:
+    """The engine behind ``fetch`` (module docstring). Safe to share between tasks of one
+    event loop; storage and backfiller do their own I/O off the loop."""
+
+    def __init__(
+        self,
+        *,
+        strategy: DataAvailabilityStrategy | str = DataAvailabilityStrategy.SEAMLESS,
+        storage: HistoryStorage,
+        backfiller: Backfiller | None = None,
+        live_feed: LiveDataFeed | None = None,
+        conformance: ConformancePipeline | None = None,
+        sla: SLAPolicy | None = None,
+        partial_ok: bool = True,
+        registrar: Any = None,
+        backfill_config: BackfillConfig | None = None,
+        coordinator: Any = None,
+        cache: Any = None,
+        publish_fingerprint: bool = True,
+        early_fingerprint: bool = False,
+        clock: Clock | None = None,
+        metrics: SeamlessMetrics | None = None,
+    ) -> None:
+        try:
+            self.strategy = DataAvailabilityStrategy(strategy)
+        except ValueError:
+            valid = ", ".join(s.value for s in DataAvailabilityStrategy)
+            raise ValueError(f"strategy must be one of {valid}, got {strategy!r}") from None
+        self.storage = storage
+        self.backfiller = backfiller
+        self.live_feed = live_feed
+        self.conformance = conformance or ConformancePipeline()
+        self.sla = sla
+        self.partial_ok = partial_ok
+        self.registrar = registrar
+        self.backfill_config = backfill_config or BackfillConfig()
+        self.coordinator = coordinator
+        self.cache = cache
+        self.publish_fingerprint = publish_fingerprint
+        self.early_fingerprint = early_fingerprint
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or default_metrics()
+        self.last_fetch_metadata: SeamlessFetchMetadata | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- public API -----------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        start: InstantLike,
+        end: InstantLike,
+        *,
+        node_id: str,
+        interval: int,
+        compute_context: ComputeContext | Mapping[str, Any] | None = None,
+        world_id: str | None = None,
+        execution_domain: str | None = None,
+        as_of: InstantLike | None = None,
+        min_coverage: float | None = None,
+        max_lag_seconds: float | None = None,
+    ) -> SeamlessFetchResult:
+        """Bars of ``node_id`` with open time in ``[start, end)`` (module docstring)."""
+        check_interval(node_id, interval)
+        window = Range.aligned(start, end, interval)
+        context = ComputeContext.coerce(compute_context).with_overrides(
+            world_id=world_id,
+            execution_domain=execution_domain,
+            as_of=as_of,
+            min_coverage=min_coverage,
+            max_lag_seconds=max_lag_seconds,
+        )
+        policy = self.sla or _UNBOUNDED_SLA
+        tracker = SLATracker(policy, node_id=node_id, clock=self.clock)
+        with tracker.phase(SLAPhase.STORAGE_WAIT):
+            ledger = await self.storage.read_ledger(node_id, interval)
+        outcome = _Outcome(compute_missing_ranges(ledger, window.start, window.end, interval))
+        self._check_violations(tracker, outcome)
+        repaired = bool(outcome.missing)
+        if repaired:
+            await self._repair(node_id, interval, tracker, outcome)
+        with tracker.phase(SLAPhase.STORAGE_WAIT):
+            raw = await self.storage.read_range(node_id, window.start, window.end)
+            if repaired:  # the ledger moved on: say what is missing *now*
+                ledger = await self.storage.read_ledger(node_id, interval)
+                outcome.missing = compute_missing_ranges(ledger, window.start, window.end, interval)
+        self._check_violations(tracker, outcome)
+        if self.live_feed is not None and outcome.missing:
+            raw = await self._consult_live(node_id, interval, window, tracker, raw, outcome)
+        frame, report = await asyncio.to_thread(self.conformance.normalize, raw, interval)
+        return await self._finish(
+            node_id, interval, window, context, tracker, frame, report, outcome
+        )
+
+    async def coverage(self, *, node_id: str, interval: int) -> list[CoverageSegment]:
+        """The coverage ledger of ``node_id`` (DATA and EMPTY segments, sorted)."""
+        check_interval(node_id, interval)
+        return await self.storage.read_ledger(node_id, interval)
+
+    async def ensure_data_available(
+        self, start: InstantLike, end: InstantLike, *, node_id: str, interval: int
+    ) -> bool:
+        """Backfill until ``[start, end)`` is covered or a pass makes no progress; ``True``
+        when nothing is missing any more."""
+        check_interval(node_id, interval)
+        window = Range.aligned(start, end, interval)
+        previous: list[Range] | None = None
+        while True:
+            ledger = await self.storage.read_ledger(node_id, interval)
+            missing = compute_missing_ranges(ledger, window.start, window.end, interval)
+            if not missing:
+                return True
+            if self.backfiller is None or missing == previous:
+                return False
+            previous = missing
+            await self.backfiller.backfill(node_id, interval, missing)
+
+    async def wait_background(self) -> None:
+        """Wait for every background backfill started by this provider."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Cancel background work (the backfiller's committed batches stay committed)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    # -- repair -----------------------------------------------------------------------------
+
+    async def _repair(
+        self, node_id: str, interval: int, tracker: SLATracker, outcome: _Outcome
+    ) -> None:
+        if self.strategy is DataAvailabilityStrategy.FAIL_FAST:
+            raise SeamlessCoverageError(node_id, outcome.missing)
+        if self.backfiller is None:
+            outcome.partial = True
+            return
+        if self.strategy is DataAvailabilityStrategy.PARTIAL_FILL:
+            self._spawn(node_id, interval, outcome.missing)
+            outcome.partial = True
+            return
+        if self.strategy is DataAvailabilityStrategy.AUTO_BACKFILL:
+            with tracker.phase(SLAPhase.BACKFILL_WAIT):
+                report = await self.backfiller.backfill(node_id, interval, outcome.missing)
+            outcome.errors += report.errors
+            return
+        policy = self.sla or _UNBOUNDED_SLA
+        sync = [r for r in outcome.missing if policy.allows_sync_fill(r.bars(interval))]
+        deferred = [r for r in outcome.missing if not policy.allows_sync_fill(r.bars(interval))]
+        if deferred:
+            self._spawn(node_id, interval, deferred)
+            outcome.partial = True
+        if not sync:
+            return
+        task = self._spawn(node_id, interval, sync)
+        budget_ms = tracker.remaining_ms(SLAPhase.BACKFILL_WAIT)
+        started = self.clock.monotonic()
+        finished = await self._wait(task, budget_ms)
+        elapsed_ms = (self.clock.monotonic() - started) * 1000.0
+        tracker.record(SLAPhase.BACKFILL_WAIT, elapsed_ms, timed_out=not finished)
+        if finished:
+            outcome.errors += task.result().errors
+        else:
+            outcome.partial = True
+        self._check_violations(tracker, outcome)
+
+    def _spawn(self, node_id: str, interval: int, ranges: list[Range]) -> asyncio.Task[Any]:
+        assert self.backfiller is not None
+        task = asyncio.create_task(self.backfiller.backfill(node_id, interval, ranges))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _wait(self, task: asyncio.Task[Any], budget_ms: float | None) -> bool:
+        """Wait for ``task`` at most ``budget_ms`` on the injected clock; ``True`` if done."""
+        if budget_ms is None:
+            await asyncio.shield(task)
+            return True
+        timer = asyncio.create_task(self.clock.sleep(budget_ms / 1000.0))
+        try:
+            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        return task.done()
+
+    async def _consult_live(
+        self,
+        node_id: str,
+        interval: int,
+        window: Range,
+        tracker: SLATracker,
+        raw: pd.DataFrame,
+        outcome: _Outcome,
+    ) -> pd.DataFrame:
+        assert self.live_feed is not None
+        tail = outcome.missing[-1]
+        if tail.end != window.end:
+            return raw
+        feed = asyncio.create_task(self.live_feed.latest_bars(node_id, interval, tail.start))
+        budget_ms = tracker.remaining_ms(SLAPhase.LIVE_WAIT)
+        started = self.clock.monotonic()
+        finished = await self._wait(feed, budget_ms)
+        elapsed_ms = (self.clock.monotonic() - started) * 1000.0
+        tracker.record(SLAPhase.LIVE_WAIT, elapsed_ms, timed_out=not finished)
+        if not finished:
+            feed.cancel()
+        self._check_violations(tracker, outcome)
+        if not finished or feed.exception() is not None:
+            return raw
+        live = feed.result()
+        ts = live["ts"].to_numpy()
+        live = live.loc[(ts >= tail.start) & (ts < tail.end)]
+        if live.empty:
+            return raw
+        outcome.live_rows = len(live)
+        served = Range(int(live["ts"].min()), int(live["ts"].max()) + interval)
+        outcome.missing = subtract_ranges(outcome.missing, [served])
+        return pd.concat([raw, live], ignore_index=True)
+
+    # -- SLA --------------------------------------------------------------------------------
+
+    def _check_violations(self, tracker: SLATracker, outcome: _Outcome) -> None:
+        """Log each new violation once; raise now under ``FAIL_FAST``."""
+        for violation in tracker.violations:
+            if violation.phase in outcome.handled:
+                continue
+            outcome.handled.add(violation.phase)
+            log_event(
+                logger,
+                SLA_PHASE_EXCEEDED,
+                level=logging.WARNING,
+                node_id=tracker.node_id,
+                phase=violation.phase.value,
+                elapsed_ms=violation.elapsed_ms,
+                budget_ms=violation.budget_ms,
+                mode=violation.mode.value,
+            )
+        tracker.raise_if_fail_fast()
+
+    # -- result -----------------------------------------------------------------------------
+
+    async def _finish(
+        self,
+        node_id: str,
+        interval: int,
+        window: Range,
+        context: ComputeContext,
+        tracker: SLATracker,
+        frame: pd.DataFrame,
+        report: ConformanceReport,
+        outcome: _Outcome,
+    ) -> SeamlessFetchResult:
+        fingerprint = None
+        if self.publish_fingerprint or self.registrar is None:
+            meta = FingerprintMetadata(
+                node_id=node_id,
+                interval=interval,
+                range=(window.start, window.end),
+                conformance_version=report.version,
+            )
+            fingerprint = await asyncio.to_thread(compute_fingerprint, frame, meta)
+        tracker.finish()
+        self._check_violations(tracker, outcome)
+        decision = tracker.decision()
+        missing = tuple(merge_ranges(outcome.missing, interval))
+        requested = window.bars(interval)
+        missing_bars = sum(r.bars(interval) for r in missing)
+        ratio = 1.0 if requested == 0 else (requested - missing_bars) / requested
+        bounds = None
+        staleness_ms = None
+        if len(frame):
+            first, last = int(frame["ts"].iloc[0]), int(frame["ts"].iloc[-1])
+            bounds = Range(first, last + interval)
+            staleness_ms = max(0.0, (self.clock.now() - (last + interval)) * 1000.0)
+        downgrade_mode = None
+        downgrade_reason = None
+        if decision.action in ("partial", "hold") and decision.violation is not None:
+            downgrade_mode = "HOLD" if decision.action == "hold" else "PARTIAL_FILL"
+            downgrade_reason = f"sla_{decision.violation.phase.value}"
+            log_event(
+                logger,
+                SLA_DOWNGRADE,
+                level=logging.WARNING,
+                node_id=node_id,
+                phase=decision.violation.phase.value,
+                mode=downgrade_mode,
+                reason=downgrade_reason,
+            )
+        metadata = SeamlessFetchMetadata(
+            node_id=node_id,
+            interval=interval,
+            requested_range=window,
+            rows=len(frame),
+            coverage_bounds=bounds,
+            missing_ranges=missing,
+            coverage_ratio=ratio,
+            conformance_flags=dict(report.flags),
+            conformance_warnings=tuple(report.warnings),
+            conformance_version=report.version,
+            dataset_fingerprint=fingerprint,
+            as_of=None,
+            requested_as_of=None if context.as_of is None else format_iso(context.as_of),
+            manifest_uri=None,
+            artifacts=(),
+            strategy=self.strategy.value,
+            partial=bool(missing) or outcome.partial,
+            downgraded=downgrade_mode is not None,
+            downgrade_mode=downgrade_mode,
+            downgrade_reason=downgrade_reason,
+            sla_violation=None if decision.violation is None else decision.violation.phase.value,
+            sla_phases_ms=dict(tracker.phases_ms),
+            staleness_ms=staleness_ms,
+            world_id=context.world_id,
+            execution_domain=context.execution_domain,
+            cache_key=None,
+            backfill_errors=tuple(outcome.errors),
+            live_rows=outcome.live_rows,
+        )
+        self._observe(metadata, report)
+        self.last_fetch_metadata = metadata
+        return SeamlessFetchResult(frame, metadata)
+
+    def _observe(self, meta: SeamlessFetchMetadata, report: ConformanceReport) -> None:
+        labels = {
+            "node_id": meta.node_id,
+            "interval": str(meta.interval),
+            "world_id": meta.world_id or "",
+        }
+        m = self.metrics
+        phases = {
+            "storage_wait": m.storage_wait_ms,
+            "backfill_wait": m.backfill_wait_ms,
+            "live_wait": m.live_wait_ms,
+            "total": m.total_ms,
+        }
+        for phase, elapsed in meta.sla_phases_ms.items():
+            phases[phase].labels(**labels).observe(elapsed)
+        m.sla_deadline_seconds.labels(**labels).observe(meta.sla_phases_ms.get("total", 0) / 1000)
+        for flag, count in report.flags.items():
+            if count:
+                m.conformance_flags.labels(**labels, flag_type=flag).inc(count)
+        if report.warnings:
+            m.conformance_warnings.labels(**labels).inc(len(report.warnings))
+        m.coverage_ratio.labels(**labels).set(meta.coverage_ratio)
+        if meta.downgrade_mode == "PARTIAL_FILL" and meta.downgrade_reason:
+            m.partial_fill_returns.labels(
+                node_id=meta.node_id, world_id=labels["world_id"], reason=meta.downgrade_reason
+            ).inc()
+        elif meta.downgrade_mode == "HOLD" and meta.downgrade_reason:
+            m.domain_gate_holds.labels(
+                node_id=meta.node_id, world_id=labels["world_id"], reason=meta.downgrade_reason
+            ).inc()
+        if meta.staleness_ms is not None:
+            m.live_staleness_seconds.labels(node_id=meta.node_id, world_id=labels["world_id"]).set(
+                meta.staleness_ms / 1000.0
+            )

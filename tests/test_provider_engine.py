@@ -1,0 +1,264 @@
+"""SeamlessDataProvider over real DuckDB storage and the real backfiller, with a scripted
+fetcher and a fake clock, so strategies and SLA budgets are checked exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+
+import pandas as pd
+import pytest
+from prometheus_client import CollectorRegistry
+
+from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
+from qmtl.runtime.io.storage import open_storage
+from qmtl.runtime.io.storage.base import HistoryStorage
+from qmtl.runtime.sdk.backfill_config import BackfillConfig
+from qmtl.runtime.sdk.clock import FakeClock
+from qmtl.runtime.sdk.errors import (
+    ExchangeUnavailableError,
+    SeamlessCoverageError,
+    SeamlessSLAExceeded,
+)
+from qmtl.runtime.sdk.fingerprint import compute_fingerprint
+from qmtl.runtime.sdk.history_coverage import Range
+from qmtl.runtime.sdk.metrics import SeamlessMetrics
+from qmtl.runtime.sdk.seamless_data_provider import (
+    DataAvailabilityStrategy,
+    SeamlessDataProvider,
+    SeamlessFetchResult,
+)
+from qmtl.runtime.sdk.sla import SLAPolicy, SLAViolationMode
+from tests.fetchers import ScriptedFetcher
+
+NODE = "ohlcv:binance:BTC/USDT:1m"
+I = 60
+T0 = 1_700_000_400  # on the 10-bar grid
+END = T0 + 30 * I
+NOW = T0 + 10_000 * I
+
+
+@pytest.fixture
+async def storage() -> AsyncIterator[HistoryStorage]:
+    async with open_storage("duckdb:///:memory:") as store:
+        yield store
+
+
+class Rig:
+    def __init__(
+        self,
+        storage: HistoryStorage,
+        *,
+        strategy: str = "SEAMLESS",
+        sla: SLAPolicy | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        self.clock = FakeClock(start=NOW)
+        self.registry = CollectorRegistry()
+        metrics = SeamlessMetrics(self.registry)
+        self.fetcher = ScriptedFetcher(clock=self.clock, delay_s=delay_s)
+        self.backfiller = DataFetcherAutoBackfiller(
+            self.fetcher,
+            storage,
+            config=BackfillConfig(window_bars=10, max_attempts=2, retry_backoff_ms=100),
+            clock=self.clock,
+            metrics=metrics,
+            rng=random.Random(1),
+        )
+        self.provider = SeamlessDataProvider(
+            strategy=strategy,
+            storage=storage,
+            backfiller=self.backfiller,
+            sla=sla,
+            clock=self.clock,
+            metrics=metrics,
+        )
+
+    async def fetch(self, start: int = T0, end: int = END, **kw: object) -> SeamlessFetchResult:
+        task = asyncio.create_task(
+            self.provider.fetch(start, end, node_id=NODE, interval=I, **kw)  # type: ignore[arg-type]
+        )
+        await self.clock.run_until(task.done)
+        return task.result()
+
+    async def ensure(self) -> bool:
+        task = asyncio.create_task(
+            self.provider.ensure_data_available(T0, END, node_id=NODE, interval=I)
+        )
+        await self.clock.run_until(task.done)
+        return task.result()
+
+    async def settle(self) -> None:
+        task = asyncio.create_task(self.provider.wait_background())
+        await self.clock.run_until(task.done)
+
+
+async def test_fail_fast_raises_with_missing_ranges(storage: HistoryStorage) -> None:
+    rig = Rig(storage, strategy="FAIL_FAST")
+    with pytest.raises(SeamlessCoverageError) as info:
+        await rig.fetch()
+    assert info.value.missing_ranges == [Range(T0, END)]
+    assert rig.fetcher.calls == []
+
+
+async def test_auto_backfill_serves_everything_with_provenance(storage: HistoryStorage) -> None:
+    rig = Rig(storage, strategy=DataAvailabilityStrategy.AUTO_BACKFILL)
+    result = await rig.fetch()
+    meta = result.metadata
+    assert len(result) == 30 == meta.rows
+    assert result.frame["ts"].iloc[-1] == END - I  # the last bar of the range is served
+    assert list(result.frame.columns) == ["ts", "open", "high", "low", "close", "volume"]
+    assert meta.missing_ranges == () and meta.coverage_ratio == 1.0 and not meta.partial
+    assert meta.coverage_bounds == Range(T0, END)
+    expected = compute_fingerprint(
+        result.frame,
+        {"node_id": NODE, "interval": I, "range": [T0, END], "conformance_version": "v2"},
+    )
+    assert meta.dataset_fingerprint == expected
+    assert set(meta.sla_phases_ms) == {"storage_wait", "backfill_wait", "total"}
+    assert result.to_arrow().num_rows == 30
+    # Same request again: served from storage, nothing fetched, same fingerprint.
+    calls = len(rig.fetcher.calls)
+    again = await rig.fetch()
+    assert len(rig.fetcher.calls) == calls
+    assert again.metadata.dataset_fingerprint == expected
+    assert rig.provider.last_fetch_metadata == again.metadata
+    labels = {"node_id": NODE, "interval": "60", "world_id": ""}
+    assert rig.registry.get_sample_value("coverage_ratio", labels) == 1.0
+    assert rig.registry.get_sample_value("seamless_total_ms_count", labels) == 2
+
+
+async def test_interior_hole_is_repaired(storage: HistoryStorage) -> None:
+    rig = Rig(storage, strategy="AUTO_BACKFILL")
+    await rig.fetch(T0, T0 + 10 * I)
+    await rig.fetch(T0 + 20 * I, END)
+    rig.fetcher.calls.clear()
+    result = await rig.fetch()
+    assert rig.fetcher.calls == [(T0 + 10 * I, T0 + 20 * I)]
+    assert result.frame["ts"].tolist() == list(range(T0, END, I))
+
+
+async def test_partial_fill_returns_now_and_backfills_in_background(
+    storage: HistoryStorage,
+) -> None:
+    rig = Rig(storage, strategy="PARTIAL_FILL", delay_s=5.0)
+    # Awaited directly: the fetch must return while the backfill sleeps on the fake clock.
+    result = await rig.provider.fetch(T0, END, node_id=NODE, interval=I)
+    assert len(result) == 0 and result.metadata.partial
+    assert result.metadata.missing_ranges == (Range(T0, END),)
+    assert rig.clock.now() == NOW  # returned without waiting on the backfill
+    await rig.settle()
+    complete = await rig.fetch()
+    assert len(complete) == 30 and not complete.metadata.partial
+
+
+async def test_seamless_budget_breach_serves_partial_and_keeps_backfilling(
+    storage: HistoryStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    sla = SLAPolicy(max_wait_backfill_ms=1000, total_deadline_ms=None)
+    rig = Rig(storage, sla=sla, delay_s=5.0)
+    with caplog.at_level(logging.INFO, logger="qmtl"):
+        result = await rig.fetch()
+    meta = result.metadata
+    assert meta.partial and meta.downgraded and meta.downgrade_mode == "PARTIAL_FILL"
+    assert meta.sla_violation == "backfill_wait" and meta.downgrade_reason == "sla_backfill_wait"
+    assert meta.sla_phases_ms["backfill_wait"] == pytest.approx(1000.0)
+    names = [r.getMessage() for r in caplog.records]
+    assert "seamless.sla.phase_exceeded" in names and "seamless.sla.downgrade" in names
+    exceeded = next(r for r in caplog.records if r.getMessage() == "seamless.sla.phase_exceeded")
+    assert (exceeded.phase, exceeded.budget_ms, exceeded.mode) == (  # type: ignore[attr-defined]
+        "backfill_wait",
+        1000.0,
+        "PARTIAL_FILL",
+    )
+    labels = {"node_id": NODE, "world_id": "", "reason": "sla_backfill_wait"}
+    assert rig.registry.get_sample_value("partial_fill_returns_total", labels) == 1.0
+    await rig.settle()
+    assert len(await rig.fetch()) == 30
+
+
+async def test_seamless_hold_and_fail_fast_modes(storage: HistoryStorage) -> None:
+    hold = Rig(
+        storage,
+        sla=SLAPolicy(max_wait_backfill_ms=100, on_violation=SLAViolationMode.HOLD),
+        delay_s=1.0,
+    )
+    meta = (await hold.fetch()).metadata
+    assert meta.downgrade_mode == "HOLD" and meta.downgraded
+    labels = {"node_id": NODE, "world_id": "", "reason": "sla_backfill_wait"}
+    assert hold.registry.get_sample_value("domain_gate_holds_total", labels) == 1.0
+    await hold.settle()
+
+    strict = Rig(
+        storage,
+        sla=SLAPolicy(max_wait_backfill_ms=100, on_violation=SLAViolationMode.FAIL_FAST),
+        delay_s=1.0,
+    )
+    with pytest.raises(SeamlessSLAExceeded) as info:
+        await strict.fetch(END, END + 20 * I)
+    assert info.value.phase == "backfill_wait" and info.value.budget_ms == 100
+    await strict.settle()
+
+
+async def test_large_gaps_never_fill_synchronously(storage: HistoryStorage) -> None:
+    rig = Rig(storage, sla=SLAPolicy(max_sync_gap_bars=5, total_deadline_ms=None), delay_s=1.0)
+    result = await rig.provider.fetch(T0, END, node_id=NODE, interval=I)
+    assert rig.clock.now() == NOW and len(result) == 0 and result.metadata.partial
+    await rig.settle()
+    assert len(await rig.fetch()) == 30
+
+
+async def test_permanent_failure_is_reported_missing_and_the_rest_served(
+    storage: HistoryStorage,
+) -> None:
+    rig = Rig(storage, strategy="AUTO_BACKFILL")
+    rig.fetcher.failures[T0 + 10 * I] = [ExchangeUnavailableError("down")] * 4
+    result = await rig.fetch()
+    meta = result.metadata
+    assert meta.missing_ranges == (Range(T0 + 10 * I, T0 + 20 * I),)
+    assert meta.coverage_ratio == pytest.approx(2 / 3) and meta.partial
+    assert len(result) == 20 and any("down" in e for e in meta.backfill_errors)
+    assert not await rig.ensure()
+    rig.fetcher.failures.clear()
+    assert await rig.ensure()
+
+
+class TailFeed:
+    """A LiveDataFeed that knows the newest bars (plain protocol implementation)."""
+
+    def __init__(self, bars: pd.DataFrame) -> None:
+        self.bars = bars
+        self.asked: list[int] = []
+
+    async def latest_bars(self, node_id: str, interval: int, since: int) -> pd.DataFrame:
+        self.asked.append(since)
+        return self.bars[self.bars["ts"] >= since]
+
+
+async def test_live_feed_supplies_the_newest_bars(storage: HistoryStorage) -> None:
+    rig = Rig(storage, strategy="PARTIAL_FILL", delay_s=5.0)
+    ts = list(range(T0, END, I))
+    rig.provider.live_feed = TailFeed(
+        pd.DataFrame({"ts": ts, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 3.0})
+    )
+    result = await rig.provider.fetch(T0, END, node_id=NODE, interval=I)
+    assert result.metadata.live_rows == 30 and len(result) == 30
+    assert result.metadata.missing_ranges == ()
+    assert "live_wait" in result.metadata.sla_phases_ms
+    await rig.settle()
+
+
+async def test_bad_arguments(storage: HistoryStorage) -> None:
+    rig = Rig(storage)
+    with pytest.raises(ValueError, match="does not match timeframe"):
+        await rig.provider.fetch(T0, END, node_id=NODE, interval=300)
+    with pytest.raises(ValueError, match="invalid symbol"):
+        await rig.provider.fetch(T0, END, node_id="ohlcv:binance:../x:1m", interval=I)
+    with pytest.raises(ValueError, match="after end"):
+        await rig.provider.fetch(END, T0, node_id=NODE, interval=I)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        SeamlessDataProvider(strategy="YOLO", storage=storage)
+    with pytest.raises(ValueError, match="unknown compute_context keys"):
+        await rig.provider.fetch(T0, END, node_id=NODE, interval=I, compute_context={"wrld": 1})
