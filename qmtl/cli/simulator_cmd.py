@@ -1,0 +1,78 @@
+"""``qmtl-seamless simulator serve``: run the exchange simulator until Ctrl-C (SPEC §10.2).
+
+Prints the REST and websocket roots on one line each, e.g. ``rest: http://127.0.0.1:8080``,
+so users can point ``exchanges.binance.urls`` at it. A bad scenario file is a one-line error
+(exit 2, from ``main``); a port in use is too (``OSError``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from qmtl.services.exchange_sim.scenario import Scenario
+from qmtl.services.exchange_sim.server import SimulatorServer
+
+__all__ = ["register", "serve"]
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add the ``simulator`` command group (``simulator serve``)."""
+    parser = subparsers.add_parser("simulator", help="run the Binance-compatible simulator")
+    commands = parser.add_subparsers(dest="simulator_command", metavar="SUBCOMMAND")
+    serve_parser = commands.add_parser(
+        "serve",
+        help="serve the exchange simulator until interrupted",
+        description="Serve Binance spot REST + kline websocket with deterministic bars.",
+    )
+    serve_parser.add_argument("--host", default="127.0.0.1", help="bind address")
+    serve_parser.add_argument(
+        "--port", type=int, default=8080, help="TCP port (0 picks a free one)"
+    )
+    serve_parser.add_argument(
+        "--scenario", metavar="FILE", default=None, help="scenario YAML (default: built-in)"
+    )
+    serve_parser.set_defaults(handler=_serve)
+
+    def _usage(_: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    parser.set_defaults(handler=_usage)
+
+
+async def serve(
+    scenario: Scenario,
+    *,
+    host: str,
+    port: int,
+    started: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> SimulatorServer:
+    """Serve until ``stop`` is set (forever when ``None``); ``started`` is set once bound."""
+    server = SimulatorServer(scenario, host=host, port=port)
+    await server.start()
+    try:
+        print(f"rest: {server.base_url}", flush=True)
+        print(f"ws: {server.ws_url}/stream/ws", flush=True)
+        print(f"symbols: {', '.join(scenario.symbols)}", flush=True)
+        if started is not None:
+            started.set()
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await server.stop()
+    return server
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be within 0..65535, got {args.port}")
+    scenario = Scenario.from_yaml(Path(args.scenario)) if args.scenario else Scenario()
+    try:
+        asyncio.run(serve(scenario, host=args.host, port=args.port))
+    except KeyboardInterrupt:
+        print("simulator stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,187 @@
+"""``EnhancedQuestDBProvider``: the provider users construct — storage by DSN, backfill
+through ccxt, everything from one YAML file if wanted.
+
+The name is QMTL's; the hot store is chosen by ``dsn``: ``duckdb:///path/file.duckdb`` (the
+default, ``./.qmtl/seamless.duckdb``) or ``postgresql://...``. QuestDB through its PostgreSQL
+wire endpoint is a stated aim, untested until a QuestDB server is available.
+
+Artifact publication (``registrar``) arrives with the artifacts capability; until then
+``dataset_fingerprint`` is the fingerprint of the served frame and ``as_of`` is ``None``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
+from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
+from qmtl.runtime.io.storage import open_storage
+from qmtl.runtime.sdk.backfill_types import DataFetcher, FetchWindowResult
+from qmtl.runtime.sdk.config import QMTLConfig, load_config
+from qmtl.runtime.sdk.node_id import parse_node_id
+from qmtl.runtime.sdk.seamless_data_provider import DataAvailabilityStrategy, SeamlessDataProvider
+
+if TYPE_CHECKING:
+    from qmtl.runtime.sdk.backfill_config import BackfillConfig
+    from qmtl.runtime.sdk.clock import Clock
+    from qmtl.runtime.sdk.conformance import ConformancePipeline
+    from qmtl.runtime.sdk.metrics import SeamlessMetrics
+    from qmtl.runtime.sdk.seamless_data_provider import LiveDataFeed
+    from qmtl.runtime.sdk.sla import SLAPolicy
+
+__all__ = [
+    "DataFetcherAutoBackfiller",
+    "EnhancedQuestDBProvider",
+    "ExchangeRouter",
+    "fetchers_from_config",
+]
+
+
+class ExchangeRouter:
+    """A :class:`DataFetcher` that sends each node to the fetcher of its exchange."""
+
+    def __init__(self, fetchers: Mapping[str, DataFetcher]) -> None:
+        self.fetchers = dict(fetchers)
+
+    async def fetch_window(
+        self, start: int, end: int, *, node_id: str, interval: int
+    ) -> FetchWindowResult:
+        exchange = parse_node_id(node_id).exchange
+        fetcher = self.fetchers.get(exchange)
+        if fetcher is None:
+            raise ValueError(
+                f"no fetcher for exchange {exchange!r} (configured: {sorted(self.fetchers)})"
+            )
+        return await fetcher.fetch_window(start, end, node_id=node_id, interval=interval)
+
+    async def aclose(self) -> None:
+        for fetcher in self.fetchers.values():
+            close = getattr(fetcher, "aclose", None)
+            if close is not None:
+                await close()
+
+
+def fetchers_from_config(
+    config: QMTLConfig, *, clock: Clock | None = None, metrics: SeamlessMetrics | None = None
+) -> dict[str, CcxtOHLCVFetcher]:
+    """One :class:`CcxtOHLCVFetcher` per configured exchange."""
+    fetchers = {}
+    for exchange_id, entry in config.exchanges.items():
+        urls: dict[str, str] | None = None
+        if entry.urls is not None and entry.urls.rest is not None:
+            urls = {"rest": entry.urls.rest}
+            if entry.urls.ws is not None:
+                urls["ws"] = entry.urls.ws
+        fetcher_config = CcxtBackfillConfig(
+            exchange_id=exchange_id,
+            symbols=entry.symbols,
+            timeframe=entry.timeframes[0],
+            market_type=entry.market_type,
+            page_limit=entry.page_limit,
+            sandbox=entry.sandbox,
+            urls=urls,
+            ccxt_options=dict(entry.ccxt_options),
+            rate_limiter=config.rate_limiter_for(exchange_id),
+            account=entry.account,
+        )
+        fetchers[exchange_id] = CcxtOHLCVFetcher(
+            fetcher_config,
+            clock=clock,
+            metrics=metrics,
+            stabilization_bars=config.seamless.artifact.stabilization_bars,
+        )
+    return fetchers
+
+
+class EnhancedQuestDBProvider(SeamlessDataProvider):
+    """Storage by DSN + ccxt backfill + the engine. ``async with`` it, or ``await aclose()``
+    to stop background backfills and close the fetcher and the store."""
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        fetcher: DataFetcher,
+        strategy: DataAvailabilityStrategy | str = DataAvailabilityStrategy.SEAMLESS,
+        sla: SLAPolicy | None = None,
+        conformance: ConformancePipeline | None = None,
+        partial_ok: bool = True,
+        registrar: Any = None,
+        coordinator: Any = None,
+        config: QMTLConfig | None = None,
+        backfill_config: BackfillConfig | None = None,
+        live_feed: LiveDataFeed | None = None,
+        clock: Clock | None = None,
+        metrics: SeamlessMetrics | None = None,
+    ) -> None:
+        settings = config.seamless if config is not None else None
+        if settings is not None:
+            dsn = dsn or settings.storage.dsn
+            sla = sla or settings.sla
+            conformance = conformance or settings.conformance
+            backfill_config = backfill_config or settings.backfill
+        storage = open_storage(dsn)
+        self.fetcher = fetcher
+        backfiller = DataFetcherAutoBackfiller(
+            fetcher,
+            storage,
+            config=backfill_config,
+            conformance=conformance,
+            clock=clock,
+            metrics=metrics,
+            stabilization_bars=settings.artifact.stabilization_bars if settings else 2,
+        )
+        super().__init__(
+            strategy=strategy,
+            storage=storage,
+            backfiller=backfiller,
+            live_feed=live_feed,
+            conformance=conformance,
+            sla=sla,
+            partial_ok=partial_ok,
+            registrar=registrar,
+            backfill_config=backfill_config,
+            coordinator=coordinator,
+            clock=clock,
+            metrics=metrics,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        path_or_config: str | os.PathLike[str] | Mapping[str, Any] | QMTLConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        metrics: SeamlessMetrics | None = None,
+    ) -> EnhancedQuestDBProvider:
+        """Build storage, one ccxt fetcher per configured exchange, SLA, backfill and
+        strategy from the YAML shape of SPEC §13 (a path, a mapping or a loaded config)."""
+        config = (
+            path_or_config
+            if isinstance(path_or_config, QMTLConfig)
+            else load_config(path_or_config, env=env)
+        )
+        router = ExchangeRouter(fetchers_from_config(config, clock=clock, metrics=metrics))
+        return cls(
+            fetcher=router,
+            strategy=config.seamless.strategy,
+            config=config,
+            clock=clock,
+            metrics=metrics,
+        )
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        close = getattr(self.fetcher, "aclose", None)
+        if close is not None:
+            await close()
+        await self.storage.close()
+
+    async def __aenter__(self) -> EnhancedQuestDBProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,186 @@
+"""Which bars a klines request gets, and how scenario faults alter the page (pure).
+
+Binance semantics: ``startTime``/``endTime`` are inclusive epoch ms bounds on the *open*
+time; with ``startTime`` the page holds the oldest ``limit`` bars at or after it, without it
+the newest ``limit`` bars up to ``endTime`` (or now); pages are oldest first. Bars that do not
+exist are skipped, so a page after a gap starts later than asked.
+
+Which bars exist (per symbol, the same rule for every interval):
+
+- the first bar is the one *containing* the listing instant (as on Binance);
+- a halt ``[s, e)`` removes the bars lying entirely inside it (a 1d bar with a one-hour halt
+  still exists);
+- the newest bar is the one containing "now"; it is still forming (:func:`build_page`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from qmtl.services.exchange_sim.bars import Bars, forming_bar, generate_bars
+from qmtl.services.exchange_sim.klines_json import encode_klines
+from qmtl.services.exchange_sim.scenario import MalformedWindow, MarketScenario, PageFault
+
+__all__ = ["FaultCounters", "Page", "apply_page_faults", "build_page", "select_open_times"]
+
+I64 = NDArray[np.int64]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _runs(market: MarketScenario, interval_ms: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Existing bar indices within ``[lo, hi]`` as half-open runs ``[a, b)``."""
+    if market.listing is not None:
+        lo = max(lo, market.listing * 1000 // interval_ms)
+    holes = sorted(
+        (_ceil_div(h.start * 1000, interval_ms), h.end * 1000 // interval_ms) for h in market.halts
+    )
+    runs: list[tuple[int, int]] = []
+    cursor = lo
+    for a, b in holes:
+        if b <= a or b <= cursor:
+            continue
+        if a > hi:
+            break
+        if a > cursor:
+            runs.append((cursor, a))
+        cursor = b
+    if cursor <= hi:
+        runs.append((cursor, hi + 1))
+    return runs
+
+
+def select_open_times(
+    market: MarketScenario,
+    interval_s: int,
+    *,
+    start_time: int | None,
+    end_time: int | None,
+    limit: int,
+    now_ms: int,
+) -> I64:
+    """Open times (epoch ms, ascending) of the bars a klines request returns."""
+    interval_ms = interval_s * 1000
+    upper = now_ms if end_time is None else min(end_time, now_ms)
+    if upper < 0:
+        return np.empty(0, np.int64)
+    lo = 0 if start_time is None else _ceil_div(start_time, interval_ms)
+    hi = upper // interval_ms
+    if hi < lo:
+        return np.empty(0, np.int64)
+    runs = _runs(market, interval_ms, lo, hi)
+    chunks: list[I64] = []
+    remaining = limit
+    for a, b in runs if start_time is not None else reversed(runs):
+        if remaining <= 0:
+            break
+        take = min(remaining, b - a)
+        chunk = np.arange(a, a + take) if start_time is not None else np.arange(b - take, b)
+        chunks.append(chunk)
+        remaining -= take
+    if start_time is None:
+        chunks.reverse()
+    if not chunks:
+        return np.empty(0, np.int64)
+    return np.concatenate(chunks).astype(np.int64) * interval_ms
+
+
+def build_page(seed: int, symbol: str, interval_s: int, open_times: I64, now_ms: int) -> Bars:
+    """Bars for ``open_times``; the newest is forming when it contains ``now_ms``."""
+    interval_ms = interval_s * 1000
+    if len(open_times) and int(open_times[-1]) + interval_ms > now_ms:
+        closed = generate_bars(seed, symbol, interval_s, open_times[:-1])
+        live = forming_bar(seed, symbol, interval_s, int(open_times[-1]), now_ms)
+        return Bars.concat([closed, live], interval_ms)
+    return generate_bars(seed, symbol, interval_s, open_times)
+
+
+@dataclass
+class FaultCounters:
+    """How many requests each counted fault has hit (mutable; lives in the server state)."""
+
+    hits: dict[tuple[str, str, int], int] = field(default_factory=dict)
+
+    def take(self, key: tuple[str, str, int], allowed: int | None) -> bool:
+        """Count one hit; ``False`` once the fault has used up its ``allowed`` requests."""
+        used = self.hits.get(key, 0)
+        if allowed is not None and used >= allowed:
+            return False
+        self.hits[key] = used + 1
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """The answer body, the open times (ms) of the rows in it, and the faults applied."""
+
+    body: bytes
+    open_times: I64
+    fault: str | None = None
+
+
+def _hits(fault: PageFault, bars: Bars) -> NDArray[np.bool_]:
+    """Which rows of the page lie in the fault's bar-time span."""
+    start_ms, end_ms = fault.span.start * 1000, fault.span.end * 1000
+    return (bars.open_time + bars.interval_ms > start_ms) & (bars.open_time < end_ms)
+
+
+def _first_matching(
+    faults: tuple[PageFault, ...],
+    kind: str,
+    market: MarketScenario,
+    bars: Bars,
+    counters: FaultCounters,
+) -> tuple[PageFault, NDArray[np.bool_]] | None:
+    for i, fault in enumerate(faults):
+        rows = _hits(fault, bars)
+        if rows.any() and counters.take((market.exchange_symbol, kind, i), fault.requests):
+            return fault, rows
+    return None
+
+
+def _broken_body(kind: str, bars: Bars, rows: NDArray[np.bool_]) -> bytes:
+    if kind == "truncated_json":
+        body = encode_klines(bars)
+        return body[: max(1, len(body) // 2)]
+    wire: list[Any] = list(bars.wire_rows())
+    selected = np.flatnonzero(rows).tolist()
+    for n, i in enumerate(selected):
+        row = wire[i]
+        if kind == "nan_strings":
+            row[1:5] = ["NaN"] * 4
+        elif n % 2 == 0:  # wrong_types: an object where an array belongs ...
+            wire[i] = {"t": row[0], "o": row[1], "h": row[2], "l": row[3], "c": row[4]}
+        else:  # ... or a list where a number belongs
+            row[1] = [row[1]]
+    return json.dumps(wire, separators=(",", ":")).encode()
+
+
+def apply_page_faults(
+    market: MarketScenario, bars: Bars, *, limit: int, counters: FaultCounters
+) -> Page:
+    """Short page, duplicate bars, then malformed payload, as the scenario asks."""
+    applied: list[str] = []
+    if len(bars) and _first_matching(market.short_pages, "short", market, bars, counters):
+        bars = bars.take(np.arange(len(bars) - 1))
+        applied.append("short_page")
+    dup = _first_matching(market.duplicates, "dup", market, bars, counters) if len(bars) else None
+    if dup is not None:
+        first = int(np.flatnonzero(dup[1])[0])
+        index = np.insert(np.arange(len(bars)), first + 1, first)[:limit]
+        bars = bars.take(index)
+        applied.append("duplicates")
+    broken = _first_matching(market.malformed, "malformed", market, bars, counters)
+    if broken is not None:
+        fault, rows = broken
+        kind = fault.kind if isinstance(fault, MalformedWindow) else "truncated_json"
+        applied.append(kind)
+        return Page(_broken_body(kind, bars, rows), bars.open_time, ",".join(applied))
+    return Page(encode_klines(bars), bars.open_time, ",".join(applied) or None)

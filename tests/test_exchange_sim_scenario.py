@@ -1,0 +1,219 @@
+"""Simulator scenario loading, weight accounting and bar selection (pure; no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qmtl.runtime.sdk.errors import ConfigError
+from qmtl.services.exchange_sim.klines import select_open_times
+from qmtl.services.exchange_sim.scenario import MarketScenario, Scenario, TimeSpan
+from qmtl.services.exchange_sim.weights import WeightLimiter
+
+EXAMPLE = """
+seed: 42
+weight_limit_per_minute: 1200
+ban_after_violations: 2
+retry_after_s: 7
+ban_seconds: 300
+latency_ms: 5
+now: "2024-03-01T00:00:00Z"
+ws_push_interval_ms: 100
+symbols:
+  BTC/USDT:
+    listing: 2024-01-01
+    halts:
+      - ["2024-02-01T00:00:00Z", "2024-02-01T06:00:00Z"]
+      - {start: 1707350400, end: 1707354000}
+    outages:
+      - {start: "2024-02-10T00:00:00Z", end: "2024-02-10T00:05:00Z", status: 502}
+      - {next_requests: 2, status: 503, body: json}
+    malformed:
+      - {start: 1706745600, end: 1706749200, kind: truncated_json, requests: 1}
+      - {start: 1706832000, end: 1706835600, kind: nan_strings}
+    short_pages: [{start: 1706918400, end: 1706922000}]
+    duplicates: [{start: 1707004800, end: 1707008400, requests: 3}]
+    latency_ms: 20
+  ETH/USDT: {}
+  SOL/USDT:
+"""
+
+
+def test_example_yaml_loads_into_frozen_objects(tmp_path: Path) -> None:
+    scenario = Scenario.from_yaml(EXAMPLE)
+    assert scenario.seed == 42
+    assert scenario.symbols == ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+    assert scenario.now_ms == 1_709_251_200_000
+    btc = scenario.market("BTCUSDT")
+    assert btc is not None
+    assert btc.listing == 1_704_067_200
+    assert btc.halts[0] == TimeSpan(start=1_706_745_600, end=1_706_767_200)
+    assert btc.outages[0].status == 502 and btc.outages[0].span is not None
+    assert btc.outages[1].next_requests == 2 and btc.outages[1].body == "json"
+    assert btc.malformed[0].kind == "truncated_json" and btc.malformed[0].requests == 1
+    assert btc.short_pages[0].requests is None
+    assert btc.latency_ms == 20
+    assert scenario.market("NOPE") is None
+    path = tmp_path / "scenario.yaml"
+    path.write_text(EXAMPLE)
+    assert Scenario.from_yaml(path) == scenario
+    assert Scenario.from_yaml(str(path)) == scenario
+    with pytest.raises(AttributeError):
+        scenario.seed = 1  # type: ignore[misc]
+
+
+def test_defaults_and_list_form() -> None:
+    assert Scenario().symbols == ("BTC/USDT", "ETH/USDT")
+    assert Scenario.from_yaml("") == Scenario()
+    scenario = Scenario.from_dict({"symbols": ["BTC/USDT", "XRP/BTC"]})
+    assert [m.exchange_symbol for m in scenario.markets] == ["BTCUSDT", "XRPBTC"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"sed": 1}, "sed: unknown key (did you mean 'seed'?)"),
+        ({"seed": "x"}, "seed: must be an integer"),
+        ({"weight_limit_per_minute": 0}, "weight_limit_per_minute: must be an integer >= 1"),
+        ({"symbols": ["btc-usdt"]}, "symbols[0]"),
+        ({"symbols": [1]}, "symbols[0]: expected a symbol string"),
+        ({"symbols": "BTC/USDT"}, "symbols: expected a list"),
+        ({"symbols": ["BTC/USDT", "BTC/USDT"]}, "symbols: duplicate"),
+        ({"symbols": {"BTC/USDT": {"listng": 0}}}, "symbols.BTC/USDT.listng: unknown key"),
+        ({"symbols": {"BTC/USDT": {"halts": [[5, 1]]}}}, "symbols.BTC/USDT.halts[0]: end"),
+        ({"symbols": {"BTC/USDT": {"halts": [[5]]}}}, "halts[0]: expected [start, end]"),
+        ({"symbols": {"BTC/USDT": {"halts": [["2024-01-01T00:00:00", 9]]}}}, "naive"),
+        ({"symbols": {"BTC/USDT": {"outages": [{"status": 503}]}}}, "outages[0]: give either"),
+        (
+            {"symbols": {"BTC/USDT": {"outages": [{"next_requests": 1, "status": 404}]}}},
+            "outages[0].status: must be a 5xx",
+        ),
+        (
+            {"symbols": {"BTC/USDT": {"malformed": [{"start": 0, "end": 9, "kind": "bad"}]}}},
+            "malformed[0].kind: must be one of",
+        ),
+        ({"symbols": {"BTC/USDT": {"malformed": [{"start": 0, "end": 9}]}}}, "kind: required"),
+        (
+            {"symbols": {"BTC/USDT": {"short_pages": [{"start": 0, "end": 9, "requests": 0}]}}},
+            "short_pages[0].requests: must be an integer >= 1",
+        ),
+        ({"symbols": {"BTC/USDT": {"latency_ms": -1}}}, "symbols.BTC/USDT.latency_ms"),
+        ({"now": -5}, "now: must be epoch milliseconds"),
+        ({"symbols": []}, "symbols: at least one"),
+    ],
+)
+def test_bad_scenarios_name_the_key_path(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Scenario.from_dict(data)
+    assert message in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_yaml_and_missing_files_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        Scenario.from_yaml("seed: [1\n")
+    with pytest.raises(ConfigError, match="neither a file nor a YAML mapping"):
+        Scenario.from_yaml("no-such-file.yaml")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        Scenario.from_yaml("- 1\n- 2\n")
+
+
+def test_weight_budget_fixed_minute_and_rejections_consume_nothing() -> None:
+    limiter = WeightLimiter(limit_per_minute=10, ban_after_violations=2, ban_seconds=30)
+    t = 1_700_000_040.0  # start of a minute
+    assert limiter.admit(6, t).used_weight == 6
+    assert limiter.admit(4, t + 1).status == 200
+    verdict = limiter.admit(2, t + 20.5)
+    assert verdict.status == 429 and verdict.retry_after_s == 40
+    assert limiter.used(t + 21) == 10  # the rejected request took nothing
+    assert limiter.admit(1, t + 60).used_weight == 1  # new minute, full budget
+
+
+def test_repeated_violations_escalate_to_a_ban_that_ends() -> None:
+    limiter = WeightLimiter(
+        limit_per_minute=2, ban_after_violations=2, ban_seconds=100, retry_after_s=7
+    )
+    t = 1_700_000_040.0
+    assert limiter.admit(2, t).allowed
+    assert [limiter.admit(1, t + 1).status for _ in range(2)] == [429, 429]
+    ban = limiter.admit(1, t + 2)
+    assert ban.status == 418 and ban.retry_after_s == 100
+    assert limiter.admit(1, t + 90).status == 418  # a new minute does not lift a ban...
+    still = limiter.admit(1, t + 101.5)
+    assert still.status == 418 and still.retry_after_s == 1
+    assert limiter.admit(1, t + 102).allowed  # ...its end does
+    assert limiter.admit(5, t + 103).status == 429  # counters start afresh
+
+
+def test_zero_tolerance_bans_on_the_first_violation() -> None:
+    limiter = WeightLimiter(limit_per_minute=1, ban_after_violations=0, ban_seconds=5)
+    assert limiter.admit(1, 0.0).allowed
+    assert limiter.admit(1, 0.5).status == 418
+
+
+MARKET = MarketScenario(
+    symbol="BTC/USDT",
+    listing=1_000_030,  # inside the minute [1_000_020, 1_000_080)
+    halts=(TimeSpan(start=1_000_200, end=1_000_500),),
+)
+
+
+def _select(start: int | None, end: int | None, limit: int, now_s: int = 2_000_000) -> list[int]:
+    found = select_open_times(
+        MARKET, 60, start_time=start, end_time=end, limit=limit, now_ms=now_s * 1000
+    )
+    return [int(t) // 1000 for t in found]
+
+
+def test_first_bar_contains_the_listing_and_halts_remove_whole_bars() -> None:
+    bars = _select(0, None, 10)
+    assert bars[0] == 1_000_020
+    assert 1_000_200 not in bars and 1_000_440 not in bars  # bars entirely in the halt
+    assert 1_000_140 in bars  # [1_000_140, 1_000_200) ends where the halt starts
+    assert bars[3] == 1_000_500  # the page skips the halt
+    assert bars == sorted(bars)
+
+
+def test_binance_paging_semantics() -> None:
+    assert _select(1_000_021 * 1000, None, 2) == [1_000_080, 1_000_140]  # open >= startTime
+    assert _select(None, 1_000_560 * 1000, 2) == [1_000_500, 1_000_560]  # newest up to endTime
+    assert _select(None, None, 2, now_s=1_000_650) == [1_000_560, 1_000_620]  # up to now
+    assert _select(5 * 10**12, None, 10) == []  # the future
+    assert _select(0, 1_000_019 * 1000, 10) == []  # before listing
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.integers(990_000, 1_010_000),
+    width=st.integers(0, 5_000),
+    limit=st.integers(1, 50),
+    forward=st.booleans(),
+)
+def test_selection_matches_a_brute_force_model(
+    start: int, width: int, limit: int, forward: bool
+) -> None:
+    end = start + width
+    now_s = 1_006_000
+    existing = [
+        t
+        for t in range(0, now_s + 1, 60)
+        if t + 60 > MARKET.listing  # type: ignore[operator]
+        and not (t >= 1_000_200 and t + 60 <= 1_000_500)
+    ]
+    in_range = [t for t in existing if start <= t <= end]
+    expected = in_range[:limit] if forward else in_range[-limit:]
+    got = select_open_times(
+        MARKET,
+        60,
+        start_time=start * 1000 if forward else None,
+        end_time=end * 1000,
+        limit=limit,
+        now_ms=now_s * 1000,
+    )
+    if not forward:
+        expected = [t for t in existing if t <= end][-limit:]
+    assert (np.asarray(got) // 1000).tolist() == expected
