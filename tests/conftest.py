@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
 
 from qmtl.testing.servers import MotoS3Server, PostgresServer, RedisServer, ServerUnavailable
 
@@ -16,6 +17,19 @@ def _start(factory: type[RedisServer] | type[PostgresServer] | type[MotoS3Server
         return factory().start()
     except ServerUnavailable as exc:
         pytest.fail(f"{factory.__name__}: {exc}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[BlockBuster]:
+    """Fail any test in which qmtl code makes a blocking call on the event loop thread
+    (file or socket I/O, sleeps, DuckDB through those): such work belongs in a thread."""
+    # qmtl.testing starts and stops the throwaway servers; blocking there is by design.
+    with blockbuster_ctx("qmtl", excluded_modules=["qmtl.testing"]) as bb:
+        for func in bb.functions.values():
+            # asyncpg stats ~/.pgpass and ~/.postgresql/*.crt while parsing the DSN of each new
+            # pool connection: its business, once per connection, not a hot path of ours.
+            func.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
+        yield bb
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +24,6 @@ BAD_LINES = [
     "seamless.backfill.window_bars: expected integer, got string 'abc'",
     "cache.ttl_ms: must be >= 1, got 0",
 ]
-
-# ``qmtl.cli.main`` registers every command module; until they all exist it cannot import.
-main_ready = pytest.mark.skipif(
-    importlib.util.find_spec("qmtl.cli.simulator_cmd") is None,
-    reason="qmtl.cli.main imports qmtl.cli.simulator_cmd, which is not written yet",
-)
 
 
 def run_check(argv: list[str]) -> int:
@@ -92,7 +85,6 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     )
 
 
-@main_ready
 def test_through_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from qmtl.cli.main import main
 
@@ -104,7 +96,6 @@ def test_through_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().err.splitlines() == BAD_LINES
 
 
-@main_ready
 def test_as_a_process(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "qmtl.cli.main", "config", "check"]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qmtl.runtime.io.rate_limiter_config import RateLimiterConfig
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.config import (
     DOMAIN_DEFAULTS,
@@ -21,6 +20,7 @@ from qmtl.runtime.sdk.config import (
     QMTLConfig,
     load_config,
 )
+from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 from qmtl.runtime.sdk.sla import SLAPolicy, SLAViolationMode
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "config.example.yaml"

@@ -9,9 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from qmtl.runtime.io.ccxt_rate_limiter import LocalRateLimiter, get_limiter, penalty_ms_for
-from qmtl.runtime.io.rate_limiter_config import RateLimiterConfig
 from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
+from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 
 
 def make(clock: FakeClock, **overrides: int) -> tuple[LocalRateLimiter, CollectorRegistry]:

@@ -19,13 +19,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
-from qmtl.runtime.io.rate_limiter_config import RateLimiterConfig
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.errors import SeamlessCoverageError
 from qmtl.runtime.sdk.history_coverage import Range, SegmentKind
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
+from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 from qmtl.services.exchange_sim import Scenario, SimulatorServer, generate_bars, run_simulator
 
 I = 60

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from qmtl.runtime.io.rate_limiter_config import RateLimiterConfig, render_key
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
+from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig, render_key
 
 
 def test_backfill_defaults_match_spec() -> None:

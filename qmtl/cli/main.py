@@ -19,7 +19,14 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qmtl.cli import config_cmd, simulator_cmd
+    from qmtl.cli import (
+        backfill_cmd,
+        config_cmd,
+        coverage_cmd,
+        demo_cmd,
+        fetch_cmd,
+        simulator_cmd,
+    )
 
     parser = argparse.ArgumentParser(
         prog="qmtl-seamless",
@@ -27,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (config_cmd, simulator_cmd):
+    for module in (demo_cmd, fetch_cmd, coverage_cmd, backfill_cmd, config_cmd, simulator_cmd):
         module.register(subparsers)
     return parser
 

@@ -1,1 +1,28 @@
-"""Edges: ccxt, storage backends, artifact stores."""
+"""The edges: ccxt access and rate limiting, hot-store backends, the provider facade.
+
+ccxt, redis and asyncpg are optional extras, imported only when a component that needs them
+is built.
+"""
+
+from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
+from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
+from qmtl.runtime.io.ccxt_rate_limiter import LocalRateLimiter, RateLimiter, get_limiter
+from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider, ExchangeRouter
+from qmtl.runtime.io.storage import HistoryStorage, LedgerUpdate, StorageError, open_storage
+from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
+
+__all__ = [
+    "CcxtBackfillConfig",
+    "CcxtOHLCVFetcher",
+    "DataFetcherAutoBackfiller",
+    "EnhancedQuestDBProvider",
+    "ExchangeRouter",
+    "HistoryStorage",
+    "LedgerUpdate",
+    "LocalRateLimiter",
+    "RateLimiter",
+    "RateLimiterConfig",
+    "StorageError",
+    "get_limiter",
+    "open_storage",
+]

@@ -48,7 +48,7 @@ from qmtl.runtime.sdk.history_coverage import (
 from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from qmtl.runtime.io.storage.base import HistoryStorage
     from qmtl.runtime.sdk.backfill_types import DataFetcher
@@ -82,6 +82,7 @@ class DataFetcherAutoBackfiller:
         rng: random.Random | None = None,
         source: str = "ccxt",
         stabilization_bars: int = 2,
+        on_batch: Callable[[str, BatchOutcome], None] | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.storage = storage
@@ -92,6 +93,7 @@ class DataFetcherAutoBackfiller:
         self.rng = rng or random.Random()
         self.source = source
         self.stabilization_bars = stabilization_bars
+        self.on_batch = on_batch  # progress hook: called with (node_id, outcome) per batch
         self._slots = asyncio.Semaphore(self.config.max_concurrent_requests)
         self._inflight: dict[tuple[str, int, int], asyncio.Task[BatchOutcome]] = {}
         self._claimed: dict[tuple[str, int], int] = {}
@@ -135,6 +137,13 @@ class DataFetcherAutoBackfiller:
             groups = [await self._single_flight(node_id, interval, r, started) for r in rest]
             return [o for group in groups for o in group]
         task = asyncio.create_task(self._attempts(node_id, interval, batch, started))
+        if self.on_batch is not None:
+            hook = self.on_batch
+            task.add_done_callback(
+                lambda t: (
+                    hook(node_id, t.result()) if not t.cancelled() and not t.exception() else None
+                )
+            )
         self._inflight[cell] = task
         task.add_done_callback(lambda _t: self._forget(cell, task))
         return [await asyncio.shield(task)]

@@ -35,7 +35,6 @@ import pandas as pd
 
 from qmtl.runtime.io.ccxt_exchange import create_exchange, http_status_of, retry_after_of
 from qmtl.runtime.io.ccxt_rate_limiter import RateLimiter, get_limiter
-from qmtl.runtime.io.rate_limiter_config import RateLimiterConfig
 from qmtl.runtime.sdk.backfill_types import FetchWindowResult
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.errors import (
@@ -48,6 +47,7 @@ from qmtl.runtime.sdk.errors import (
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.runtime.sdk.node_id import TIMEFRAMES, NodeId, check_interval
+from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 
 __all__ = [
     "CcxtBackfillConfig",

@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
-from qmtl.runtime.io.rate_limiter_config import RateLimiterConfig, render_key
 from qmtl.runtime.io.token_bucket import BucketState, penalize, reserve
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.events import RATE_LIMIT_PENALTY, log_event
 from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
+from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig, render_key
 
 __all__ = [
     "DEFAULT_BAN_MS",

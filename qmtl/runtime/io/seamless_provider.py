@@ -133,6 +133,7 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
             metrics=metrics,
             stabilization_bars=settings.artifact.stabilization_bars if settings else 2,
         )
+        self.auto_backfiller = backfiller
         super().__init__(
             strategy=strategy,
             storage=storage,
@@ -154,11 +155,13 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
         path_or_config: str | os.PathLike[str] | Mapping[str, Any] | QMTLConfig,
         *,
         env: Mapping[str, str] | None = None,
+        strategy: DataAvailabilityStrategy | str | None = None,
         clock: Clock | None = None,
         metrics: SeamlessMetrics | None = None,
     ) -> EnhancedQuestDBProvider:
         """Build storage, one ccxt fetcher per configured exchange, SLA, backfill and
-        strategy from the YAML shape of SPEC §13 (a path, a mapping or a loaded config)."""
+        strategy from the YAML shape of SPEC §13 (a path, a mapping or a loaded config);
+        an explicit ``strategy`` wins over the file."""
         config = (
             path_or_config
             if isinstance(path_or_config, QMTLConfig)
@@ -167,7 +170,7 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
         router = ExchangeRouter(fetchers_from_config(config, clock=clock, metrics=metrics))
         return cls(
             fetcher=router,
-            strategy=config.seamless.strategy,
+            strategy=strategy or config.seamless.strategy,
             config=config,
             clock=clock,
             metrics=metrics,

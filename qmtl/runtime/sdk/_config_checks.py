@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qmtl.runtime.io.rate_limiter_config import RateLimiterConfig
 from qmtl.runtime.sdk._config_models import DOMAIN_NAMES, DomainPolicy, ExchangeConfig
 from qmtl.runtime.sdk.node_id import (
     NodeId,
@@ -24,6 +23,7 @@ from qmtl.runtime.sdk.node_id import (
     parse_node_id,
     timeframe_to_seconds,
 )
+from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 
 if TYPE_CHECKING:
     from qmtl.runtime.sdk.config import QMTLConfig

@@ -15,11 +15,11 @@ from types import MappingProxyType
 from typing import Literal
 from urllib.parse import urlsplit
 
-from qmtl.runtime.io.rate_limiter_config import RateLimiterConfig
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.conformance import ConformancePipeline
 from qmtl.runtime.sdk.fingerprint import FingerprintConfig
 from qmtl.runtime.sdk.node_id import NodeId, parse_node_id
+from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 from qmtl.runtime.sdk.sla import SLAPolicy
 
 __all__ = [

@@ -58,7 +58,6 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, cast
 
-from qmtl.runtime.io.rate_limiter_config import RateLimiterConfig
 from qmtl.runtime.sdk._config_checks import check_exchange, cross_check
 from qmtl.runtime.sdk._config_models import (
     DOMAIN_DEFAULTS,
@@ -89,6 +88,7 @@ from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.conformance import ConformancePipeline
 from qmtl.runtime.sdk.errors import ConfigError
 from qmtl.runtime.sdk.fingerprint import FingerprintConfig
+from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 
 __all__ = [
     "DOMAIN_DEFAULTS",

@@ -1,6 +1,7 @@
 """``RateLimiterConfig``: one exchange budget, in the exchange's weight units.
 
-Re-exported by :mod:`qmtl.runtime.io.ccxt_fetcher`, where SPEC §7.1 names it. Rule of thumb
+Re-exported by :mod:`qmtl.runtime.io.ccxt_fetcher`, where SPEC §7.1 names it; it lives in the
+sdk because it is pure configuration (the config model builds it). Rule of thumb
 for users: keep ``tokens_per_interval + burst_tokens`` at or below the exchange's own limit
 per ``interval_ms`` and no process sharing the key can trigger a 429.
 """
