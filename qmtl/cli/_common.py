@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -185,16 +186,17 @@ def coverage_report(
 
 
 def coverage_table(reports: Sequence[CoverageReport], *, title: str = "coverage") -> Table:
-    table = Table(title=title)
-    table.add_column("node", no_wrap=True, min_width=26)
-    for column in ("bars stored", "known-empty", "missing", "coverage"):
-        table.add_column(column, justify="right")
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table.add_column("node", no_wrap=True)
+    for column in ("stored", "known-empty", "missing", "gaps", "coverage"):
+        table.add_column(column, justify="right", no_wrap=True)
     for rep in reports:
         table.add_row(
             rep.node_id,
             f"{rep.data_bars:,}",
             f"{rep.empty_bars:,}",
-            f"{rep._missing_bars():,} in {len(rep.missing)} range(s)",
+            f"{rep._missing_bars():,}",
+            f"{len(rep.missing)}",
             f"{rep.ratio:.2%}",
         )
     return table
