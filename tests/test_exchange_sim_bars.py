@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qmtl.runtime.sdk.node_id import TIMEFRAMES
+from qmtl.runtime.sdk.node_id import TIMEFRAMES, alignment_origin
 from qmtl.services.exchange_sim.bars import E8, Bars, format_e8, forming_bar, generate_bars
 from qmtl.services.exchange_sim.klines_json import encode_klines
 
@@ -30,7 +30,8 @@ def _assert_valid(bars: Bars) -> None:
     assert np.all(bars.taker_base <= bars.volume)
     assert np.all(bars.quote_volume >= 0)
     assert np.all(bars.trades >= 0)
-    assert np.all(bars.open_time % bars.interval_ms == 0)
+    origin_ms = alignment_origin(bars.interval_ms // 1000) * 1000
+    assert np.all((bars.open_time - origin_ms) % bars.interval_ms == 0)
 
 
 def test_same_inputs_same_bars_and_other_inputs_differ() -> None:
@@ -96,7 +97,8 @@ def test_ohlc_is_valid_for_any_window(
     seed: int, symbol: str, timeframe: str, start_index: int, n: int
 ) -> None:
     interval = TIMEFRAMES[timeframe]
-    times = (np.arange(n, dtype=np.int64) + start_index) * interval * 1000
+    origin = alignment_origin(interval)
+    times = ((np.arange(n, dtype=np.int64) + start_index) * interval + origin) * 1000
     bars = generate_bars(seed, symbol, interval, times)
     _assert_valid(bars)
     assert np.array_equal(bars.close_time, times + interval * 1000 - 1)

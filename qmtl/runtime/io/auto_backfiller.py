@@ -5,7 +5,8 @@ Missing ranges are cut on a fixed grid into batches of at most ``window_bars`` b
 ``max_concurrent_requests`` in flight. Each batch is tried up to ``max_attempts`` times; the
 delay before attempt *n+1* is ``retry_backoff_ms * 2**(n-1) * (1 + u)``, ``u ~ U[0,
 jitter_ratio]``, never less than the exchange's ``Retry-After``. A batch is conformed and then
-committed with its ledger update in one storage transaction: a crash loses at most the
+committed with its ledger update in one storage transaction (batches of one node that finish
+together share it: :mod:`~qmtl.runtime.io.group_commit`): a crash loses at most the
 batches in flight, re-running is idempotent, and a batch that fails for good leaves its range
 *missing* (never a silent hole) while the other batches still land.
 
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qmtl.runtime.io.group_commit import GroupCommitter
 from qmtl.runtime.io.storage.base import LedgerUpdate
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.backfill_types import BackfillReport, BatchOutcome
@@ -95,6 +97,7 @@ class DataFetcherAutoBackfiller:
         self.stabilization_bars = stabilization_bars
         self.on_batch = on_batch  # progress hook: called with (node_id, outcome) per batch
         self._slots = asyncio.Semaphore(self.config.max_concurrent_requests)
+        self._committer = GroupCommitter(storage)
         self._inflight: dict[tuple[str, int, int], asyncio.Task[BatchOutcome]] = {}
         self._claimed: dict[tuple[str, int], int] = {}
         self._completed: dict[tuple[str, int], int] = {}
@@ -227,7 +230,7 @@ class DataFetcherAutoBackfiller:
             fetched_at=self.clock.now(),
             stabilization_bars=self.stabilization_bars,
         )
-        rows = await self.storage.write_bars(node_id, frame, ledger_update=update)
+        rows = await self._committer.commit(node_id, frame, update)
         return BatchOutcome(
             batch, attempts=attempt, rows=rows, data=data, empty=empty, conformance=report
         )

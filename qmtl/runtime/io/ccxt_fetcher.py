@@ -334,9 +334,12 @@ def _validated_page(
     if not rows:
         return np.empty((0, 6), dtype=np.float64)
     try:
-        page = np.asarray([row[:6] for row in rows], dtype=np.float64)
-    except (TypeError, ValueError, IndexError) as exc:
-        raise bad(f"rows are not numeric: {exc}") from None
+        page = np.asarray(rows, dtype=np.float64)  # ccxt rows: [ts, o, h, l, c, v]
+    except (TypeError, ValueError):
+        try:
+            page = np.asarray([row[:6] for row in rows], dtype=np.float64)
+        except (TypeError, ValueError, IndexError) as exc:
+            raise bad(f"rows are not numeric: {exc}") from None
     if page.ndim != 2 or page.shape[1] != 6:
         raise bad(f"expected 6 fields per row, got shape {page.shape}")
     if not np.isfinite(page).all():

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from qmtl.runtime.sdk.node_id import alignment_origin
+
 __all__ = [
     "E8",
     "Bars",
@@ -195,67 +197,194 @@ def _sigma(interval_s: int) -> float:
     return min(0.05, 0.0015 * math.sqrt(interval_s / 60.0))
 
 
-def _boundary_price(model: SymbolModel, noise_key: int, interval_s: int, index: I64) -> F64:
-    """Price at the boundaries ``index * interval`` (float, before quantisation)."""
-    tau = index.astype(np.float64) * float(interval_s)
-    log_p = np.zeros(index.shape, np.float64)
-    for (period, amp), phase in zip(_WAVES, model.phases, strict=True):
-        log_p += amp * np.sin(tau * (2.0 * math.pi / period) + phase)
-    log_p += _sigma(interval_s) * (2.0 * _uniform(noise_key, 1, index) - 1.0)
-    return model.level * np.exp(log_p)
-
-
 def _quantise(values_e8: NDArray[np.floating[Any]], step_e8: int) -> I64:
     steps = np.maximum(np.rint(values_e8 / step_e8), 1.0)
     return steps.astype(np.int64) * step_e8
 
 
-def generate_bars(seed: int, symbol: str, interval_s: int, open_time_ms: I64) -> Bars:
-    """Closed bars opening at ``open_time_ms`` (multiples of the interval, any order).
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """Constants of one ``(seed, symbol, interval)`` series, computed once."""
 
-    Vectorised: cost is a few dozen numpy passes over ``len(open_time_ms)``.
+    model: SymbolModel
+    noise_key: int
+    interval_s: int
+    origin_s: int  # bar ``i`` opens at ``origin_s + i * interval_s``
+    sigma: float
+    wick: float
+    base_volume: float
+    salts: NDArray[np.uint64]  # hash salts of streams 1..6, shape (6, 1)
+    wave_freq: F64  # (3, 1): radians per second
+    wave_phase: F64  # (3, 1)
+    wave_amp: F64  # (3, 1)
+
+
+@functools.lru_cache(maxsize=1024)
+def _series(seed: int, symbol: str, interval_s: int) -> _Series:
+    model = symbol_model(seed, symbol)
+    key = _key("qmtl-sim/v1/bars", seed, symbol, interval_s)
+    sigma = _sigma(interval_s)
+    salts = [(key ^ (s * 0xD1B54A32D192ED03)) & _MASK64 for s in range(1, 7)]
+    column = (len(_WAVES), 1)
+    return _Series(
+        model=model,
+        noise_key=key,
+        interval_s=interval_s,
+        origin_s=alignment_origin(interval_s),
+        sigma=sigma,
+        wick=0.5 * sigma + 0.0002,
+        base_volume=2e5 / model.level * (interval_s / 60.0),
+        salts=np.array(salts, np.uint64).reshape(-1, 1),
+        wave_freq=np.array([2.0 * math.pi / period for period, _ in _WAVES]).reshape(column),
+        wave_phase=np.array(model.phases).reshape(column),
+        wave_amp=np.array([amp for _, amp in _WAVES]).reshape(column),
+    )
+
+
+def _log_price(s: _Series, tau: F64, noise_u: F64) -> F64:
+    """``log(price / level)`` at boundary times ``tau`` (seconds): the slow sines, summed
+    in the order of :data:`_WAVES`, plus the boundary's jitter."""
+    angle = s.wave_freq * tau  # (3, m)
+    angle += s.wave_phase
+    np.sin(angle, out=angle)
+    angle *= s.wave_amp
+    log_p = angle[0] + angle[1]
+    log_p += angle[2]
+    log_p += s.sigma * (2.0 * noise_u - 1.0)
+    return log_p
+
+
+def _times(s: _Series, index: I64) -> F64:
+    """Boundary ``index`` as epoch seconds (float; exact below 2**53)."""
+    tau = index.astype(np.float64)
+    tau *= float(s.interval_s)
+    if s.origin_s:
+        tau += float(s.origin_s)
+    return tau
+
+
+def _boundary_quotes(s: _Series, tau: F64, noise_u: F64) -> I64:
+    """Prices (e8, on the tick) at boundary times ``tau``."""
+    prices = np.exp(_log_price(s, tau, noise_u))
+    prices *= s.model.level
+    return _quantise(prices * E8, s.model.tick_e8)
+
+
+def generate_bars(seed: int, symbol: str, interval_s: int, open_time_ms: I64) -> Bars:
+    """Closed bars opening at ``open_time_ms`` (aligned open times, any order).
+
+    Aligned means ``(t - alignment_origin(interval)) % interval == 0`` (ms): multiples of
+    the interval from the epoch, except ``1w`` (Mondays, see
+    :func:`~qmtl.runtime.sdk.node_id.alignment_origin`). Vectorised: a contiguous window
+    (the usual page) costs about seventy numpy calls, whatever its length.
     """
     if interval_s <= 0:
         raise ValueError(f"interval_s must be > 0, got {interval_s}")
+    s = _series(seed, symbol, interval_s)
     interval_ms = interval_s * 1000
+    origin_ms = s.origin_s * 1000
     open_time_ms = np.asarray(open_time_ms, dtype=np.int64)
-    if open_time_ms.size and (np.any(open_time_ms % interval_ms) or np.any(open_time_ms < 0)):
-        raise ValueError("open times must be non-negative multiples of the interval (ms)")
-    model = symbol_model(seed, symbol)
-    noise_key = _key("qmtl-sim/v1/bars", seed, symbol, interval_s)
-    index = open_time_ms // interval_ms
-    n = len(index)
-    if n and int(index[-1]) - int(index[0]) == n - 1 and bool(np.all(np.diff(index) == 1)):
-        # a contiguous window (the usual page): n + 1 boundaries serve as opens and closes
-        prices = _boundary_price(model, noise_key, interval_s, np.arange(index[0], index[-1] + 2))
-        p_open, p_close = prices[:-1], prices[1:]
+    n = len(open_time_ms)
+    contiguous = n > 0 and bool((np.diff(open_time_ms) == interval_ms).all())
+    if contiguous:
+        first = int(open_time_ms[0])
+        misaligned = first < 0 or (first - origin_ms) % interval_ms != 0
     else:
-        prices = _boundary_price(model, noise_key, interval_s, np.concatenate([index, index + 1]))
-        p_open, p_close = prices[:n], prices[n:]
-    tick = model.tick_e8
-    o = _quantise(p_open * E8, tick)
-    c = _quantise(p_close * E8, tick)
-    u = _uniforms(noise_key, (2, 3, 4, 5, 6), index)
-    wick = 0.5 * _sigma(interval_s) + 0.0002
-    top = np.maximum(o, c)
-    bottom = np.minimum(o, c)
-    up = np.rint(top * wick * u[0] / tick).astype(np.int64) * tick
-    down = np.rint(bottom * wick * u[1] / tick).astype(np.int64) * tick
-    high = top + up
-    low = np.maximum(bottom - down, tick)
-    base_volume = 2e5 / model.level * (interval_s / 60.0)
-    vol_f = base_volume * (0.1 + 1.9 * u[2])
-    volume = _quantise(vol_f * E8, _VOLUME_STEP_E8)
-    mean_price = (o + high + low + c).astype(np.float64) / (4.0 * E8)
-    quote_f = volume.astype(np.float64) / E8 * mean_price
-    quote = np.rint(quote_f * E8).astype(np.int64)
-    ratio = 0.3 + 0.4 * u[3]
+        rel = open_time_ms - origin_ms
+        misaligned = bool(np.any(rel % interval_ms)) or bool(np.any(open_time_ms < 0))
+    if misaligned:
+        raise ValueError(
+            "open times must be non-negative multiples of the interval from its "
+            "alignment origin (ms)"
+        )
+    if contiguous:
+        # n + 1 boundaries serve as opens and closes; one hash pass draws every stream
+        i0 = (first - origin_ms) // interval_ms
+        index: I64 = np.arange(i0, i0 + n + 1, dtype=np.int64)
+        u = _uniform_streams(s.salts, index)  # (6, n + 1)
+        quotes = _boundary_quotes(s, _times(s, index), u[0])
+        o, c = quotes[:-1], quotes[1:]
+        bar_u = u[1:, :n]
+    else:
+        index = (open_time_ms - origin_ms) // interval_ms
+        both = np.concatenate([index, index + 1])
+        noise_u = _uniform_streams(s.salts[:1], both)[0]
+        quotes = _boundary_quotes(s, _times(s, both), noise_u)
+        o, c = quotes[:n], quotes[n:]
+        bar_u = _uniform_streams(s.salts[1:], index)
+    return _bars(s, open_time_ms, o, c, bar_u)
+
+
+def _uniform_streams(salts: NDArray[np.uint64], index: I64) -> F64:
+    """U[0, 1) of shape ``(len(salts), len(index))``, as :func:`_uniforms` (the same bits)."""
+    x = index.astype(np.uint64) * _GOLDEN + salts
+    shifted = np.empty_like(x)
+    for shift, mult in ((30, _M1), (27, _M2)):
+        np.right_shift(x, np.uint64(shift), out=shifted)
+        x ^= shifted
+        x *= mult
+    np.right_shift(x, np.uint64(31), out=shifted)
+    x ^= shifted
+    x >>= np.uint64(11)
+    out: F64 = x.astype(np.float64)
+    out *= 1.0 / (1 << 53)
+    return out
+
+
+def _bars(s: _Series, open_time_ms: I64, o: I64, c: I64, u: F64) -> Bars:
+    """OHLCV from quantised opens/closes and the uniforms of streams 2..6 (rows of ``u``)."""
+    n = len(o)
+    tick = s.model.tick_e8
+    extremes = np.empty((2, n), np.int64)  # top, bottom of the body
+    np.maximum(o, c, out=extremes[0])
+    np.minimum(o, c, out=extremes[1])
+    wicks_f = extremes * s.wick
+    wicks_f *= u[:2]
+    wicks_f /= tick
+    np.rint(wicks_f, out=wicks_f)
+    wicks = wicks_f.astype(np.int64)
+    wicks *= tick
+    high = extremes[0] + wicks[0]
+    low = extremes[1] - wicks[1]
+    np.maximum(low, tick, out=low)
+    vol_f = 1.9 * u[2]
+    vol_f += 0.1
+    vol_f *= s.base_volume
+    vol_f *= E8
+    volume = _quantise(vol_f, _VOLUME_STEP_E8)
+    total = o + high
+    total += low
+    total += c
+    mean_price = total.astype(np.float64)
+    mean_price /= 4.0 * E8
+    quote_f = volume.astype(np.float64)
+    quote_f /= E8
+    quote_f *= mean_price
+    quote_e8 = quote_f * E8
+    quote = np.rint(quote_e8, out=quote_e8).astype(np.int64)
+    ratio = 0.4 * u[3]
+    ratio += 0.3
     taker_base = _quantise(volume * ratio, _VOLUME_STEP_E8)
-    taker_base = np.minimum(taker_base, volume)
-    taker_quote = np.rint(quote * ratio).astype(np.int64)
-    trades = (quote_f / 1000.0 * (0.5 + u[4])).astype(np.int64) + 1
+    np.minimum(taker_base, volume, out=taker_base)
+    taker_quote_f = quote * ratio
+    taker_quote = np.rint(taker_quote_f, out=taker_quote_f).astype(np.int64)
+    activity = u[4] + 0.5
+    trades_f = quote_f / 1000.0
+    trades_f *= activity
+    trades = trades_f.astype(np.int64)
+    trades += 1
     return Bars(
-        interval_ms, open_time_ms, o, high, low, c, volume, quote, trades, taker_base, taker_quote
+        s.interval_s * 1000,
+        open_time_ms,
+        o,
+        high,
+        low,
+        c,
+        volume,
+        quote,
+        trades,
+        taker_base,
+        taker_quote,
     )
 
 

@@ -275,21 +275,24 @@ class DuckDBStorage:
             [node_key, update.interval],
         )
         if ledger:
-            con.executemany(
-                "INSERT INTO qmtl_ledger VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        node_key,
-                        update.interval,
-                        s.start,
-                        s.end,
-                        s.kind.value,
-                        s.source,
-                        s.fetched_at,
-                    )
-                    for s in ledger
-                ],
+            # One vectorised insert: DuckDB's executemany runs a statement per row (~0.2 ms
+            # each), which made ledger updates the bottleneck of a backfill.
+            table = pa.table(
+                {
+                    "node_key": pa.array([node_key] * len(ledger), pa.int64()),
+                    "interval_s": pa.array([update.interval] * len(ledger), pa.int64()),
+                    "seg_start": pa.array([seg.start for seg in ledger], pa.int64()),
+                    "seg_end": pa.array([seg.end for seg in ledger], pa.int64()),
+                    "kind": pa.array([seg.kind.value for seg in ledger], pa.string()),
+                    "source": pa.array([seg.source for seg in ledger], pa.string()),
+                    "fetched_at": pa.array([seg.fetched_at for seg in ledger], pa.float64()),
+                }
             )
+            con.register("qmtl_ledger_new", table)
+            try:
+                con.execute("INSERT INTO qmtl_ledger SELECT * FROM qmtl_ledger_new")
+            finally:
+                con.unregister("qmtl_ledger_new")
         return ledger
 
 
