@@ -100,6 +100,8 @@ class _Workspace(threading.local):
 
 
 _WORKSPACE = _Workspace()
+import os
+_CHUNK = int(os.environ.get('QCHUNK', '0'))
 
 
 def _group_count(value: int) -> int:
@@ -182,8 +184,8 @@ def encode_klines(bars: Bars) -> bytes:
     n = len(bars)
     if n == 0:
         return b"[]"
-    dec = np.stack(
-        (
+    dec = np.array(
+        [
             bars.open,
             bars.high,
             bars.low,
@@ -192,9 +194,10 @@ def encode_klines(bars: Bars) -> bytes:
             bars.quote_volume,
             bars.taker_base,
             bars.taker_quote,
-        )
+        ],
+        np.int64,
     )
-    ints = np.stack((bars.open_time, bars.close_time, bars.trades))
+    ints = np.array([bars.open_time, bars.close_time, bars.trades], np.int64)
     whole = dec // E8
     dec_max = whole.max(axis=1).tolist()
     int_max = ints.max(axis=1).tolist()
@@ -235,8 +238,15 @@ def encode_klines(bars: Bars) -> bytes:
     index = units.take(order, axis=0)  # (height, n), unit-major
     index[0, 0] = _BODY_HEAD  # "[  [": the page's bracket and the first row's
     index[-1, -1] = _BODY_END  # the last separator closes the page instead
+    out = flat_out.reshape(n, height)
+    if _CHUNK:
+        for a in range(0, n, _CHUNK):
+            b = min(n, a + _CHUNK)
+            rows = flat_rows[: (b - a) * height].reshape(b - a, height)
+            np.copyto(rows, index[:, a:b].T)
+            np.take(_TABLE, rows, out=out[a:b], mode="clip")
+        return out.tobytes()
     rows = flat_rows.reshape(n, height)
     np.copyto(rows, index.T)
-    out = flat_out.reshape(n, height)
     np.take(_TABLE, rows, out=out, mode="clip")
     return out.tobytes()

@@ -44,6 +44,7 @@ from qmtl.runtime.io.storage.base import (
     check_ledger_update,
     check_node_id,
     check_span,
+    empty_frame,
     frame_from_columns,
     node_hash,
     prepare_bars,
@@ -142,13 +143,22 @@ class DuckDBStorage:
         key = node_hash(node_id)
 
         def work(con: _Con) -> pd.DataFrame:
+            row = con.execute("SELECT node_key FROM qmtl_nodes WHERE node_hash = ?", [key])
+            found = row.fetchone()
+            if found is None:
+                return empty_frame()
             sql = (
-                f"SELECT {_COLS} FROM qmtl_bars WHERE node_key = {_NODE_KEY}"
+                f"SELECT {_COLS} FROM qmtl_bars WHERE node_key = ?"
                 " AND ts >= ? AND ts < ? ORDER BY ts"
             )
-            # NOT NULL columns come back as plain ndarrays (never masked or categorical).
-            arrays = cast(BarColumns, con.execute(sql, [key, s, e]).fetchnumpy())
-            return frame_from_columns(arrays)
+            # Arrow is DuckDB's fast exit (about 2x its .df()/.fetchnumpy()); NOT NULL
+            # columns come back as one plain chunk each, taken as numpy without copies.
+            table = con.execute(sql, [found[0], s, e]).to_arrow_table()
+            return frame_from_columns(
+                cast(
+                    BarColumns, {name: table.column(name).to_numpy() for name in CANONICAL_COLUMNS}
+                )
+            )
 
         return await self._call("read_range", node_id, work)
 
