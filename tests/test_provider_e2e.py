@@ -227,3 +227,20 @@ async def test_concurrent_overlapping_fetches_fetch_each_window_once(rig: Open) 
         assert result.frame["ts"].tolist() == list(range(a, b, I))
     windows = sorted(sim.request_log.served_windows())
     assert all(left[1] < right[0] for left, right in pairwise(windows))  # no bar twice
+
+
+async def test_permanent_outage_fails_loudly_and_serves_what_is_stored(
+    rig: Open, caplog: pytest.LogCaptureFixture
+) -> None:
+    start = NOW - NOW % (900 * I) - 4 * 900 * I
+    provider, sim = await rig(scenario(), max_attempts=3)
+    await provider.fetch(start, start + 900 * I, node_id=NODE, interval=I)  # stored before
+    sim.set_scenario(Scenario.from_dict(scenario(outages=[{"next_requests": 1000, "status": 503}])))
+    with caplog.at_level(logging.INFO, logger="qmtl"):
+        result = await provider.fetch(start, start + 2 * 900 * I, node_id=NODE, interval=I)
+    assert result.metadata.missing_ranges == (Range(start + 900 * I, start + 2 * 900 * I),)
+    assert len(result) == 900 and result.metadata.coverage_ratio == 0.5
+    failed = [r for r in caplog.records if r.getMessage() == "seamless.backfill.failed"]
+    assert len(failed) == 1 and failed[0].attempt == 3  # type: ignore[attr-defined]
+    assert "503" in failed[0].error  # type: ignore[attr-defined]
+    assert any("503" in e for e in result.metadata.backfill_errors)
