@@ -85,6 +85,7 @@ from qmtl.runtime.sdk._config_source import (
     read_text,
 )
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
+from qmtl.runtime.sdk.compute_context import DOMAIN_ALIASES
 from qmtl.runtime.sdk.conformance import ConformancePipeline
 from qmtl.runtime.sdk.errors import ConfigError
 from qmtl.runtime.sdk.fingerprint import FingerprintConfig
@@ -159,16 +160,7 @@ _RENAMED: dict[type, dict[str, str]] = {
 }
 
 #: ``ComputeContext`` aliases (SPEC §9), suggested when used as a ``domains`` key.
-_DOMAIN_ALIASES = {
-    "compute": "backtest",
-    "offline": "backtest",
-    "validate": "backtest",
-    "sandbox": "backtest",
-    "paper": "dryrun",
-    "sim": "dryrun",
-    "prod": "live",
-    "production": "live",
-}
+_DOMAIN_ALIASES = DOMAIN_ALIASES
 
 _SECTIONS = ("seamless", "cache", "domains", "exchanges", "environment")
 _ROOT = "(root)"
