@@ -262,3 +262,13 @@ async def test_bad_arguments(storage: HistoryStorage) -> None:
         SeamlessDataProvider(strategy="YOLO", storage=storage)
     with pytest.raises(ValueError, match="unknown compute_context keys"):
         await rig.provider.fetch(T0, END, node_id=NODE, interval=I, compute_context={"wrld": 1})
+
+
+async def test_partial_ok_false_refuses_partial_results(storage: HistoryStorage) -> None:
+    rig = Rig(storage, strategy="AUTO_BACKFILL")
+    rig.provider.partial_ok = False
+    rig.fetcher.failures[T0 + 10 * I] = [ExchangeUnavailableError("down")] * 2
+    with pytest.raises(SeamlessCoverageError) as info:
+        await rig.fetch()
+    assert info.value.missing_ranges == [Range(T0 + 10 * I, T0 + 20 * I)]
+    assert len(await rig.fetch()) == 30  # the failure was transient: complete now

@@ -16,6 +16,9 @@ Strategies:
   backfill keeps running in the background and ``sla.on_violation`` decides: raise
   (FAIL_FAST), serve partial (PARTIAL_FILL) or serve marked HOLD.
 
+``partial_ok=False`` turns any result that is still missing bars after its repair into a
+:class:`SeamlessCoverageError` (for consumers that must never see a partial frame).
+
 The live feed, when configured, is asked for the newest bars still missing at the end of the
 request (``live_wait`` phase); those bars are served (and flagged in the metadata) but not
 stored: the backfill stores them once they are stable.
@@ -353,6 +356,8 @@ class SeamlessDataProvider:
         report: ConformanceReport,
         outcome: _Outcome,
     ) -> SeamlessFetchResult:
+        if not self.partial_ok and outcome.missing:
+            raise SeamlessCoverageError(node_id, merge_ranges(outcome.missing, interval))
         fingerprint = None
         if self.publish_fingerprint or self.registrar is None:
             meta = FingerprintMetadata(
