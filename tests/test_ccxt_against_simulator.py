@@ -1,9 +1,10 @@
 """The REAL ccxt client (via ``create_exchange``) against the simulator.
 
-Also pins down what stock ccxt 4.5 does with each malformed payload kind, so the fetcher's
-validation knows what reaches it: ``truncated_json`` → ``[]`` silently (our hook raises
-``BadResponse`` instead), ``wrong_types`` → object rows dropped and list-valued prices parsed
-as ``None``, ``nan_strings`` → ``float('nan')`` prices.
+Every malformed payload kind raises ``ccxt.BadResponse`` through ``create_exchange`` (the
+``parse_json`` and ``parse_ohlcvs`` hooks). Also pins down what stock ccxt 4.5 does without
+the hooks, which is why they exist: ``truncated_json`` → ``[]``, ``wrong_types`` → object rows
+dropped and list-valued prices parsed as ``None``, ``nan_strings`` → ``float('nan')`` prices,
+all silently.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
 
 import ccxt
@@ -172,30 +174,100 @@ async def test_truncated_json_raises_bad_response(connect: Open) -> None:
         await ex.fetch_ohlcv("BTC/USDT", "1m", since=(T0 - 3600) * 1000, limit=5)
 
 
-async def test_stock_ccxt_turns_a_truncated_page_into_an_empty_one() -> None:
-    """Why the hook exists: without it the failure is silent."""
-    async with run_simulator(
-        Scenario.from_dict(_malformed("truncated_json")), clock=FakeClock(T0 + 0.0)
-    ) as sim:
-        ex = ccxt.async_support.binance(
-            {"enableRateLimit": False, "options": {"fetchMarkets": {"types": ["spot"]}}}
+@pytest.mark.parametrize(
+    ("kind", "since_s", "message"),
+    [
+        # the page starts two bars before the window: rows 2.. are broken, row 2 an object
+        ("wrong_types", T0 - 3720, r"^binance OHLCV row 2: timestamp is None$"),
+        ("nan_strings", T0 - 3720, r"^binance OHLCV row 2: open is nan$"),
+        # one bar inside the window, and the page starts at it
+        ("wrong_types", T0 - 3600, r"^binance OHLCV row 0: timestamp is None$"),
+    ],
+)
+async def test_malformed_rows_raise_bad_response(
+    connect: Open, kind: str, since_s: int, message: str
+) -> None:
+    sim, ex = await connect(_malformed(kind))
+    with pytest.raises(ccxt.BadResponse, match=message):
+        await ex.fetch_ohlcv("BTC/USDT", "1m", since=since_s * 1000, limit=5)
+    assert sim.request_log.klines[-1].fault == kind  # the simulator did send that kind
+    clean = await ex.fetch_ohlcv("BTC/USDT", "1m", since=(T0 - 3000) * 1000, limit=5)
+    expected = generate_bars(0, "BTC/USDT", 60, np.arange(5, dtype=np.int64) * 60_000 + clean[0][0])
+    assert clean == expected.ohlcv().tolist()  # pages outside the window are untouched
+
+
+async def test_a_list_valued_price_alone_raises_bad_response() -> None:
+    ex = create_exchange("binance")
+    try:
+        good = [T0 * 1000, "1.5", "2.0", "1.0", "1.8", "10.0", T0 * 1000 + 59_999, "15", 3]
+        bad = [(T0 + 60) * 1000, ["1.8"], "2.0", "1.0", "1.9", "10.0", 0, "15", 3]
+        assert ex.parse_ohlcvs([good]) == [[T0 * 1000, 1.5, 2.0, 1.0, 1.8, 10.0]]
+        with pytest.raises(ccxt.BadResponse, match=r"^binance OHLCV row 1: open is None$"):
+            ex.parse_ohlcvs([good, bad])
+        for value, shown in (("Infinity", "inf"), ("-inf", "-inf"), (None, "None")):
+            row = [*good[:5], value, *good[6:]]
+            with pytest.raises(ccxt.BadResponse, match=rf"row 0: volume is {shown}$"):
+                ex.parse_ohlcvs([row])
+        with pytest.raises(ccxt.BadResponse, match="expected a list of rows, got str"):
+            ex.parse_ohlcvs("[]")
+        assert ex.parse_ohlcvs(None) == []
+        assert ex.parse_ohlcvs([]) == []
+    finally:
+        await ex.close()
+
+
+async def test_valid_pages_pass_through_the_base_parser_unchanged(connect: Open) -> None:
+    _, ex = await connect({"seed": 3})
+    stock = ccxt.async_support.binance()
+    try:
+        since = (T0 - 7200) * 1000
+        raw = await ex.public_get_klines(
+            {"symbol": "BTCUSDT", "interval": "1m", "startTime": since, "limit": 50}
         )
-        try:
-            ex.urls["api"] = rewrite_urls(ex.urls["api"], sim.base_url, sim.ws_url)
-            rows = await ex.fetch_ohlcv("BTC/USDT", "1m", since=(T0 - 3600) * 1000, limit=5)
-        finally:
-            await ex.close()
-    assert rows == []
+        market = (await ex.load_markets())["BTC/USDT"]
+        for args in ((since, None), (since + 600_000, 7), (None, 3)):
+            ours = ex.parse_ohlcvs(raw, market, "1m", *args)
+            assert ours == stock.parse_ohlcvs(raw, market, "1m", *args) and ours
+        assert ex.parse_ohlcvs(raw, market, "1m", None, 2, True) == stock.parse_ohlcvs(
+            raw, market, "1m", None, 2, True
+        )
+    finally:
+        await stock.close()
 
 
-async def test_wrong_types_and_nan_strings_reach_the_caller_silently(connect: Open) -> None:
-    _, ex = await connect(_malformed("wrong_types"))
-    rows = await ex.fetch_ohlcv("BTC/USDT", "1m", since=(T0 - 3600) * 1000, limit=5)
-    assert len(rows) == 2  # three object rows lost their timestamp and were dropped
-    assert all(r[1] is None for r in rows)  # list-valued opens parsed as None
-    _, ex = await connect(_malformed("nan_strings"))
-    rows = await ex.fetch_ohlcv("BTC/USDT", "1m", since=(T0 - 3600) * 1000, limit=5)
-    assert len(rows) == 5 and all(math.isnan(v) for r in rows for v in r[1:5])
+async def test_stock_ccxt_drops_object_rows_and_passes_nan_silently() -> None:
+    """Why the ``parse_ohlcvs`` hook exists: without it nothing fails."""
+    for kind in ("wrong_types", "nan_strings"):
+        async with run_simulator(
+            Scenario.from_dict(_malformed(kind)), clock=FakeClock(T0 + 0.0)
+        ) as sim:
+            ex = ccxt.async_support.binance(
+                {"enableRateLimit": False, "options": {"fetchMarkets": {"types": ["spot"]}}}
+            )
+            try:
+                ex.urls["api"] = rewrite_urls(ex.urls["api"], sim.base_url, sim.ws_url)
+                rows = await ex.fetch_ohlcv("BTC/USDT", "1m", since=(T0 - 3600) * 1000, limit=5)
+            finally:
+                await ex.close()
+        if kind == "wrong_types":
+            assert len(rows) == 2  # three object rows lost their timestamp and were dropped
+            assert all(r[1] is None for r in rows)  # list-valued opens parsed as None
+        else:
+            assert len(rows) == 5 and all(math.isnan(v) for r in rows for v in r[1:5])
+
+
+async def test_weekly_ohlcv_opens_on_mondays(connect: Open) -> None:
+    _, ex = await connect({"seed": 8})
+    since = (T0 - 30 * 7 * 86_400) * 1000
+    rows = await ex.fetch_ohlcv("BTC/USDT", "1w", since=since, limit=20)
+    assert len(rows) == 20
+    week_ms = 7 * 86_400_000
+    assert rows[0][0] == 1_682_294_400_000  # Monday 2023-04-24, the first one after `since`
+    for row in rows:
+        opened = datetime.fromtimestamp(row[0] / 1000, tz=UTC)
+        assert (opened.weekday(), opened.hour, opened.minute, opened.second) == (0, 0, 0, 0)
+    times = np.arange(20, dtype=np.int64) * week_ms + rows[0][0]
+    assert rows == generate_bars(8, "BTC/USDT", 604_800, times).ohlcv().tolist()
 
 
 async def test_watch_ohlcv_over_the_simulated_websocket(connect: Open) -> None:
@@ -211,6 +283,12 @@ async def test_watch_ohlcv_over_the_simulated_websocket(connect: Open) -> None:
         candles = await asyncio.wait_for(ex.watch_ohlcv("BTC/USDT", "1m"), 10)
         by_ts.update((c[0], c) for c in candles)
     assert by_ts[T0 * 1000] == final.tolist()  # the closed bar came before the next one
+
+
+async def test_weekly_websocket_bar_opens_on_monday(connect: Open) -> None:
+    _, ex = await connect({"seed": 8, "ws_push_interval_ms": 20}, pro=True)
+    candles = await asyncio.wait_for(ex.watch_ohlcv("BTC/USDT", "1w"), 10)
+    assert candles[-1][0] == 1_699_833_600_000  # Monday 2023-11-13: the week containing T0
 
 
 def test_every_url_is_rewritten_and_spot_sockets_keep_stream() -> None:

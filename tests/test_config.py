@@ -267,8 +267,8 @@ def test_old_backfill_keys_name_the_right_key(old: str, new: str) -> None:
         (
             {"exchanges": {"binance": {"rate_limit": {"qqq": 5}}}},
             "exchanges.binance.rate_limit.qqq: unknown key; valid keys: burst_tokens, "
-            "interval_ms, key_template, local_semaphore, min_interval_ms, penalty_backoff_ms, "
-            "redis_dsn, tokens_per_interval",
+            "expected_workers, interval_ms, key_template, local_semaphore, min_interval_ms, "
+            "penalty_backoff_ms, redis_dsn, tokens_per_interval",
         ),
         (
             {"seamless": {"artifact": {"fingerprint": {"algorithm": "sha256"}}}},
@@ -375,6 +375,10 @@ def test_type_and_enum_errors(raw: dict[str, object], message: str) -> None:
         (
             {"seamless": {"rate_limit": {"burst_tokens": 0}}},
             "seamless.rate_limit.burst_tokens: must be an integer > 0, got 0",
+        ),
+        (
+            {"seamless": {"rate_limit": {"expected_workers": 0}}},
+            "seamless.rate_limit.expected_workers: must be an integer > 0, got 0",
         ),
         (
             {"seamless": {"backfill": {"max_attempts": 0}}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from qmtl.runtime.sdk.node_id import TIMEFRAMES, alignment_origin
 from qmtl.services.exchange_sim.bars import E8, Bars, format_e8, forming_bar, generate_bars
-from qmtl.services.exchange_sim.klines_json import encode_klines
+from qmtl.services.exchange_sim.klines_json import encode_klines, encode_pages
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "DOGE/USDT", "XRP/BTC", "A/B"]
 T0_MS = 1_700_000_040_000  # a minute boundary
@@ -187,3 +188,46 @@ def test_encoder_padding_edges(value: int) -> None:
     column = np.array([value, 1, value], np.int64)
     bars = Bars(60_000, np.array([0, 60_000, 120_000], np.int64), *([column] * 9))
     assert json.loads(encode_klines(bars)) == bars.wire_rows()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.lists(st.tuples(*([_values] * 10)), min_size=0, max_size=30),
+    cuts=st.lists(st.integers(0, 30), max_size=5),
+)
+def test_pages_encoded_together_equal_pages_encoded_alone(
+    data: list[tuple[int, ...]], cuts: list[int]
+) -> None:
+    cols = np.array(data, dtype=np.int64).reshape(-1, 10).T
+    open_time = cols[0] // 60_000 * 60_000 % (2**62 - 60_000)
+    bars = Bars(60_000, open_time, *cols[1:])
+    bounds = sorted({0, len(bars), *(c for c in cuts if c <= len(bars))})
+    sizes = [b - a for a, b in itertools.pairwise(bounds)] or [0]
+    if cuts and cuts[0] == 0:
+        sizes = [0, *sizes, 0]  # empty pages anywhere
+    bodies = encode_pages(bars, sizes)
+    first = 0
+    for size, body in zip(sizes, bodies, strict=True):
+        page = bars.take(np.arange(first, first + size))
+        assert body == encode_klines(page)  # byte for byte: widths are per page
+        assert json.loads(body) == page.wire_rows()
+        first += size
+    with pytest.raises(ValueError, match="do not split"):
+        encode_pages(bars, [len(bars) + 1])
+
+
+def test_generated_pages_in_one_pass_equal_pages_generated_alone() -> None:
+    starts = [T0_MS, T0_MS + 1000 * 60_000, T0_MS - 5000 * 60_000, T0_MS + 7 * 60_000]
+    pages = [_minutes(s, n) for s, n in zip(starts, [1000, 500, 3, 40], strict=True)]
+    together = generate_bars(2, "ETH/USDT", 60, np.concatenate(pages))
+    bodies = encode_pages(together, [len(p) for p in pages])
+    for times, body in zip(pages, bodies, strict=True):
+        assert body == encode_klines(generate_bars(2, "ETH/USDT", 60, times))
+
+
+def test_a_huge_page_is_encoded_like_smaller_ones() -> None:
+    bars = generate_bars(4, "BTC/USDT", 60, _minutes(T0_MS, 20_000))  # past the kept scratch
+    whole = json.loads(encode_klines(bars))
+    parts = [json.loads(body) for body in encode_pages(bars, [5_000] * 4)]
+    assert whole == [row for part in parts for row in part]
+    assert whole[-1] == bars.take(np.array([19_999])).wire_rows()[0]

@@ -9,6 +9,8 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from datetime import time as dt_time
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +20,7 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from qmtl.runtime.sdk.clock import FakeClock
+from qmtl.runtime.sdk.node_id import TIMEFRAMES, alignment_origin
 from qmtl.services.exchange_sim import (
     USED_WEIGHT_HEADER,
     Scenario,
@@ -112,7 +115,60 @@ async def test_every_interval_is_served_aligned(
     status, rows, _ = await _get(http, sim, KLINES, f"symbol=BTCUSDT&interval={interval}&limit=3")
     assert status == 200 and len(rows) == 3
     step = rows[1][0] - rows[0][0]
-    assert all(r[0] % step == 0 for r in rows)
+    assert step == TIMEFRAMES[interval] * 1000
+    origin_ms = alignment_origin(TIMEFRAMES[interval]) * 1000
+    assert all((r[0] - origin_ms) % step == 0 for r in rows)
+
+
+async def test_weekly_bars_open_on_monday_midnight_utc(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    sim = await start({"seed": 6})
+    newest = await _get(http, sim, KLINES, "symbol=BTCUSDT&interval=1w&limit=5")
+    since = await _get(
+        http, sim, KLINES, f"symbol=BTCUSDT&interval=1w&startTime={(T0 - 40 * 86_400) * 1000}"
+    )
+    for status, rows, _ in (newest, since):
+        assert status == 200 and rows
+        for row in rows:
+            opened = datetime.fromtimestamp(row[0] / 1000, tz=UTC)
+            assert (opened.weekday(), opened.time()) == (0, dt_time(0, 0))
+            assert row[6] == row[0] + 7 * 86_400_000 - 1
+    # the newest bar is the one containing "now" (T0 is Tuesday 2023-11-14)
+    assert newest[1][-1][0] == 1_699_833_600_000  # Monday 2023-11-13
+    # startTime rounds up to the next Monday; endTime down to the Monday at or before it
+    assert since[1][0][0] == 1_696_809_600_000  # Monday 2023-10-09
+    monday_ms = since[1][0][0]
+    _, exact, _ = await _get(
+        http, sim, KLINES, f"symbol=BTCUSDT&interval=1w&startTime={monday_ms}&endTime={monday_ms}"
+    )
+    _, inside, _ = await _get(
+        http,
+        sim,
+        KLINES,
+        f"symbol=BTCUSDT&interval=1w&endTime={monday_ms + 6 * 86_400_000}&limit=1",
+    )
+    assert [r[0] for r in exact] == [r[0] for r in inside] == [monday_ms]
+    closed = np.array([r[0] for r in since[1][:-1]], np.int64)  # the last one is forming
+    assert since[1][-1][0] == newest[1][-1][0]
+    assert since[1][:-1] == generate_bars(6, "BTC/USDT", 604_800, closed).wire_rows()
+
+
+async def test_concurrent_distinct_pages_are_each_served_exactly(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    sim = await start({"seed": 12, "weight_limit_per_minute": 10_000})
+    starts = [(T0 - 86_400 * k) * 1000 for k in range(1, 13)]
+    answers = await asyncio.gather(
+        *(
+            _get(http, sim, KLINES, f"symbol=BTCUSDT&interval=1m&startTime={s}&limit=1000")
+            for s in starts
+        )
+    )
+    for since, (status, rows, _) in zip(starts, answers, strict=True):
+        times = np.arange(1000, dtype=np.int64) * 60_000 + since
+        assert status == 200 and rows == generate_bars(12, "BTC/USDT", 60, times).wire_rows()
+    assert sim.request_log.count(KLINES, status=200) == 12
 
 
 async def test_klines_paging_semantics(start: Start, http: aiohttp.ClientSession) -> None:

@@ -217,3 +217,60 @@ def test_selection_matches_a_brute_force_model(
     if not forward:
         expected = [t for t in existing if t <= end][-limit:]
     assert (np.asarray(got) // 1000).tolist() == expected
+
+
+WEEK = 604_800
+MONDAY = 1_704_067_200  # 2024-01-01T00:00:00Z, a Monday
+WEEKLY = MarketScenario(
+    symbol="BTC/USDT",
+    listing=MONDAY + 2 * 86_400 + 3600,  # Wednesday: the first bar opens that Monday
+    halts=(
+        TimeSpan(start=MONDAY + 3 * WEEK, end=MONDAY + 5 * WEEK),  # two whole weeks
+        TimeSpan(start=MONDAY + 7 * WEEK + 3600, end=MONDAY + 9 * WEEK),  # one whole week
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.integers(MONDAY - 3 * WEEK, MONDAY + 14 * WEEK),
+    width=st.integers(0, 12 * WEEK),
+    limit=st.integers(1, 20),
+    forward=st.booleans(),
+)
+def test_weekly_selection_opens_on_mondays_and_matches_a_model(
+    start: int, width: int, limit: int, forward: bool
+) -> None:
+    end = start + width
+    now_s = MONDAY + 12 * WEEK + 5
+    mondays = range(345_600, now_s + 1, WEEK)  # 1970-01-05, then every Monday
+    existing = [
+        t
+        for t in mondays
+        if t + WEEK > WEEKLY.listing  # type: ignore[operator]
+        and not (t >= MONDAY + 3 * WEEK and t + WEEK <= MONDAY + 5 * WEEK)
+        and not (t >= MONDAY + 7 * WEEK + 3600 and t + WEEK <= MONDAY + 9 * WEEK)
+    ]
+    assert existing[0] == MONDAY and MONDAY + 8 * WEEK not in existing
+    assert MONDAY + 7 * WEEK in existing  # the halt starts inside that week
+    got = select_open_times(
+        WEEKLY,
+        WEEK,
+        start_time=start * 1000 if forward else None,
+        end_time=end * 1000,
+        limit=limit,
+        now_ms=now_s * 1000,
+    )
+    in_range = [t for t in existing if t <= end and (not forward or t >= start)]
+    expected = in_range[:limit] if forward else in_range[-limit:]
+    assert (np.asarray(got) // 1000).tolist() == expected
+
+
+def test_weekly_bars_start_at_the_first_monday_after_the_epoch() -> None:
+    market = MarketScenario(symbol="BTC/USDT")
+    first = select_open_times(market, WEEK, start_time=0, end_time=None, limit=2, now_ms=10**12)
+    assert first.tolist() == [345_600_000, 345_600_000 + WEEK * 1000]  # 1970-01-05, -12
+    early = select_open_times(
+        market, WEEK, start_time=None, end_time=345_599_999, limit=5, now_ms=10**12
+    )
+    assert early.size == 0  # nothing opens before the first Monday

@@ -25,8 +25,8 @@ SDK = {
 IO = {
     "CcxtBackfillConfig", "CcxtOHLCVFetcher", "DataFetcherAutoBackfiller",
     "EnhancedQuestDBProvider", "ExchangeRouter", "HistoryStorage", "LedgerUpdate",
-    "LocalRateLimiter", "RateLimiter", "RateLimiterConfig", "StorageError", "get_limiter",
-    "open_storage",
+    "LocalRateLimiter", "RateLimiter", "RateLimiterConfig", "RedisRateLimiter", "StorageError",
+    "get_limiter", "open_storage",
 }  # fmt: skip
 
 

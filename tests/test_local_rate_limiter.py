@@ -131,3 +131,62 @@ def test_get_limiter_keys_by_template() -> None:
     assert get_limiter(RateLimiterConfig(), "Binance", metrics=registry).key == "ccxt:binance"
     limiter = get_limiter(RateLimiterConfig(), "binance", "acct", metrics=registry)
     assert limiter.key == "ccxt:binance:acct"
+
+
+async def test_a_request_heavier_than_the_burst_is_charged_in_full() -> None:
+    clock = FakeClock(start=0.0)
+    limiter, _ = make(clock)  # 10 tokens/s, burst 5
+    issued = await issue_all(limiter, clock, [12, 1])
+    # 12 tokens from a bucket of 5: due when the 7 missing have refilled, then 1 more.
+    assert issued == pytest.approx([0.7, 0.8])
+
+
+async def test_usage_header_clamps_a_fresh_bucket_to_what_the_window_has_left() -> None:
+    """Others already spent 600 of a 660 budget in this minute: a fresh bucket (burst 60)
+    must not spend more than the 60 left before the minute ends."""
+    clock = FakeClock(start=60.0 * 28_333_333 + 20.0)  # 20 s into a minute
+    window_end = clock.now() + 40.0
+    limiter, registry = make(clock, tokens_per_interval=600, interval_ms=60_000, burst_tokens=60)
+    await limiter.observe_usage(600)
+    assert registry.get_sample_value("seamless_rl_tokens_available", {"key": "ccxt:test"}) == 0
+    issued = await issue_all(limiter, clock, [1] * 100)
+    assert sum(1 for t in issued if t < window_end) <= 60
+    assert max(issued) > window_end  # and it carries on in the next minute
+
+
+async def test_usage_header_below_the_bucket_changes_nothing() -> None:
+    clock = FakeClock(start=60.0 * 28_333_333 + 20.0)
+    limiter, _ = make(clock, tokens_per_interval=600, interval_ms=60_000, burst_tokens=60)
+    await limiter.observe_usage(10)
+    assert limiter.state is not None and limiter.state.tokens == 60  # never adds, never takes
+    clock_in_grace = FakeClock(start=60.0 * 28_333_333 + 0.5)
+    early, _ = make(clock_in_grace, tokens_per_interval=600, interval_ms=60_000)
+    await early.observe_usage(10_000)  # within a second of the boundary: not trusted
+    assert early.state is None
+
+
+async def test_local_fallback_share_scales_rate_and_burst() -> None:
+    clock = FakeClock(start=0.0)
+    config = RateLimiterConfig(tokens_per_interval=40, interval_ms=1000, burst_tokens=8)
+    limiter = LocalRateLimiter(
+        config, "k", clock=clock, metrics=SeamlessMetrics(CollectorRegistry()), share=0.25
+    )
+    issued = await issue_all(limiter, clock, [1] * 5)
+    assert issued == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.3])  # burst 2, then 10/s
+
+
+def test_get_limiter_picks_redis_from_config_or_environment() -> None:
+    from qmtl.runtime.io.redis_rate_limiter import RedisRateLimiter
+
+    metrics = SeamlessMetrics(CollectorRegistry())
+    assert isinstance(get_limiter(RateLimiterConfig(), "binance", env={}), LocalRateLimiter)
+    env = {"QMTL_CCXT_RATE_LIMITER_REDIS": "redis://127.0.0.1:1/0"}
+    from_env = get_limiter(RateLimiterConfig(), "binance", metrics=metrics, env=env)
+    assert isinstance(from_env, RedisRateLimiter)
+    assert from_env.config.redis_dsn == "redis://127.0.0.1:1/0"
+    from_config = get_limiter(
+        RateLimiterConfig(redis_dsn="redis://h:6379/0"), "binance", metrics=metrics, env={}
+    )
+    assert isinstance(from_config, RedisRateLimiter)
+    with pytest.raises(ValueError, match="redis_dsn: unsupported scheme"):
+        get_limiter(RateLimiterConfig(), "binance", env={"QMTL_CCXT_RATE_LIMITER_REDIS": "h:1"})

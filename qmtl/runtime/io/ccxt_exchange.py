@@ -14,12 +14,18 @@ response (timeouts, connection refused, parse errors of a 200 body) have neither
 
 Strict JSON: stock ccxt swallows a body that starts like JSON but does not parse and hands
 the raw text on, which ``fetch_ohlcv`` turns into ``[]`` — a truncated page looks exactly like
-an empty one. The hook raises ``ccxt.BadResponse`` instead. What stock ccxt (4.5) does with
-the simulator's other malformed kinds, so callers validate rows themselves:
+an empty one. The ``parse_json`` hook raises ``ccxt.BadResponse`` instead.
 
-- ``wrong_types``: a row that is an object gets timestamp ``None`` and is silently dropped by
-  ``fetch_ohlcv``'s ``since`` filter; a price that is a list parses as ``None``.
-- ``nan_strings``: ``"NaN"`` prices parse as ``float('nan')``, silently.
+Strict OHLCV rows: stock ccxt (4.5) gives a kline row that is an object timestamp ``None``,
+and ``fetch_ohlcv``'s ``since`` filter then drops it silently; a price that is a list parses
+as ``None`` and a ``"NaN"`` string as ``float('nan')``. A fetcher above us would take the
+dropped bar for one the exchange does not have. The ``parse_ohlcvs`` hook parses every raw row
+once (with the exchange's own ``parse_ohlcv``) and raises ``ccxt.BadResponse`` naming the row
+unless it is ``[int timestamp, five finite numbers]`` (``None``, NaN and infinities are
+refused; a clean page is checked in one numpy pass), then sorts and filters as ccxt does.
+This is stricter than some exchanges need (one that sends no volume now fails loudly).
+ccxt's ``BadResponse`` is an ``ExchangeError``, not a
+``NetworkError``: callers decide whether a malformed page is worth a retry.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
 
 __all__ = [
     "CCXT_INSTALL_HINT",
@@ -86,7 +94,8 @@ def _header(headers: Mapping[str, Any] | None, name: str) -> str | None:
 
 @functools.cache
 def _with_http_status(cls: type[Any]) -> type[Any]:
-    """``cls`` plus the ``handle_errors`` and ``parse_json`` hooks (module docstring)."""
+    """``cls`` plus the ``handle_errors``, ``parse_json`` and ``parse_ohlcvs`` hooks (module
+    docstring)."""
     import ccxt
 
     def handle_errors(
@@ -101,6 +110,11 @@ def _with_http_status(cls: type[Any]) -> type[Any]:
         request_headers: Any,
         request_body: Any,
     ) -> Any:
+        # Every response, success or error, with its own headers (no shared last_* state):
+        # the fetcher reads the exchange's usage header here to resync its limiter.
+        observer = getattr(self, "qmtl_on_response", None)
+        if observer is not None:
+            observer(code, headers or {})
         try:
             result = cls.handle_errors(
                 self,
@@ -134,8 +148,82 @@ def _with_http_status(cls: type[Any]) -> type[Any]:
                 ) from exc
         return cls.parse_json(self, http_response)
 
-    namespace = {"handle_errors": handle_errors, "parse_json": parse_json, "__module__": __name__}
+    def parse_ohlcvs(
+        self: Any,
+        ohlcvs: Any,
+        market: Any = None,
+        timeframe: str = "1m",
+        since: int | None = None,
+        limit: int | None = None,
+        tail: bool = False,
+    ) -> Any:
+        if ohlcvs is None:
+            return []
+        if not isinstance(ohlcvs, list):
+            raise ccxt.BadResponse(
+                f"{self.id} OHLCV: expected a list of rows, got {type(ohlcvs).__name__}"
+            )
+        parsed = []
+        for i, raw in enumerate(ohlcvs):
+            try:
+                parsed.append(self.parse_ohlcv(raw, market))
+            except (TypeError, ValueError, KeyError, IndexError) as exc:
+                raise ccxt.BadResponse(f"{self.id} OHLCV row {i}: unparseable ({exc})") from exc
+        found = _first_row_problem(parsed)
+        if found is not None:
+            raise ccxt.BadResponse(f"{self.id} OHLCV row {found[0]}: {found[1]}")
+        # ccxt's own parse_ohlcvs would parse every row again; its remaining two steps:
+        rows = self.sort_by(parsed, 0)
+        return self.filter_by_since_limit(rows, since, limit, 0, tail)
+
+    namespace = {
+        "handle_errors": handle_errors,
+        "parse_json": parse_json,
+        "parse_ohlcvs": parse_ohlcvs,
+        "__module__": __name__,
+    }
     return type(cls.__name__, (cls,), namespace)
+
+
+_OHLCV_FIELDS = ("timestamp", "open", "high", "low", "close", "volume")
+
+
+def _first_row_problem(rows: list[Any]) -> tuple[int, str] | None:
+    """``(index, problem)`` of the first bad parsed row, or ``None``. One numpy pass accepts
+    a clean page (the common case); only a page that fails it is walked row by row."""
+    try:
+        block = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        block = None
+    if (
+        block is not None
+        and block.ndim == 2
+        and block.shape[1] == len(_OHLCV_FIELDS)
+        and bool(np.isfinite(block).all())
+        and all(type(row[0]) is int for row in rows)
+    ):
+        return None
+    for i, row in enumerate(rows):
+        problem = _ohlcv_row_problem(row)
+        if problem is not None:
+            return i, problem
+    return None
+
+
+def _ohlcv_row_problem(row: object) -> str | None:
+    """What is wrong with one parsed ccxt OHLCV row, or ``None`` if it is
+    ``[int timestamp, open, high, low, close, volume]`` with finite int/float values."""
+    if not isinstance(row, list | tuple) or len(row) != len(_OHLCV_FIELDS):
+        size = len(row) if isinstance(row, list | tuple) else type(row).__name__
+        return f"expected 6 values, got {size}"
+    for name, value in zip(_OHLCV_FIELDS, row, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{name} is {value!r:.40}"
+        if name == "timestamp" and not isinstance(value, int):
+            return f"timestamp is {value!r:.40}, not an integer"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name} is {value!r}"
+    return None
 
 
 def http_status_of(exc: BaseException) -> int | None:

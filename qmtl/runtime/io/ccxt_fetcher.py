@@ -16,7 +16,10 @@ What it guarantees (the backfiller relies on every point):
 - **Rate limits**: ccxt's own throttle is off; every request — market loading included —
   goes through the project limiter, charged its weight in the exchange's units. A 429/418
   penalizes the whole limiter key with the exchange's ``Retry-After`` and is raised as
-  :class:`ExchangeRateLimitError` so the backfiller retries no sooner.
+  :class:`ExchangeRateLimitError` so the backfiller retries no sooner. Every response's
+  usage header (Binance ``X-MBX-USED-WEIGHT-1m``) is handed to ``limiter.observe_usage``
+  through the exchange's ``qmtl_on_response`` hook, and a request's call returns only once
+  that resync is done, so the next request sees it.
 - **Page size** is the one with the most bars per unit of weight from the exchange's limit
   tiers (Binance spot: 1000 bars for weight 2; Binance USDⓈ-M futures: the 499 tier), unless
   ``page_limit`` says otherwise.
@@ -35,6 +38,7 @@ import pandas as pd
 
 from qmtl.runtime.io.ccxt_exchange import create_exchange, http_status_of, retry_after_of
 from qmtl.runtime.io.ccxt_rate_limiter import RateLimiter, get_limiter
+from qmtl.runtime.io.exchange_usage import UsageRelay
 from qmtl.runtime.sdk.backfill_types import FetchWindowResult
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.errors import (
@@ -190,6 +194,9 @@ class CcxtOHLCVFetcher:
         self.plan = page_plan(config.exchange_id, config.market_type, config.page_limit)
         self.stabilization_bars = stabilization_bars
         self._exchange = exchange
+        self._usage = UsageRelay(self.limiter, self.clock)
+        if exchange is not None:
+            exchange.qmtl_on_response = self._usage
         self._markets_lock = asyncio.Lock()
         self._markets_loaded = False
         self.requests = 0
@@ -204,9 +211,11 @@ class CcxtOHLCVFetcher:
                 sandbox=self.config.sandbox,
                 options=self.config.ccxt_options,
             )
+            self._exchange.qmtl_on_response = self._usage
         return self._exchange
 
     async def aclose(self) -> None:
+        await self._usage.drain()
         if self._exchange is not None:
             await self._exchange.close()
         await self.limiter.aclose()
@@ -312,12 +321,15 @@ class CcxtOHLCVFetcher:
 
         try:
             async with self.limiter.acquire(weight):
-                return await method(*args)
+                result = await method(*args)
         except ccxt.BaseError as exc:
+            await self._usage.drain()
             error = translate_ccxt_error(exc, node_id=node_id, window=window)
             if isinstance(error, ExchangeRateLimitError):
                 await self.limiter.penalize(error.http_status or 429, error.retry_after_s)
             raise error from exc
+        await self._usage.drain()
+        return result
 
 
 def _validated_page(

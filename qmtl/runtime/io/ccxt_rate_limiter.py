@@ -10,6 +10,13 @@ Penalties: a 429 pauses the whole key for ``max(penalty_backoff_ms, Retry-After)
 (IP ban) for the ban's ``Retry-After`` (2 minutes, Binance's shortest ban, when the exchange
 sent none, never less than ``penalty_backoff_ms``). Waiters that reserved before a penalty
 re-queue after it.
+
+Usage headers: :meth:`RateLimiter.observe_usage` takes the weight the exchange says was used
+in its current fixed window (Binance ``X-MBX-USED-WEIGHT-1m``, by everyone on this IP) and
+clamps the bucket so that its debt plus what it can still grant before the window ends stays
+within ``budget − used`` (``budget`` = ``tokens_per_interval`` per ``interval_ms`` over the
+window, plus ``burst_tokens``; this process's share of it for a shared-fallback bucket). It
+never adds tokens; see :func:`~qmtl.runtime.io.token_bucket.sync`.
 """
 
 from __future__ import annotations
@@ -17,11 +24,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import math
+import os
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
-from qmtl.runtime.io.token_bucket import BucketState, penalize, reserve
+from qmtl.runtime.io.token_bucket import (
+    BucketState,
+    penalize,
+    reserve,
+    sync,
+    usage_window_rest_ms,
+)
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.events import RATE_LIMIT_PENALTY, log_event
 from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
@@ -29,17 +45,26 @@ from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig, render_key
 
 __all__ = [
     "DEFAULT_BAN_MS",
+    "ENV_REDIS_DSN",
+    "USAGE_WINDOW_MS",
     "LocalRateLimiter",
     "RateLimiter",
     "RateLimiterConfig",
     "get_limiter",
     "penalty_ms_for",
+    "record_penalty",
+    "split_cost",
+    "window_budget",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Pause after a 418 without ``Retry-After`` (Binance bans last 2 minutes to 3 days).
 DEFAULT_BAN_MS = 120_000
+#: Environment variable that selects the Redis limiter (a ``redis://`` DSN).
+ENV_REDIS_DSN = "QMTL_CCXT_RATE_LIMITER_REDIS"
+#: Window of Binance's ``X-MBX-USED-WEIGHT-1m`` header: one fixed minute.
+USAGE_WINDOW_MS = 60_000
 
 
 @runtime_checkable
@@ -57,7 +82,29 @@ class RateLimiter(Protocol):
         """Pause the key after a 429/418; returns the pause in ms."""
         ...
 
+    async def observe_usage(
+        self, used_weight: int, *, window_ms: int = USAGE_WINDOW_MS, age_ms: float = 0.0
+    ) -> None:
+        """The exchange reports ``used_weight`` spent in its current fixed window of
+        ``window_ms`` (observed ``age_ms`` ago): clamp the bucket to what is left."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+def window_budget(config: RateLimiterConfig, window_ms: float) -> float:
+    """What the bucket may spend in any window of ``window_ms``: refill plus burst
+    (``tokens_per_interval + burst_tokens`` when the window is ``interval_ms``)."""
+    return config.tokens_per_interval * window_ms / config.interval_ms + config.burst_tokens
+
+
+def split_cost(cost: float, capacity: float) -> list[float]:
+    """``cost`` in pieces no larger than ``capacity``: a request weighing more than the
+    bucket holds is charged in full, piece by piece, instead of being undercharged."""
+    if cost <= capacity:
+        return [cost]
+    pieces = math.ceil(cost / capacity)
+    return [min(capacity, cost / pieces)] * pieces
 
 
 def penalty_ms_for(status: int, retry_after_s: float | None, config: RateLimiterConfig) -> float:
@@ -69,7 +116,11 @@ def penalty_ms_for(status: int, retry_after_s: float | None, config: RateLimiter
 
 
 class LocalRateLimiter:
-    """A process-local bucket. Use from one event loop (not thread-safe)."""
+    """A process-local bucket. Use from one event loop (not thread-safe).
+
+    ``share`` (0, 1] scales the budget: the Redis limiter's fallback runs at
+    ``1 / expected_workers`` so that the workers together stay within it.
+    """
 
     def __init__(
         self,
@@ -86,6 +137,7 @@ class LocalRateLimiter:
         self.key = key
         self.clock = clock or SystemClock()
         self.metrics = metrics or default_metrics()
+        self.share = share
         self.rate_per_ms = config.tokens_per_interval * share / config.interval_ms
         self.capacity = max(1.0, config.burst_tokens * share)
         self._state: BucketState | None = None
@@ -95,53 +147,118 @@ class LocalRateLimiter:
     def _now_ms(self) -> float:
         return self.clock.monotonic() * 1000.0
 
+    @property
+    def state(self) -> BucketState | None:
+        """The bucket (``None``: full, never used); instants on ``clock.monotonic()`` in ms."""
+        return self._state
+
     @contextlib.asynccontextmanager
     async def acquire(self, cost: float = 1) -> AsyncIterator[None]:
-        cost = min(float(cost), self.capacity)
         async with self._slots:
             try:
-                await self._wait_turn(cost)
+                await self.wait_turn(cost)
             except asyncio.CancelledError:
                 self.metrics.rl_dropped.labels(key=self.key).inc()
                 raise
             yield
 
-    async def _wait_turn(self, cost: float) -> None:
+    async def wait_turn(self, cost: float) -> None:
+        """Sleep until ``cost`` tokens are due (no request slot is taken)."""
         while True:
             now = self._now_ms()
-            taken = reserve(
-                self._state, now, cost, rate_per_ms=self.rate_per_ms, capacity=self.capacity
-            )
-            self._state = taken.state
-            due = max(taken.due_ms, self._next_start_ms)
+            due = now
+            for piece in split_cost(float(cost), self.capacity):
+                taken = reserve(
+                    self._state, now, piece, rate_per_ms=self.rate_per_ms, capacity=self.capacity
+                )
+                self._state = taken.state
+                due = max(due, taken.due_ms)
+            due = max(due, self._next_start_ms)
             self._next_start_ms = due + self.config.min_interval_ms
-            self.metrics.rl_tokens_available.labels(key=self.key).set(max(0.0, taken.state.tokens))
+            self._report()
             if due > now:
                 await self.clock.sleep((due - now) / 1000.0)
             # A penalty imposed while we slept voids our reservation: queue again behind it.
-            if self._state.not_before_ms <= self._now_ms():
+            if self._state is None or self._state.not_before_ms <= self._now_ms():
                 return
 
-    async def penalize(self, status: int, retry_after_s: float | None) -> float:
-        pause_ms = penalty_ms_for(status, retry_after_s, self.config)
+    def pause(self, pause_ms: float) -> None:
+        """Stop the bucket for ``pause_ms`` from now (no log, no metric: see :meth:`penalize`)."""
         now = self._now_ms()
         self._state = penalize(
             self._state, now, now + pause_ms, rate_per_ms=self.rate_per_ms, capacity=self.capacity
         )
-        self.metrics.rl_penalty.labels(key=self.key, status=str(status)).inc()
-        log_event(
-            logger,
-            RATE_LIMIT_PENALTY,
-            level=logging.ERROR if status == 418 else logging.WARNING,
-            key=self.key,
-            status=status,
-            retry_after_ms=None if retry_after_s is None else retry_after_s * 1000.0,
-            penalty_ms=pause_ms,
-        )
+        self._report()
+
+    def pause_left_ms(self) -> float:
+        """How long the current penalty still lasts (0 when none)."""
+        if self._state is None:
+            return 0.0
+        return max(0.0, self._state.not_before_ms - self._now_ms())
+
+    def deficit(self) -> float:
+        """Tokens missing from a full bucket now (spent and not yet refilled, debt included)."""
+        if self._state is None:
+            return 0.0
+        at = max(self._now_ms(), self._state.updated_ms)
+        tokens = self._state.tokens + (at - self._state.updated_ms) * self.rate_per_ms
+        return max(0.0, self.capacity - min(self.capacity, tokens))
+
+    async def penalize(self, status: int, retry_after_s: float | None) -> float:
+        pause_ms = penalty_ms_for(status, retry_after_s, self.config)
+        self.pause(pause_ms)
+        record_penalty(self.metrics, self.key, status, retry_after_s, pause_ms)
         return pause_ms
+
+    async def observe_usage(
+        self, used_weight: int, *, window_ms: int = USAGE_WINDOW_MS, age_ms: float = 0.0
+    ) -> None:
+        self.sync_usage(used_weight, window_ms=window_ms, age_ms=age_ms)
+
+    def sync_usage(
+        self, used_weight: int, *, window_ms: int = USAGE_WINDOW_MS, age_ms: float = 0.0
+    ) -> None:
+        """:meth:`observe_usage` without awaiting; the window is placed on ``clock.now()``."""
+        rest = usage_window_rest_ms(self.clock.now() * 1000.0, window_ms, age_ms=age_ms)
+        if rest is None:
+            return
+        allowance = self.share * (window_budget(self.config, window_ms) - used_weight)
+        self._state = sync(
+            self._state,
+            self._now_ms(),
+            allowance,
+            rest,
+            rate_per_ms=self.rate_per_ms,
+            capacity=self.capacity,
+        )
+        self._report()
+
+    def _report(self) -> None:
+        tokens = self.capacity if self._state is None else self._state.tokens
+        self.metrics.rl_tokens_available.labels(key=self.key).set(max(0.0, tokens))
 
     async def aclose(self) -> None:
         return None
+
+
+def record_penalty(
+    metrics: SeamlessMetrics,
+    key: str,
+    status: int,
+    retry_after_s: float | None,
+    pause_ms: float,
+) -> None:
+    """Count and log one penalty: warning for a 429, error for a 418 (an IP ban)."""
+    metrics.rl_penalty.labels(key=key, status=str(status)).inc()
+    log_event(
+        logger,
+        RATE_LIMIT_PENALTY,
+        level=logging.ERROR if status == 418 else logging.WARNING,
+        key=key,
+        status=status,
+        retry_after_ms=None if retry_after_s is None else retry_after_s * 1000.0,
+        penalty_ms=pause_ms,
+    )
 
 
 def get_limiter(
@@ -151,7 +268,16 @@ def get_limiter(
     *,
     clock: Clock | None = None,
     metrics: SeamlessMetrics | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> RateLimiter:
-    """The limiter for ``exchange_id`` (and ``account``), keyed by ``config.key_template``."""
+    """The limiter for ``exchange_id`` (and ``account``), keyed by ``config.key_template``:
+    the Redis limiter when ``config.redis_dsn`` or ``QMTL_CCXT_RATE_LIMITER_REDIS`` (read
+    from ``env``, default ``os.environ``) names a server, else a process-local one."""
     key = render_key(config.key_template, exchange_id, account)
-    return LocalRateLimiter(config, key, clock=clock, metrics=metrics)
+    dsn = config.redis_dsn or (os.environ if env is None else env).get(ENV_REDIS_DSN) or None
+    if dsn is None:
+        return LocalRateLimiter(config, key, clock=clock, metrics=metrics)
+    from qmtl.runtime.io.redis_rate_limiter import RedisRateLimiter
+
+    # replace() re-validates: a DSN from the environment gets the same scheme check
+    return RedisRateLimiter(replace(config, redis_dsn=dsn), key, clock=clock, metrics=metrics)

@@ -12,14 +12,34 @@ clock moved to the end of the pause, so nothing new is due before it and refill 
 after it. Reservations handed out before the penalty must be re-taken by their waiters
 (``not_before_ms`` tells them), which forfeits their tokens: conservative, never over budget.
 
-The Redis limiter runs the same arithmetic in a Lua script; both are tested on one table.
+A resync from the exchange's usage header is :func:`sync`: the exchange says how much weight
+everyone on this IP used in its current fixed window; the bucket's debt (granted, not yet
+issued) plus what it can still grant before the window ends is cut down to what the window has
+left (:func:`usage_window_rest_ms` says how long that is, or that the report is too close to a
+window boundary to trust). It only ever lowers the bucket.
+
+The Redis limiter runs the same arithmetic in ``token_bucket.lua``; both are tested on one
+table.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-__all__ = ["BucketState", "Reservation", "penalize", "reserve"]
+__all__ = [
+    "USAGE_GRACE_MS",
+    "BucketState",
+    "Reservation",
+    "penalize",
+    "reserve",
+    "sync",
+    "usage_window_rest_ms",
+]
+
+#: Usage reports observed this close (ms) after a window boundary are ignored: clock skew
+#: between us and the exchange could make the old window's count look like the new one's.
+USAGE_GRACE_MS = 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +114,46 @@ def penalize(
     at = max(now_ms, state.updated_ms)
     tokens = min(_tokens_at(state, at, rate_per_ms, capacity), 0.0)
     return BucketState(tokens, max(at, until_ms), max(state.not_before_ms, until_ms))
+
+
+def sync(
+    state: BucketState | None,
+    now_ms: float,
+    allowance: float,
+    rest_ms: float,
+    *,
+    rate_per_ms: float,
+    capacity: float,
+) -> BucketState:
+    """Clamp the bucket to an exchange usage report.
+
+    ``allowance`` is what the exchange window still allows this bucket (budget − used) and
+    ``rest_ms`` how long that window lasts after ``now_ms``. What the bucket may still cause
+    in the window is its debt (``-tokens`` when negative: reservations granted, not yet
+    issued) plus what it can grant before the window ends (``max(tokens, 0)`` + refill);
+    any excess over ``allowance`` is taken off ``tokens`` (never adds tokens). Refill is
+    counted without the capacity cap, which only overstates it: conservative.
+    """
+    _check(rate_per_ms, capacity)
+    if state is None:
+        state = BucketState(tokens=capacity, updated_ms=now_ms)
+    at = max(now_ms, state.updated_ms)
+    rest = max(0.0, rest_ms - (at - now_ms))
+    tokens = _tokens_at(state, at, rate_per_ms, capacity)
+    excess = max(tokens, 0.0) + rest * rate_per_ms - allowance
+    return BucketState(tokens - max(0.0, excess), at, state.not_before_ms)
+
+
+def usage_window_rest_ms(
+    now_ms: float, window_ms: float, *, age_ms: float = 0.0, grace_ms: float = USAGE_GRACE_MS
+) -> float | None:
+    """Milliseconds left in the exchange's fixed window (aligned to the epoch, as Binance's
+    ``X-MBX-USED-WEIGHT-1m``) containing ``now_ms``, or ``None`` when a report observed
+    ``age_ms`` ago belongs to an earlier window or arrived within ``grace_ms`` of its start."""
+    if window_ms <= 0:
+        raise ValueError("window_ms must be > 0")
+    observed = now_ms - max(0.0, age_ms)
+    window = math.floor(now_ms / window_ms)
+    if math.floor(observed / window_ms) != window or observed - window * window_ms < grace_ms:
+        return None
+    return (window + 1) * window_ms - now_ms

@@ -22,7 +22,9 @@ _KNOWN_PLACEHOLDERS = frozenset({"exchange", "exchange_id", "account"})
 class RateLimiterConfig:
     """Token bucket settings: refills ``tokens_per_interval`` per ``interval_ms``
     continuously, holds at most ``burst_tokens``. ``redis_dsn=None`` means process-local
-    unless ``QMTL_CCXT_RATE_LIMITER_REDIS`` is set."""
+    unless ``QMTL_CCXT_RATE_LIMITER_REDIS`` is set. ``expected_workers``: how many processes
+    share the key; while Redis is unreachable each falls back to a local bucket at
+    ``1 / expected_workers`` of the budget."""
 
     tokens_per_interval: int = 1200
     interval_ms: int = 60_000
@@ -32,9 +34,11 @@ class RateLimiterConfig:
     key_template: str = "ccxt:{exchange}:{account?}"
     redis_dsn: str | None = None
     min_interval_ms: int = 0
+    expected_workers: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("tokens_per_interval", "interval_ms", "burst_tokens", "local_semaphore"):
+        positive = ("tokens_per_interval", "interval_ms", "burst_tokens", "local_semaphore")
+        for name in (*positive, "expected_workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}: must be an integer > 0, got {value!r}")

@@ -217,7 +217,7 @@ async def _klines(request: web.Request) -> web.Response:
         limit=params.limit,
         now_ms=state.now_ms(),
     )
-    page = state.page(market, params.interval_s, open_times, params.limit)
+    page = await state.page(market, params.interval_s, open_times, params.limit)
     served = page.open_times
     if len(served):
         record(200, len(served), int(served[0]), int(served[-1]), page.fault)

@@ -10,9 +10,10 @@ bar boundary* is defined once, so a bar's open equals the previous bar's close e
 
 Conventions:
 
-- Times are epoch **milliseconds**; open times are multiples of the interval counted from the
-  epoch for every interval, ``1w`` included (real Binance opens weekly bars on Mondays; the
-  simulator keeps the project's ``ts % interval == 0`` convention instead).
+- Times are epoch **milliseconds**. Bar ``i`` of an interval opens at ``origin + i *
+  interval``, ``i >= 0``, with ``origin = alignment_origin(interval)``: the epoch for every
+  interval but ``1w``, whose bars open on Mondays 00:00 UTC as on Binance (the origin is
+  Monday 1970-01-05). Hashes are of ``i``; the slow sines are of absolute time.
 - Prices and volumes are ``int64`` fixed point in units of ``1e-8`` ("e8"), the precision of
   Binance's decimal strings. ``e8 / 1e8`` is the correctly rounded double of the decimal
   string, so floats from :meth:`Bars.ohlcv` equal what a JSON client parses, bit for bit.
@@ -21,7 +22,6 @@ Conventions:
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +30,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qmtl.runtime.sdk.node_id import alignment_origin
+from qmtl.services.exchange_sim.hashing import (
+    stable_key,
+    stream_salts,
+    uniform,
+    uniform_streams,
+)
 
 __all__ = [
     "E8",
@@ -45,44 +51,10 @@ E8 = 100_000_000
 I64 = NDArray[np.int64]
 F64 = NDArray[np.float64]
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_MASK64 = (1 << 64) - 1
 _DAY_S = 86_400.0
 # slow sines of absolute time: (period seconds, amplitude in log-price)
 _WAVES = ((30 * _DAY_S, 0.25), (3 * _DAY_S, 0.06), (6 * 3600.0, 0.015))
 _VOLUME_STEP_E8 = 1_000  # volumes are quantised to 1e-5 of the base asset
-
-
-@functools.lru_cache(maxsize=4096)
-def _key(*parts: object) -> int:
-    """A stable 64-bit key (sha256, never Python's salted ``hash``)."""
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-def _mix(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    # splitmix64 finaliser; uint64 array arithmetic wraps silently, which is what we want
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
-
-
-def _uniforms(key: int, streams: tuple[int, ...], index: I64) -> F64:
-    """U[0, 1), shape ``(len(streams), len(index))``: one independent draw per stream and
-    index, all streams hashed in a single pass."""
-    salts = np.array([(key ^ (s * 0xD1B54A32D192ED03)) & _MASK64 for s in streams], np.uint64)
-    x = _mix(index.astype(np.uint64)[None, :] * _GOLDEN + salts[:, None])
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-def _uniform(key: int, stream: int, index: I64) -> F64:
-    """U[0, 1) per element of ``index``, independent across ``stream`` values."""
-    out: F64 = _uniforms(key, (stream,), index.reshape(-1))[0].reshape(index.shape)
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +74,8 @@ class SymbolModel:
 @functools.lru_cache(maxsize=1024)
 def symbol_model(seed: int, symbol: str) -> SymbolModel:
     """Constants of ``symbol`` under ``seed`` (level 10 .. ~31,600, tick 1e-2 .. 1e-5)."""
-    key = _key("qmtl-sim/v1", seed, symbol)
-    u = _uniform(key, 0, np.arange(4, dtype=np.int64))
+    key = stable_key("qmtl-sim/v1", seed, symbol)
+    u = uniform(key, 0, np.arange(4, dtype=np.int64))
     level = float(10.0 ** (1.0 + 3.5 * u[0]))
     decimals = min(8, max(2, 6 - math.floor(math.log10(level))))
     phases = (float(2 * math.pi * u[1]), float(2 * math.pi * u[2]), float(2 * math.pi * u[3]))
@@ -198,8 +170,20 @@ def _sigma(interval_s: int) -> float:
 
 
 def _quantise(values_e8: NDArray[np.floating[Any]], step_e8: int) -> I64:
-    steps = np.maximum(np.rint(values_e8 / step_e8), 1.0)
-    return steps.astype(np.int64) * step_e8
+    """``max(rint(values / step), 1) * step`` as int64 (e8 units)."""
+    steps = values_e8 / step_e8
+    np.rint(steps, out=steps)
+    out = np.empty(steps.shape, np.int64)
+    np.maximum(steps, 1.0, out=out, casting="unsafe")  # integral floats: the cast is exact
+    out *= step_e8
+    return out
+
+
+def _rint_int(values: NDArray[np.floating[Any]]) -> I64:
+    """``rint(values).astype(int64)`` in one pass."""
+    out = np.empty(values.shape, np.int64)
+    np.rint(values, out=out, casting="unsafe")
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +191,6 @@ class _Series:
     """Constants of one ``(seed, symbol, interval)`` series, computed once."""
 
     model: SymbolModel
-    noise_key: int
     interval_s: int
     origin_s: int  # bar ``i`` opens at ``origin_s + i * interval_s``
     sigma: float
@@ -222,19 +205,17 @@ class _Series:
 @functools.lru_cache(maxsize=1024)
 def _series(seed: int, symbol: str, interval_s: int) -> _Series:
     model = symbol_model(seed, symbol)
-    key = _key("qmtl-sim/v1/bars", seed, symbol, interval_s)
+    key = stable_key("qmtl-sim/v1/bars", seed, symbol, interval_s)
     sigma = _sigma(interval_s)
-    salts = [(key ^ (s * 0xD1B54A32D192ED03)) & _MASK64 for s in range(1, 7)]
     column = (len(_WAVES), 1)
     return _Series(
         model=model,
-        noise_key=key,
         interval_s=interval_s,
         origin_s=alignment_origin(interval_s),
         sigma=sigma,
         wick=0.5 * sigma + 0.0002,
         base_volume=2e5 / model.level * (interval_s / 60.0),
-        salts=np.array(salts, np.uint64).reshape(-1, 1),
+        salts=stream_salts(key, (1, 2, 3, 4, 5, 6)),
         wave_freq=np.array([2.0 * math.pi / period for period, _ in _WAVES]).reshape(column),
         wave_phase=np.array(model.phases).reshape(column),
         wave_amp=np.array([amp for _, amp in _WAVES]).reshape(column),
@@ -248,7 +229,7 @@ def _log_price(s: _Series, tau: F64, noise_u: F64) -> F64:
     angle += s.wave_phase
     np.sin(angle, out=angle)
     angle *= s.wave_amp
-    log_p = angle[0] + angle[1]
+    log_p: F64 = angle[0] + angle[1]
     log_p += angle[2]
     log_p += s.sigma * (2.0 * noise_u - 1.0)
     return log_p
@@ -276,7 +257,8 @@ def generate_bars(seed: int, symbol: str, interval_s: int, open_time_ms: I64) ->
     Aligned means ``(t - alignment_origin(interval)) % interval == 0`` (ms): multiples of
     the interval from the epoch, except ``1w`` (Mondays, see
     :func:`~qmtl.runtime.sdk.node_id.alignment_origin`). Vectorised: a contiguous window
-    (the usual page) costs about seventy numpy calls, whatever its length.
+    (the usual page) costs about seventy numpy calls, whatever its length, and so do several
+    windows at once; a bar's values never depend on what else is generated with it.
     """
     if interval_s <= 0:
         raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -301,34 +283,25 @@ def generate_bars(seed: int, symbol: str, interval_s: int, open_time_ms: I64) ->
         # n + 1 boundaries serve as opens and closes; one hash pass draws every stream
         i0 = (first - origin_ms) // interval_ms
         index: I64 = np.arange(i0, i0 + n + 1, dtype=np.int64)
-        u = _uniform_streams(s.salts, index)  # (6, n + 1)
+        u = uniform_streams(s.salts, index)  # (6, n + 1)
         quotes = _boundary_quotes(s, _times(s, index), u[0])
         o, c = quotes[:-1], quotes[1:]
         bar_u = u[1:, :n]
     else:
+        # maximal runs of consecutive bars share boundaries: a run of k bars needs k + 1
         index = (open_time_ms - origin_ms) // interval_ms
-        both = np.concatenate([index, index + 1])
-        noise_u = _uniform_streams(s.salts[:1], both)[0]
-        quotes = _boundary_quotes(s, _times(s, both), noise_u)
-        o, c = quotes[:n], quotes[n:]
-        bar_u = _uniform_streams(s.salts[1:], index)
+        run_starts = np.zeros(n, np.int64)
+        run_starts[1:] = np.diff(index) != 1
+        open_at = np.cumsum(run_starts)  # bar j's open boundary is slot j + (its run number)
+        open_at += np.arange(n)
+        boundary = np.empty(int(open_at[-1]) + 2 if n else 0, np.int64)
+        boundary[open_at] = index
+        boundary[open_at + 1] = index + 1
+        noise_u = uniform_streams(s.salts[:1], boundary)[0]
+        quotes = _boundary_quotes(s, _times(s, boundary), noise_u)
+        o, c = quotes[open_at], quotes[open_at + 1]
+        bar_u = uniform_streams(s.salts[1:], index)
     return _bars(s, open_time_ms, o, c, bar_u)
-
-
-def _uniform_streams(salts: NDArray[np.uint64], index: I64) -> F64:
-    """U[0, 1) of shape ``(len(salts), len(index))``, as :func:`_uniforms` (the same bits)."""
-    x = index.astype(np.uint64) * _GOLDEN + salts
-    shifted = np.empty_like(x)
-    for shift, mult in ((30, _M1), (27, _M2)):
-        np.right_shift(x, np.uint64(shift), out=shifted)
-        x ^= shifted
-        x *= mult
-    np.right_shift(x, np.uint64(31), out=shifted)
-    x ^= shifted
-    x >>= np.uint64(11)
-    out: F64 = x.astype(np.float64)
-    out *= 1.0 / (1 << 53)
-    return out
 
 
 def _bars(s: _Series, open_time_ms: I64, o: I64, c: I64, u: F64) -> Bars:
@@ -341,8 +314,7 @@ def _bars(s: _Series, open_time_ms: I64, o: I64, c: I64, u: F64) -> Bars:
     wicks_f = extremes * s.wick
     wicks_f *= u[:2]
     wicks_f /= tick
-    np.rint(wicks_f, out=wicks_f)
-    wicks = wicks_f.astype(np.int64)
+    wicks = _rint_int(wicks_f)
     wicks *= tick
     high = extremes[0] + wicks[0]
     low = extremes[1] - wicks[1]
@@ -355,19 +327,15 @@ def _bars(s: _Series, open_time_ms: I64, o: I64, c: I64, u: F64) -> Bars:
     total = o + high
     total += low
     total += c
-    mean_price = total.astype(np.float64)
-    mean_price /= 4.0 * E8
-    quote_f = volume.astype(np.float64)
-    quote_f /= E8
+    mean_price = np.divide(total, 4.0 * E8)  # int64 → float64 on the fly, as astype does
+    quote_f = np.divide(volume, float(E8))
     quote_f *= mean_price
-    quote_e8 = quote_f * E8
-    quote = np.rint(quote_e8, out=quote_e8).astype(np.int64)
+    quote = _rint_int(quote_f * E8)
     ratio = 0.4 * u[3]
     ratio += 0.3
     taker_base = _quantise(volume * ratio, _VOLUME_STEP_E8)
     np.minimum(taker_base, volume, out=taker_base)
-    taker_quote_f = quote * ratio
-    taker_quote = np.rint(taker_quote_f, out=taker_quote_f).astype(np.int64)
+    taker_quote = _rint_int(quote * ratio)
     activity = u[4] + 0.5
     trades_f = quote_f / 1000.0
     trades_f *= activity
@@ -405,8 +373,8 @@ def forming_bar(seed: int, symbol: str, interval_s: int, open_time_ms: int, now_
     f = (now_ms - open_time_ms) / interval_ms
     model = symbol_model(seed, symbol)
     tick = model.tick_e8
-    jitter_u = _uniform(
-        _key("qmtl-sim/v1/forming", seed, symbol, interval_s),
+    jitter_u = uniform(
+        stable_key("qmtl-sim/v1/forming", seed, symbol, interval_s),
         7,
         np.array([now_ms // 1000], np.int64),
     )

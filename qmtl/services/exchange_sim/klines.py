@@ -5,7 +5,10 @@ time; with ``startTime`` the page holds the oldest ``limit`` bars at or after it
 the newest ``limit`` bars up to ``endTime`` (or now); pages are oldest first. Bars that do not
 exist are skipped, so a page after a gap starts later than asked.
 
-Which bars exist (per symbol, the same rule for every interval):
+Bar ``i`` of an interval opens at ``origin + i * interval`` with ``origin =
+alignment_origin(interval)``: the epoch, or Monday 1970-01-05 for ``1w`` (weekly bars open on
+Mondays, as on Binance); ``i >= 0``. Which bars exist (per symbol, the same rule for every
+interval):
 
 - the first bar is the one *containing* the listing instant (as on Binance);
 - a halt ``[s, e)`` removes the bars lying entirely inside it (a 1d bar with a one-hour halt
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from qmtl.runtime.sdk.node_id import alignment_origin
 from qmtl.services.exchange_sim.bars import Bars, forming_bar, generate_bars
 from qmtl.services.exchange_sim.klines_json import encode_klines
 from qmtl.services.exchange_sim.scenario import MalformedWindow, MarketScenario, PageFault
@@ -35,12 +39,20 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _runs(market: MarketScenario, interval_ms: int, lo: int, hi: int) -> list[tuple[int, int]]:
+def _runs(
+    market: MarketScenario, origin_ms: int, interval_ms: int, lo: int, hi: int
+) -> list[tuple[int, int]]:
     """Existing bar indices within ``[lo, hi]`` as half-open runs ``[a, b)``."""
     if market.listing is not None:
-        lo = max(lo, market.listing * 1000 // interval_ms)
+        lo = max(lo, (market.listing * 1000 - origin_ms) // interval_ms)
+    if not market.halts:
+        return [(lo, hi + 1)] if lo <= hi else []
     holes = sorted(
-        (_ceil_div(h.start * 1000, interval_ms), h.end * 1000 // interval_ms) for h in market.halts
+        (
+            _ceil_div(h.start * 1000 - origin_ms, interval_ms),
+            (h.end * 1000 - origin_ms) // interval_ms,
+        )
+        for h in market.halts
     )
     runs: list[tuple[int, int]] = []
     cursor = lo
@@ -68,28 +80,32 @@ def select_open_times(
 ) -> I64:
     """Open times (epoch ms, ascending) of the bars a klines request returns."""
     interval_ms = interval_s * 1000
+    origin_ms = alignment_origin(interval_s) * 1000
     upper = now_ms if end_time is None else min(end_time, now_ms)
-    if upper < 0:
-        return np.empty(0, np.int64)
-    lo = 0 if start_time is None else _ceil_div(start_time, interval_ms)
-    hi = upper // interval_ms
+    lo = 0 if start_time is None else max(0, _ceil_div(start_time - origin_ms, interval_ms))
+    hi = (upper - origin_ms) // interval_ms  # negative before the first bar
     if hi < lo:
         return np.empty(0, np.int64)
-    runs = _runs(market, interval_ms, lo, hi)
-    chunks: list[I64] = []
+    runs = _runs(market, origin_ms, interval_ms, lo, hi)
+    forward = start_time is not None
+    picked: list[tuple[int, int]] = []
     remaining = limit
-    for a, b in runs if start_time is not None else reversed(runs):
+    for a, b in runs if forward else reversed(runs):
         if remaining <= 0:
             break
         take = min(remaining, b - a)
-        chunk = np.arange(a, a + take) if start_time is not None else np.arange(b - take, b)
-        chunks.append(chunk)
+        picked.append((a, a + take) if forward else (b - take, b))
         remaining -= take
-    if start_time is None:
-        chunks.reverse()
-    if not chunks:
+    if not forward:
+        picked.reverse()
+    if len(picked) == 1:  # the usual page: one arange, no concatenation
+        a, b = picked[0]
+        first, stop = origin_ms + a * interval_ms, origin_ms + b * interval_ms
+        return np.arange(first, stop, interval_ms, dtype=np.int64)
+    if not picked:
         return np.empty(0, np.int64)
-    return np.concatenate(chunks).astype(np.int64) * interval_ms
+    index = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in picked])
+    return index * interval_ms + origin_ms
 
 
 def build_page(seed: int, symbol: str, interval_s: int, open_times: I64, now_ms: int) -> Bars:

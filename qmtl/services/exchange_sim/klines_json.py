@@ -3,7 +3,7 @@
 Formatting 8,000 decimal strings per 1000-row page in Python costs milliseconds. Here a page
 is assembled from 4-byte *units* (``uint32``): numbers are split into 4-digit groups, each
 group picks a pre-rendered unit from one lookup table, and the units are gathered into rows —
-about fifty numpy calls per page, none of them a Python loop over rows.
+about seventy numpy calls per page, none of them a Python loop over rows.
 
 Working in 4-byte units needs padding, which goes where JSON allows whitespace: before a
 value's opening quote or first digit, after a comma, before a row's ``[``. The body therefore
@@ -16,27 +16,35 @@ or *inner* (zero-padded). A 4-digit leading group leaves no room for the quote, 
 goes alone into the blank unit before it. Which of the four a group is follows from two
 running flags, so the unit index is plain arithmetic on the group value (:func:`_decimal_units`).
 
-Performance notes: all per-page scratch lives in one per-thread :class:`_Workspace`, reused
-across calls. Fresh arrays of a few hundred KB cross glibc's mmap threshold and are faulted in
-page by page on every call, which cost more than the arithmetic.
+Column widths (which leading units are blank in every row and left out) are per page, so a
+page's bytes depend on its rows only. :func:`encode_pages` renders several pages in one pass
+over their rows (the per-call cost of numpy dominates at 1000 rows) with each page's bytes
+exactly those :func:`encode_klines` gives it alone.
+
+Performance notes: large scratch lives in one per-thread :class:`_Workspace`, reused across
+calls (fresh arrays of a few hundred KB cross glibc's mmap threshold and may be faulted in page
+by page on every call, which can cost more than the arithmetic), and the final lookup runs
+over a few hundred rows at a time so its ``intp`` indices stay in cache.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from qmtl.services.exchange_sim.bars import E8, Bars
 
-__all__ = ["encode_klines"]
+__all__ = ["encode_klines", "encode_pages"]
 
 U16 = NDArray[np.uint16]
 I64 = NDArray[np.int64]
 _G = 10_000  # one 4-digit group
-_U32_MAX = 2**32 - 1
+_CHUNK_ROWS = 256  # rows per final lookup: ~100 KB of intp indices stay in cache
+_KEEP_CELLS = 1 << 20  # scratch kept per thread: room for a batch of ~4000 rows and more
 
 
 def _units(texts: list[str]) -> NDArray[np.uint32]:
@@ -83,30 +91,43 @@ _LAYOUT = (
 
 
 class _Workspace(threading.local):
-    """Per-thread scratch buffers, grown on demand and never shrunk."""
+    """Per-thread scratch buffers, grown on demand up to :data:`_KEEP_CELLS` (larger requests
+    get arrays of their own, so one huge page does not pin its memory)."""
 
     def __init__(self) -> None:
         self.units = np.empty(0, np.uint16)
+        self.index = np.empty(0, np.uint16)
         self.rows = np.empty(0, np.intp)
         self.out = np.empty(0, np.uint32)
 
-    def take(self, units: int, cells: int) -> tuple[U16, NDArray[np.intp], NDArray[np.uint32]]:
-        if self.units.size < units:
-            self.units = np.empty(units, np.uint16)
-        if self.rows.size < cells:
-            self.rows = np.empty(cells, np.intp)
+    def unit_stack(self, size: int) -> U16:
+        if size > _KEEP_CELLS:
+            return np.empty(size, np.uint16)
+        if self.units.size < size:
+            self.units = np.empty(size, np.uint16)
+        return self.units[:size]
+
+    def assembly(self, cells: int, rows: int) -> tuple[U16, NDArray[np.intp], NDArray[np.uint32]]:
+        if rows > self.rows.size:
+            self.rows = np.empty(rows, np.intp)  # bounded by _CHUNK_ROWS rows
+        if cells > _KEEP_CELLS:
+            return np.empty(cells, np.uint16), self.rows[:rows], np.empty(cells, np.uint32)
+        if self.index.size < cells:
+            self.index = np.empty(cells, np.uint16)
             self.out = np.empty(cells, np.uint32)
-        return self.units[:units], self.rows[:cells], self.out[:cells]
+        return self.index[:cells], self.rows[:rows], self.out[:cells]
 
 
 _WORKSPACE = _Workspace()
-import os
-_CHUNK = int(os.environ.get('QCHUNK', '0'))
 
 
-def _group_count(value: int) -> int:
-    """4-digit groups needed to write ``value`` (at least one, for ``0``)."""
-    return max(1, (len(str(value)) + 3) // 4)
+_POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)
+
+
+def _digits(values: I64) -> I64:
+    """Decimal digits of each value (``0`` has one)."""
+    found: I64 = np.searchsorted(_POWERS_OF_TEN, values, side="right") + 1
+    return found
 
 
 def _split_groups(x: I64, out: U16) -> None:
@@ -133,7 +154,7 @@ def _split_groups(x: I64, out: U16) -> None:
 
 def _started(g: U16) -> NDArray[np.bool_]:
     """Per group: at or after its value's leading group (the last group always is)."""
-    started = g != 0
+    started: NDArray[np.bool_] = g != 0
     for k in range(1, g.shape[0]):
         started[k] |= started[k - 1]
     started[-1] = True
@@ -181,9 +202,21 @@ def _layout(
 
 def encode_klines(bars: Bars) -> bytes:
     """Binance kline rows ``[openTime,"o","h","l","c","v",closeTime,"q",n,"V","Q","0"]``."""
+    return encode_pages(bars, [len(bars)])[0]
+
+
+def encode_pages(bars: Bars, sizes: Sequence[int]) -> list[bytes]:
+    """One body per page, the pages being consecutive runs of ``sizes`` rows of ``bars``.
+
+    Each body is exactly ``encode_klines`` of its page (column widths are per page), but the
+    arithmetic runs once over all rows: a batch of pages costs much less than its pages one
+    at a time, as most numpy calls here are dominated by their fixed cost.
+    """
+    if sum(sizes) != len(bars) or any(size < 0 for size in sizes):
+        raise ValueError(f"page sizes {list(sizes)} do not split {len(bars)} rows")
     n = len(bars)
     if n == 0:
-        return b"[]"
+        return [b"[]" for _ in sizes]
     dec = np.array(
         [
             bars.open,
@@ -199,19 +232,19 @@ def encode_klines(bars: Bars) -> bytes:
     )
     ints = np.array([bars.open_time, bars.close_time, bars.trades], np.int64)
     whole = dec // E8
-    dec_max = whole.max(axis=1).tolist()
-    int_max = ints.max(axis=1).tolist()
-    dec_levels = 1 + max(_group_count(m) for m in dec_max)  # + a spare for a quote
-    int_levels = max(_group_count(m) for m in int_max)
-    # units blank in every row are left out; a quote displaced by a 4-digit leading
-    # group needs the unit before it
-    dec_width = tuple(_group_count(m) + (len(str(m)) % 4 == 0) for m in dec_max)
-    int_width = tuple(_group_count(m) for m in int_max)
-    order = _layout(dec_levels, dec_width, int_levels, int_width)
-    height = order.shape[0]
+    starts = np.cumsum([0, *sizes[:-1]])
+    filled = [i for i, size in enumerate(sizes) if size]
+    # per page and column, the largest value decides how many units the column needs: its
+    # groups, and for a decimal one more when a 4-digit leading group displaces the quote
+    dec_digits = _digits(np.maximum.reduceat(whole, starts[filled], axis=1))
+    int_digits = _digits(np.maximum.reduceat(ints, starts[filled], axis=1))
+    dec_groups, int_groups = (dec_digits + 3) // 4, (int_digits + 3) // 4
+    dec_levels = 1 + int(dec_groups.max())  # + a spare row for a displaced quote
+    int_levels = int(int_groups.max())
+    dec_widths = (dec_groups + (dec_digits % 4 == 0)).T.tolist()
+    int_widths = int_groups.T.tolist()
     stack_rows = (dec_levels + 3) * _DEC + int_levels * _INT + 3
-    flat_units, flat_rows, flat_out = _WORKSPACE.take(stack_rows * n, height * n)
-    units = flat_units.reshape(stack_rows, n)
+    units = _WORKSPACE.unit_stack(stack_rows * n).reshape(stack_rows, n)
 
     whole_units = units[: dec_levels * _DEC].reshape(dec_levels, _DEC, n)
     whole_units[0] = 0
@@ -235,18 +268,41 @@ def encode_klines(bars: Bars) -> bytes:
     units[-2] = _COMMA
     units[-1] = _ROW_END
 
-    index = units.take(order, axis=0)  # (height, n), unit-major
-    index[0, 0] = _BODY_HEAD  # "[  [": the page's bracket and the first row's
-    index[-1, -1] = _BODY_END  # the last separator closes the page instead
+    bodies = [b"[]"] * len(sizes)
+    layouts = [
+        _layout(dec_levels, tuple(dec), int_levels, tuple(ints))
+        for dec, ints in zip(dec_widths, int_widths, strict=True)
+    ]
+    # consecutive pages with the same layout are gathered and rendered together
+    group_start = 0
+    for k in range(1, len(filled) + 1):
+        if k < len(filled) and layouts[k] is layouts[group_start]:
+            continue
+        pages = filled[group_start:k]
+        first = int(starts[pages[0]])
+        spans = [(int(starts[p]) - first, sizes[p]) for p in pages]
+        rows = sum(size for _, size in spans)
+        rendered = _assemble(units[:, first : first + rows], layouts[group_start], spans)
+        for page, body in zip(pages, rendered, strict=True):
+            bodies[page] = body
+        group_start = k
+    return bodies
+
+
+def _assemble(units: U16, order: NDArray[np.intp], spans: list[tuple[int, int]]) -> list[bytes]:
+    """Gather pages' units (``spans``: first row, rows) into JSON rows of one layout and render
+    them through the table."""
+    n, height = units.shape[1], order.shape[0]
+    flat_index, flat_rows, flat_out = _WORKSPACE.assembly(height * n, height * _CHUNK_ROWS)
+    index = flat_index.reshape(height, n)  # unit-major
+    np.take(units, order, axis=0, out=index)
+    for first, size in spans:
+        index[0, first] = _BODY_HEAD  # "[  [": the page's bracket and its first row's
+        index[-1, first + size - 1] = _BODY_END  # the last separator closes the page
     out = flat_out.reshape(n, height)
-    if _CHUNK:
-        for a in range(0, n, _CHUNK):
-            b = min(n, a + _CHUNK)
-            rows = flat_rows[: (b - a) * height].reshape(b - a, height)
-            np.copyto(rows, index[:, a:b].T)
-            np.take(_TABLE, rows, out=out[a:b], mode="clip")
-        return out.tobytes()
-    rows = flat_rows.reshape(n, height)
-    np.copyto(rows, index.T)
-    np.take(_TABLE, rows, out=out, mode="clip")
-    return out.tobytes()
+    for first in range(0, n, _CHUNK_ROWS):  # intp indices of a few rows at a time
+        last = min(n, first + _CHUNK_ROWS)
+        rows = flat_rows[: (last - first) * height].reshape(last - first, height)
+        np.copyto(rows, index[:, first:last].T)
+        np.take(_TABLE, rows, out=out[first:last], mode="clip")
+    return [out[first : first + size].tobytes() for first, size in spans]

@@ -1,13 +1,11 @@
-"""The simulator's mutable state: scenario, clock, weight budget, fault counters, page cache.
+"""The simulator's mutable state: scenario, clock, weight budget, fault counters, page bodies.
 
 One instance per application, used from one event loop (not thread-safe). Replacing the
 scenario (:meth:`SimState.set_scenario`) resets the weight budget, ban, fault counters and
-cache, and keeps the request log (call ``log.reset()`` for a clean slate).
+page cache, and keeps the request log (call ``log.reset()`` for a clean slate).
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import numpy as np
 from aiohttp import web
@@ -15,14 +13,12 @@ from numpy.typing import NDArray
 
 from qmtl.runtime.sdk.clock import Clock
 from qmtl.services.exchange_sim.klines import FaultCounters, Page, apply_page_faults, build_page
-from qmtl.services.exchange_sim.klines_json import encode_klines
+from qmtl.services.exchange_sim.pages import PageBodies
 from qmtl.services.exchange_sim.request_log import RequestLog
 from qmtl.services.exchange_sim.scenario import MarketScenario, Outage, Scenario
 from qmtl.services.exchange_sim.weights import WeightLimiter
 
 __all__ = ["STATE_KEY", "SimState"]
-
-_CACHE_PAGES = 64  # ~200 KB per 1000-row page
 
 
 class SimState:
@@ -35,7 +31,7 @@ class SimState:
         self.limiter = self._limiter(scenario)
         self.faults = FaultCounters()
         self.websockets: set[web.WebSocketResponse] = set()
-        self._cache: OrderedDict[tuple[str, int, int, int, int], bytes] = OrderedDict()
+        self.bodies = PageBodies()
 
     @staticmethod
     def _limiter(scenario: Scenario) -> WeightLimiter:
@@ -50,7 +46,7 @@ class SimState:
         self.scenario = scenario
         self.limiter = self._limiter(scenario)
         self.faults = FaultCounters()
-        self._cache.clear()
+        self.bodies = PageBodies()
 
     def now_ms(self) -> int:
         """The exchange's current time: the scenario's pinned ``now`` or the clock."""
@@ -69,10 +65,11 @@ class SimState:
                 return outage
         return None
 
-    def page(
+    async def page(
         self, market: MarketScenario, interval_s: int, open_times: NDArray[np.int64], limit: int
     ) -> Page:
-        """The klines answer for ``open_times``; closed, fault-free pages are cached."""
+        """The klines answer for ``open_times``; closed, fault-free pages come from
+        :class:`~qmtl.services.exchange_sim.pages.PageBodies` (batched, cached)."""
         now_ms = self.now_ms()
         seed, symbol = self.scenario.seed, market.symbol
         has_faults = bool(market.malformed or market.short_pages or market.duplicates)
@@ -80,16 +77,7 @@ class SimState:
         if has_faults or not closed or not len(open_times):
             bars = build_page(seed, symbol, interval_s, open_times, now_ms)
             return apply_page_faults(market, bars, limit=limit, counters=self.faults)
-        key = (symbol, interval_s, int(open_times[0]), int(open_times[-1]), len(open_times))
-        body = self._cache.get(key)
-        if body is None:
-            body = encode_klines(build_page(seed, symbol, interval_s, open_times, now_ms))
-            self._cache[key] = body
-            if len(self._cache) > _CACHE_PAGES:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
-        return Page(body, open_times)
+        return Page(await self.bodies.body(seed, symbol, interval_s, open_times), open_times)
 
 
 STATE_KEY = web.AppKey("qmtl_exchange_sim_state", SimState)
