@@ -50,6 +50,7 @@ __all__ = [
     "LocalRateLimiter",
     "RateLimiter",
     "RateLimiterConfig",
+    "SlottedLimiter",
     "get_limiter",
     "penalty_ms_for",
     "record_penalty",
@@ -115,7 +116,30 @@ def penalty_ms_for(status: int, retry_after_s: float | None, config: RateLimiter
     return max(float(config.penalty_backoff_ms), retry_ms)
 
 
-class LocalRateLimiter:
+class SlottedLimiter:
+    """The part every limiter shares: at most ``local_semaphore`` requests of this process
+    in flight, and a waiter cancelled before its turn counted as dropped. Subclasses say how
+    a caller waits for its tokens (:meth:`_queue`)."""
+
+    key: str
+    metrics: SeamlessMetrics
+    _slots: asyncio.Semaphore
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, cost: float = 1) -> AsyncIterator[None]:
+        async with self._slots:
+            try:
+                await self._queue(float(cost))
+            except asyncio.CancelledError:
+                self.metrics.rl_dropped.labels(key=self.key).inc()
+                raise
+            yield
+
+    async def _queue(self, cost: float) -> None:
+        raise NotImplementedError
+
+
+class LocalRateLimiter(SlottedLimiter):
     """A process-local bucket. Use from one event loop (not thread-safe).
 
     ``share`` (0, 1] scales the budget: the Redis limiter's fallback runs at
@@ -152,15 +176,8 @@ class LocalRateLimiter:
         """The bucket (``None``: full, never used); instants on ``clock.monotonic()`` in ms."""
         return self._state
 
-    @contextlib.asynccontextmanager
-    async def acquire(self, cost: float = 1) -> AsyncIterator[None]:
-        async with self._slots:
-            try:
-                await self.wait_turn(cost)
-            except asyncio.CancelledError:
-                self.metrics.rl_dropped.labels(key=self.key).inc()
-                raise
-            yield
+    async def _queue(self, cost: float) -> None:
+        await self.wait_turn(cost)
 
     async def wait_turn(self, cost: float) -> None:
         """Sleep until ``cost`` tokens are due (no request slot is taken)."""

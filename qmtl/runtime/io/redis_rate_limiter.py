@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 from qmtl.runtime.io.ccxt_rate_limiter import (
     USAGE_WINDOW_MS,
     LocalRateLimiter,
+    SlottedLimiter,
     penalty_ms_for,
     record_penalty,
     split_cost,
@@ -112,7 +112,7 @@ def _import_redis() -> tuple[Any, dict[str, Any], type[BaseException]]:
     return aioredis, options, RedisError
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(SlottedLimiter):
     """The cluster-wide limiter for ``key`` on ``config.redis_dsn`` (or an injected
     ``redis.asyncio`` ``client``, which the limiter then does not close)."""
 
@@ -176,17 +176,7 @@ class RedisRateLimiter:
         raw = await self._script(keys=[self.key], args=argv)
         return ScriptReply.parse(raw)
 
-    @contextlib.asynccontextmanager
-    async def acquire(self, cost: float = 1) -> AsyncIterator[None]:
-        async with self._slots:
-            try:
-                await self._wait_turn(float(cost))
-            except asyncio.CancelledError:
-                self.metrics.rl_dropped.labels(key=self.key).inc()
-                raise
-            yield
-
-    async def _wait_turn(self, cost: float) -> None:
+    async def _queue(self, cost: float) -> None:
         while True:
             if not self._available:
                 await self.fallback.wait_turn(cost)
