@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -189,7 +191,23 @@ async def test_ledger_round_trip_follows_apply_backfill_outcome(storage: History
     assert await storage.read_ledger("ohlcv:binance:ETH/USDT:1m", I) == []
 
 
-async def test_bars_and_ledger_commit_together(storage: HistoryStorage) -> None:
+async def run_sql(storage_dsn: str, statement: str) -> None:
+    """Run DDL on the store's database from a connection of its own (not through the store)."""
+    if storage_dsn.startswith("duckdb:"):
+        con = duckdb.connect(storage_dsn.removeprefix("duckdb:///"))  # same process, same db
+        try:
+            con.execute(statement)
+        finally:
+            con.close()
+        return
+    conn = await asyncpg.connect(storage_dsn)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def test_bars_and_ledger_commit_together(storage: HistoryStorage, storage_dsn: str) -> None:
     await storage.write_bars(
         NODE, bars(range(0, 300, I)), ledger_update=LedgerUpdate(interval=I, data=(Range(0, 300),))
     )
@@ -197,17 +215,13 @@ async def test_bars_and_ledger_commit_together(storage: HistoryStorage) -> None:
     before_ledger = await storage.read_ledger(NODE, I)
     assert before_ledger == [CoverageSegment(0, 300, DATA)]
 
-    def fail_after_bars(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("injected crash between the bars and the ledger")
-
-    # Fault injection: the ledger step runs after the bars are upserted in the same
-    # transaction; failing it must leave neither the new bars nor a ledger change behind.
-    original = storage._apply_ledger  # type: ignore[attr-defined]
-    storage._apply_ledger = fail_after_bars  # type: ignore[attr-defined]
+    # A real failure between the two halves of the transaction: the bars upsert succeeds, then
+    # the ledger table is gone. Neither the new bars nor a ledger change may survive.
+    await run_sql(storage_dsn, "ALTER TABLE qmtl_ledger RENAME TO qmtl_ledger_away")
     update = LedgerUpdate(interval=I, data=(Range(0, 900),))
-    with pytest.raises(RuntimeError, match="injected"):
+    with pytest.raises(StorageError):
         await storage.write_bars(NODE, bars(range(0, 900, I), version=9), ledger_update=update)
-    storage._apply_ledger = original  # type: ignore[attr-defined]
+    await run_sql(storage_dsn, "ALTER TABLE qmtl_ledger_away RENAME TO qmtl_ledger")
     assert_bars_equal(await storage.read_range(NODE, 0, 10_000), before_bars)
     assert await storage.read_ledger(NODE, I) == before_ledger
 
