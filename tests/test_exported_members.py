@@ -17,7 +17,7 @@ SDK = {
     "QMTLConfig", "Range", "SLAPolicy", "SLAViolationMode", "SeamlessCoverageError",
     "SeamlessDataProvider", "SeamlessDomainPolicyError", "SeamlessError",
     "SeamlessFetchMetadata", "SeamlessFetchResult", "SeamlessMetrics", "SeamlessSLAExceeded",
-    "SegmentKind", "SystemClock", "compute_fingerprint", "compute_missing_ranges",
+    "SegmentKind", "StorageError", "SystemClock", "compute_fingerprint", "compute_missing_ranges",
     "coverage_ratio", "format_node_id", "load_config", "merge_ranges", "parse_node_id",
     "verify_fingerprint",
 }  # fmt: skip

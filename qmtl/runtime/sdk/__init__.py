@@ -25,6 +25,7 @@ from qmtl.runtime.sdk.errors import (
     SeamlessDomainPolicyError,
     SeamlessError,
     SeamlessSLAExceeded,
+    StorageError,
 )
 from qmtl.runtime.sdk.fingerprint import compute_fingerprint, verify_fingerprint
 from qmtl.runtime.sdk.history_coverage import (
@@ -82,6 +83,7 @@ __all__ = [
     "SeamlessMetrics",
     "SeamlessSLAExceeded",
     "SegmentKind",
+    "StorageError",
     "SystemClock",
     "compute_fingerprint",
     "compute_missing_ranges",

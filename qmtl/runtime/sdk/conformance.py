@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from qmtl.runtime.sdk._conformance_timestamps import parse_timestamps
 from qmtl.runtime.sdk.errors import ConformanceError
 from qmtl.runtime.sdk.node_id import alignment_origin
 
@@ -94,13 +95,7 @@ DTYPE_POLICIES: Final[tuple[str, ...]] = ("strict", "coerce")
 
 _F8 = np.dtype(np.float64)
 _I8 = np.dtype(np.int64)
-_SECONDS_BELOW = 1e11
-_MILLIS_BELOW = 1e14
-_MICROS_BELOW = 1e17
-_INT64_BOUND = 9.2e18  # floats at or beyond this cannot be an int64 timestamp
 _EXACT_INT = 2**53
-# An ISO string with a time part ending in an explicit offset ("Z", "+02", "+0200", "+02:00").
-_OFFSET_RE = r"^.*?[Tt ].*?(?:[zZ]|[+-]\d{2}(?::?\d{2})?)\s*$"
 _ARROW_INT_MAPPER: dict[Any, Any] = {
     pa.int8(): pd.Int8Dtype(),
     pa.int16(): pd.Int16Dtype(),
@@ -139,15 +134,6 @@ class ConformanceReport:
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class _Timestamps:
-    seconds: np.ndarray[Any, np.dtype[np.int64]]  # epoch seconds, meaningful where ``ok``
-    ok: np.ndarray[Any, np.dtype[np.bool_]]  # parsed to a whole second
-    unparseable: int  # rows without any usable instant
-    cast: bool
-    tz: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +199,7 @@ class ConformancePipeline:
             warnings.append(f"added missing column(s) {_names(missing)} as NaN")
 
         rows_in = len(frame)
-        stamps = _parse_timestamps(frame["ts"])
+        stamps = parse_timestamps(frame["ts"])
         flags["ts_cast"] = int(stamps.cast)
         flags["ts_timezone_normalized"] = int(stamps.tz)
         origin = alignment_origin(interval)
@@ -333,127 +319,6 @@ def _keep_last_sorted(
     keep = np.ones(len(order), dtype=bool)
     keep[:-1] = sorted_keys[:-1] != sorted_keys[1:]
     return candidates[order[keep]], sorted_keys[keep]
-
-
-def _parse_timestamps(ser: pd.Series[Any]) -> _Timestamps:
-    """Epoch seconds of every row of ``ts`` (see the module docstring for the rules)."""
-    dtype = ser.dtype
-    n = len(ser)
-    if isinstance(dtype, pd.DatetimeTZDtype):
-        naive = ser.dt.tz_convert("UTC").dt.tz_localize(None)
-        return _from_datetime64(naive.to_numpy(), tz=True)
-    if isinstance(dtype, np.dtype) and dtype.kind == "M":
-        return _from_datetime64(ser.to_numpy(), tz=False)
-    if pd.api.types.is_integer_dtype(dtype):  # numpy, nullable and arrow ints (not bool)
-        if isinstance(dtype, np.dtype):
-            raw, valid = ser.to_numpy(), np.ones(n, dtype=bool)
-        else:
-            valid = ser.notna().to_numpy(dtype=bool)
-            raw = np.asarray(ser.fillna(0).to_numpy())
-        np_dtype = raw.dtype
-        if np_dtype.kind == "u":
-            valid &= raw <= np.iinfo(np.int64).max
-            raw = np.where(valid, raw, 0)
-        return _from_integers(raw.astype(_I8, copy=False), valid, already=np_dtype == _I8)
-    if pd.api.types.is_float_dtype(dtype):
-        return _from_floats(ser.to_numpy(dtype=_F8, na_value=np.nan))
-    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_complex_dtype(dtype):
-        return _Timestamps(np.zeros(n, dtype=_I8), np.zeros(n, dtype=bool), n, True, False)
-    if pd.api.types.is_datetime64_any_dtype(dtype):  # e.g. an arrow-backed timestamp
-        return _parse_timestamps(ser.astype("datetime64[ns, UTC]"))
-    return _from_objects(pd.Series(ser.astype(object).to_numpy(), dtype=object))
-
-
-def _from_datetime64(arr: np.ndarray[Any, Any], *, tz: bool) -> _Timestamps:
-    unit, count = np.datetime_data(arr.dtype)
-    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}.get(unit)
-    if per_second is None or count != 1:
-        arr, per_second = arr.astype("datetime64[ns]"), 10**9
-    ticks = arr.view(_I8)
-    valid = ~np.isnat(arr)
-    seconds, rem = np.divmod(ticks, per_second)
-    return _Timestamps(seconds, valid & (rem == 0), int(np.count_nonzero(~valid)), cast=True, tz=tz)
-
-
-def _from_integers(
-    raw: np.ndarray[Any, np.dtype[np.int64]],
-    valid: np.ndarray[Any, np.dtype[np.bool_]],
-    *,
-    already: bool,
-) -> _Timestamps:
-    magnitude = np.abs(raw.astype(_F8))
-    per_second = np.where(
-        magnitude < _SECONDS_BELOW,
-        1,
-        np.where(
-            magnitude < _MILLIS_BELOW, 10**3, np.where(magnitude < _MICROS_BELOW, 10**6, 10**9)
-        ),
-    ).astype(_I8)
-    seconds, rem = np.divmod(raw, per_second)
-    rescaled = bool(np.any(valid & (per_second != 1)))
-    return _Timestamps(
-        seconds,
-        valid & (rem == 0),
-        int(np.count_nonzero(~valid)),
-        cast=not already or rescaled,
-        tz=False,
-    )
-
-
-def _from_floats(values: np.ndarray[Any, np.dtype[np.float64]]) -> _Timestamps:
-    finite = np.isfinite(values) & (np.abs(values) < _INT64_BOUND)
-    whole = finite & (values == np.trunc(np.where(finite, values, 0.0)))
-    stamps = _from_integers(np.where(whole, values, 0.0).astype(_I8), finite, already=False)
-    return _Timestamps(stamps.seconds, stamps.ok & whole, stamps.unparseable, True, False)
-
-
-def _from_objects(ser: pd.Series[Any]) -> _Timestamps:
-    """Object/string ``ts``: numbers first, then ISO-8601 text (offset / no-offset apart)."""
-    n = len(ser)
-    ser = _strip(ser)
-    numeric = pd.to_numeric(ser, errors="coerce", dtype_backend="numpy_nullable")
-    is_num = numeric.notna().to_numpy(dtype=bool)
-    rest = ~is_num & ser.notna().to_numpy(dtype=bool)
-    seconds = np.zeros(n, dtype=_I8)
-    ok = np.zeros(n, dtype=bool)
-    unparseable = int(np.count_nonzero(~is_num & ~rest))  # nulls
-    tz = False
-    if is_num.any():
-        sub = numeric[is_num]
-        if pd.api.types.is_integer_dtype(sub.dtype):
-            ints = sub.to_numpy(dtype=_I8)
-            stamps = _from_integers(ints, np.ones(len(ints), dtype=bool), already=False)
-        else:
-            stamps = _from_floats(sub.to_numpy(dtype=_F8, na_value=np.nan))
-        seconds[is_num], ok[is_num] = stamps.seconds, stamps.ok
-        unparseable += stamps.unparseable
-    if rest.any():
-        text = ser[rest]
-        try:
-            has_offset = text.str.contains(_OFFSET_RE, regex=True, na=False).to_numpy(dtype=bool)
-        except AttributeError:  # no strings at all (e.g. datetime objects)
-            has_offset = np.zeros(len(text), dtype=bool)
-        tz = bool(has_offset.any())
-        parsed = np.empty(len(text), dtype="datetime64[ns]")
-        # pandas applies one string's offset to the naive strings after it, so parse apart.
-        for group in (has_offset, ~has_offset):
-            if group.any():
-                when = pd.to_datetime(text[group], format="ISO8601", utc=True, errors="coerce")
-                parsed[group] = when.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-        stamps = _from_datetime64(parsed, tz=tz)
-        seconds[rest], ok[rest] = stamps.seconds, stamps.ok
-        unparseable += stamps.unparseable
-    return _Timestamps(seconds, ok, unparseable, cast=True, tz=tz)
-
-
-def _strip(ser: pd.Series[Any]) -> pd.Series[Any]:
-    """``ser`` with surrounding spaces removed from its strings (other objects untouched)."""
-    try:
-        stripped = ser.str.strip()
-    except AttributeError:
-        return ser
-    values = np.where(stripped.notna().to_numpy(dtype=bool), stripped.to_numpy(), ser.to_numpy())
-    return pd.Series(values, dtype=object)
 
 
 def _to_float64(ser: pd.Series[Any], rows: np.ndarray[Any, np.dtype[np.intp]]) -> _Values:

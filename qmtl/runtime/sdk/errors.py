@@ -14,7 +14,8 @@ and attach the node id and window they were working on::
     │   └── ExchangeRequestError             bad symbol / parameters / auth (not retryable)
     ├── SeamlessCoverageError                FAIL_FAST found missing ranges
     ├── SeamlessSLAExceeded                  a fetch phase blew its budget (FAIL_FAST)
-    └── SeamlessDomainPolicyError            an execution-domain rule refused the fetch
+    ├── SeamlessDomainPolicyError            an execution-domain rule refused the fetch
+    └── StorageError                         a hot-store backend failed (driver error chained)
 
 Plain ``ValueError`` is kept for bad arguments to pure functions (node ids, ranges,
 timestamps), as Python users expect.
@@ -40,6 +41,7 @@ __all__ = [
     "SeamlessDomainPolicyError",
     "SeamlessError",
     "SeamlessSLAExceeded",
+    "StorageError",
 ]
 
 
@@ -137,3 +139,10 @@ class SeamlessSLAExceeded(SeamlessError):
 
 class SeamlessDomainPolicyError(SeamlessError):
     """The execution domain's policy refuses this fetch (e.g. backtest without ``as_of``)."""
+
+
+class StorageError(SeamlessError):
+    """A storage backend failed (connection, SQL, I/O); the driver's error is ``__cause__``.
+
+    Bad arguments (a malformed frame, a NUL in a node id) stay ``ValueError``.
+    """

@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from qmtl.runtime.sdk.errors import SeamlessError
+from qmtl.runtime.sdk.errors import StorageError
 from qmtl.runtime.sdk.history_coverage import CoverageSegment, Range
 from qmtl.runtime.sdk.timestamps import InstantLike, to_epoch_seconds
 
@@ -72,13 +72,6 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 #: Columns as numpy arrays: ``ts`` int64, the rest float64, all the same length.
 BarColumns = dict[str, npt.NDArray[Any]]
-
-
-class StorageError(SeamlessError):
-    """A storage backend failed (connection, SQL, I/O); the driver's error is ``__cause__``.
-
-    Bad arguments (a malformed frame, a NUL in a node id) stay ``ValueError``.
-    """
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
