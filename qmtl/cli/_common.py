@@ -23,7 +23,7 @@ from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.timestamps import format_iso, to_epoch_seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
 
@@ -37,6 +37,7 @@ __all__ = [
     "coverage_table",
     "print_json",
     "segment_lines",
+    "usage_handler",
     "window_from_args",
 ]
 
@@ -131,9 +132,10 @@ class CoverageReport:
     @property
     def ratio(self) -> float:
         total = self.window.bars(parse_node_id(self.node_id).interval)
-        return 1.0 if total == 0 else (total - self._missing_bars()) / total
+        return 1.0 if total == 0 else (total - self.missing_bars) / total
 
-    def _missing_bars(self) -> int:
+    @property
+    def missing_bars(self) -> int:
         interval = parse_node_id(self.node_id).interval
         return sum(r.bars(interval) for r in self.missing)
 
@@ -143,7 +145,7 @@ class CoverageReport:
             "window": [self.window.start, self.window.end],
             "data_bars": self.data_bars,
             "known_empty_bars": self.empty_bars,
-            "missing_bars": self._missing_bars(),
+            "missing_bars": self.missing_bars,
             "missing": [[r.start, r.end] for r in self.missing],
             "coverage_ratio": self.ratio,
             "segments": [
@@ -195,7 +197,7 @@ def coverage_table(reports: Sequence[CoverageReport], *, title: str = "coverage"
             rep.node_id,
             f"{rep.data_bars:,}",
             f"{rep.empty_bars:,}",
-            f"{rep._missing_bars():,}",
+            f"{rep.missing_bars:,}",
             f"{len(rep.missing)}",
             f"{rep.ratio:.2%}",
         )
@@ -214,6 +216,16 @@ def segment_lines(rep: CoverageReport) -> list[str]:
 
 def _span(r: Range, interval: int) -> str:
     return f"[{format_iso(r.start)}, {format_iso(r.end)})  {r.bars(interval):,} bars"
+
+
+def usage_handler(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """The handler of a command group called without a sub-command: its help, exit 2."""
+
+    def usage(_: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return usage
 
 
 def print_json(payload: Any) -> None:

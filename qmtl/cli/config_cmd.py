@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from qmtl.cli._common import usage_handler
 from qmtl.runtime.sdk.config import load_config
 from qmtl.runtime.sdk.errors import ConfigError
 
@@ -33,11 +34,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     check.set_defaults(handler=_check)
 
-    def _usage(_: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
-
-    parser.set_defaults(handler=_usage)
+    parser.set_defaults(handler=usage_handler(parser))
 
 
 def _check(args: argparse.Namespace) -> int:

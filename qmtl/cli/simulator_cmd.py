@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qmtl.cli._common import usage_handler
 from qmtl.services.exchange_sim.scenario import Scenario
 from qmtl.services.exchange_sim.server import SimulatorServer
 
@@ -37,11 +38,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     serve_parser.set_defaults(handler=_serve)
 
-    def _usage(_: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
-
-    parser.set_defaults(handler=_usage)
+    parser.set_defaults(handler=usage_handler(parser))
 
 
 async def serve(

@@ -117,15 +117,6 @@ class DataFetcherAutoBackfiller:
         )
         return BackfillReport(node_id, interval, tuple(o for group in results for o in group))
 
-    def in_flight(self, node_id: str | None = None) -> list[asyncio.Task[BatchOutcome]]:
-        """Batches running now (for one node, or all)."""
-        return [t for k, t in self._inflight.items() if node_id is None or k[0] == node_id]
-
-    async def wait_idle(self) -> None:
-        """Wait until no batch is running (background backfills included)."""
-        while self._inflight:
-            await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
-
     async def _single_flight(
         self, node_id: str, interval: int, batch: Range, started: float
     ) -> list[BatchOutcome]:

@@ -60,9 +60,6 @@ class Reservation:
     state: BucketState
     due_ms: float
 
-    def wait_ms(self, now_ms: float) -> float:
-        return max(0.0, self.due_ms - now_ms)
-
 
 def _check(rate_per_ms: float, capacity: float) -> None:
     if rate_per_ms <= 0 or capacity <= 0:

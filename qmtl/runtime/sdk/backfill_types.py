@@ -98,7 +98,3 @@ class Backfiller(Protocol):
     ) -> BackfillReport:
         """Backfill ``ranges`` and report every batch (failures are outcomes, not raises)."""
         ...
-
-    async def wait_idle(self) -> None:
-        """Wait for every running batch, background ones included."""
-        ...
