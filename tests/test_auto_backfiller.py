@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry
 
 from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller, retry_delay_s
 from qmtl.runtime.io.storage import open_storage
-from qmtl.runtime.io.storage.base import HistoryStorage
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.errors import (
@@ -28,6 +27,7 @@ from qmtl.runtime.sdk.errors import (
     ExchangeUnavailableError,
 )
 from qmtl.runtime.sdk.history_coverage import Range, SegmentKind, compute_missing_ranges
+from qmtl.runtime.sdk.history_storage import HistoryStorage
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from tests.fetchers import ScriptedFetcher
 

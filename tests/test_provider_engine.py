@@ -14,7 +14,6 @@ from prometheus_client import CollectorRegistry
 
 from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
 from qmtl.runtime.io.storage import open_storage
-from qmtl.runtime.io.storage.base import HistoryStorage
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.errors import (
@@ -24,6 +23,7 @@ from qmtl.runtime.sdk.errors import (
 )
 from qmtl.runtime.sdk.fingerprint import compute_fingerprint
 from qmtl.runtime.sdk.history_coverage import Range
+from qmtl.runtime.sdk.history_storage import HistoryStorage
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.runtime.sdk.seamless_data_provider import (
     DataAvailabilityStrategy,

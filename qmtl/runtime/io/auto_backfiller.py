@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qmtl.runtime.io.group_commit import GroupCommitter
-from qmtl.runtime.io.storage.base import LedgerUpdate
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.backfill_types import BackfillReport, BatchOutcome
 from qmtl.runtime.sdk.clock import Clock, SystemClock
@@ -47,13 +46,14 @@ from qmtl.runtime.sdk.history_coverage import (
     split_range,
     subtract_ranges,
 )
+from qmtl.runtime.sdk.history_storage import LedgerUpdate
 from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from qmtl.runtime.io.storage.base import HistoryStorage
     from qmtl.runtime.sdk.backfill_types import DataFetcher
+    from qmtl.runtime.sdk.history_storage import HistoryStorage
 
 __all__ = ["DataFetcherAutoBackfiller", "retry_delay_s"]
 

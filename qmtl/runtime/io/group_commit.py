@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from qmtl.runtime.io.storage.base import LedgerUpdate
+from qmtl.runtime.sdk.history_storage import LedgerUpdate
 
 if TYPE_CHECKING:
-    from qmtl.runtime.io.storage.base import HistoryStorage
+    from qmtl.runtime.sdk.history_storage import HistoryStorage
 
 __all__ = ["GroupCommitter"]
 

@@ -57,8 +57,8 @@ from qmtl.runtime.sdk.timestamps import InstantLike, format_iso
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from qmtl.runtime.io.storage.base import HistoryStorage
     from qmtl.runtime.sdk.backfill_types import Backfiller
+    from qmtl.runtime.sdk.history_storage import HistoryStorage
 
 __all__ = [
     "BackfillConfig",

@@ -1,17 +1,12 @@
-"""The hot store: :class:`HistoryStorage` and its DuckDB / PostgreSQL backends, chosen by URI
-with :func:`open_storage`."""
+"""The hot store: :class:`HistoryStorage` (the port, defined in the sdk) and its DuckDB /
+PostgreSQL backends, chosen by URI with :func:`open_storage`."""
 
-from qmtl.runtime.io.storage.base import (
-    CANONICAL_COLUMNS,
-    DEFAULT_DSN,
-    SUPPORTED_SCHEMES,
-    HistoryStorage,
-    LedgerUpdate,
-    StorageError,
-    open_storage,
-)
+from qmtl.runtime.io.storage.base import DEFAULT_DSN, SUPPORTED_SCHEMES, open_storage
 from qmtl.runtime.io.storage.duckdb import DuckDBStorage
 from qmtl.runtime.io.storage.postgres import PostgresStorage
+from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS
+from qmtl.runtime.sdk.errors import StorageError
+from qmtl.runtime.sdk.history_storage import HistoryStorage, LedgerUpdate
 
 __all__ = [
     "CANONICAL_COLUMNS",

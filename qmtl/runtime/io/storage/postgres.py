@@ -33,22 +33,24 @@ import numpy.typing as npt
 import pandas as pd
 
 from qmtl.runtime.io.storage.base import (
-    CANONICAL_COLUMNS,
-    PRICE_COLUMNS,
-    BarColumns,
-    LedgerUpdate,
-    StorageError,
     check_interval,
     check_ledger_update,
     check_node_id,
     check_span,
-    frame_from_columns,
     node_hash,
-    prepare_bars,
     segments_from_rows,
     short_id,
 )
+from qmtl.runtime.sdk.bars import (
+    CANONICAL_COLUMNS,
+    PRICE_COLUMNS,
+    BarColumns,
+    frame_from_columns,
+    prepare_bars,
+)
+from qmtl.runtime.sdk.errors import StorageError
 from qmtl.runtime.sdk.history_coverage import CoverageSegment, Range, apply_backfill_outcome
+from qmtl.runtime.sdk.history_storage import LedgerUpdate
 from qmtl.runtime.sdk.timestamps import InstantLike
 
 __all__ = ["PostgresStorage"]

@@ -1,0 +1,127 @@
+"""The one canonical bar schema (SPEC §3), written once and used by every layer.
+
+A canonical OHLCV frame has exactly the columns :data:`CANONICAL_COLUMNS` in that order:
+``ts`` is the bar *open* time as int64 epoch **seconds** UTC, aligned to the interval's grid
+(:func:`~qmtl.runtime.sdk.node_id.alignment_origin`: the epoch, or a Monday for weeks); the
+prices and the volume are float64. Rows are sorted by ``ts`` with unique ``ts``; where the
+input repeats a ``ts`` the **last** row wins (:func:`keep_last`).
+
+Conformance, the hot stores, the ccxt fetcher and its adapter, and the exchange simulator all
+use these functions, so "sorted, last wins, aligned, finite" means one thing everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from qmtl.runtime.sdk.node_id import alignment_origin
+
+__all__ = [
+    "CANONICAL_COLUMNS",
+    "PRICE_COLUMNS",
+    "BarColumns",
+    "empty_frame",
+    "frame_from_columns",
+    "keep_last",
+    "misaligned",
+    "prepare_bars",
+    "row_problem",
+]
+
+#: Canonical OHLCV column order (SPEC §3).
+CANONICAL_COLUMNS: Final[tuple[str, ...]] = ("ts", "open", "high", "low", "close", "volume")
+#: The value columns (float64).
+PRICE_COLUMNS: Final[tuple[str, ...]] = CANONICAL_COLUMNS[1:]
+
+#: Columns as numpy arrays: ``ts`` int64, the rest float64, all the same length.
+BarColumns = dict[str, npt.NDArray[Any]]
+
+_INT64_MAX = 2**63 - 1
+_F8 = np.dtype(np.float64)
+_I8 = np.dtype(np.int64)
+
+
+def keep_last(keys: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+    """Positions of the rows to keep, in ascending key order: one per distinct key, the
+    *last* occurrence in input order (a stable sort keeps equal keys in input order)."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    last_of_run = np.ones(sorted_keys.size, dtype=bool)
+    last_of_run[:-1] = sorted_keys[1:] != sorted_keys[:-1]
+    kept: npt.NDArray[np.intp] = order[last_of_run]
+    return kept
+
+
+def misaligned(ts: npt.NDArray[Any], interval: int) -> npt.NDArray[np.bool_]:
+    """Mask of open times (epoch seconds) that are not on ``interval``'s bar grid — weekly
+    bars open on Mondays, every other timeframe on multiples since the epoch."""
+    mask: npt.NDArray[np.bool_] = (ts - alignment_origin(interval)) % interval != 0
+    return mask
+
+
+def row_problem(row: object) -> str | None:
+    """What is wrong with one ``[timestamp, open, high, low, close, volume]`` row (as ccxt
+    parses them), or ``None``: six values, an integer timestamp, finite int/float prices."""
+    names = ("timestamp", *PRICE_COLUMNS)
+    if not isinstance(row, list | tuple) or len(row) != len(names):
+        size = len(row) if isinstance(row, list | tuple) else type(row).__name__
+        return f"expected 6 values, got {size}"
+    for name, value in zip(names, row, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{name} is {value!r:.40}"
+        if name == "timestamp" and not isinstance(value, int):
+            return f"timestamp is {value!r:.40}, not an integer"
+        if isinstance(value, float) and not np.isfinite(value):
+            return f"{name} is {value!r}"
+    return None
+
+
+def prepare_bars(frame: pd.DataFrame) -> BarColumns:
+    """Validate ``frame`` and return its canonical columns as contiguous numpy arrays, sorted
+    by ``ts`` with duplicates resolved *last row wins*. Vectorised: no per-row Python.
+
+    ``ts`` must be an integer dtype without nulls (conformance casts timestamps before
+    storage; storage never guesses units). Prices must be numeric; nulls become NaN.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+    missing = [c for c in CANONICAL_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame lacks canonical column(s) {missing}")
+    ts_col = frame["ts"]
+    if isinstance(ts_col, pd.DataFrame):
+        raise ValueError("frame has duplicate 'ts' columns")
+    if not pd.api.types.is_integer_dtype(ts_col.dtype) or ts_col.isna().any():
+        raise ValueError(f"'ts' must be integer epoch seconds without nulls, got {ts_col.dtype}")
+    unsigned = pd.api.types.is_unsigned_integer_dtype(ts_col.dtype)
+    if unsigned and len(ts_col) and int(ts_col.max()) > _INT64_MAX:
+        raise ValueError("'ts' exceeds int64 epoch seconds")
+    ts = ts_col.to_numpy(dtype=np.int64)
+    columns: BarColumns = {"ts": ts}
+    for name in PRICE_COLUMNS:
+        col = frame[name]
+        if isinstance(col, pd.DataFrame):
+            raise ValueError(f"frame has duplicate {name!r} columns")
+        if not pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+            raise ValueError(f"{name!r} must be numeric, got {col.dtype}")
+        columns[name] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    keep = keep_last(ts)
+    return {name: np.ascontiguousarray(arr[keep]) for name, arr in columns.items()}
+
+
+def frame_from_columns(columns: BarColumns) -> pd.DataFrame:
+    """A canonical frame (RangeIndex, exact dtypes) from per-column arrays."""
+    data = {"ts": np.asarray(columns["ts"], dtype=_I8)}
+    data.update({n: np.asarray(columns[n], dtype=_F8) for n in PRICE_COLUMNS})
+    return pd.DataFrame(data, columns=list(CANONICAL_COLUMNS))
+
+
+def empty_frame() -> pd.DataFrame:
+    """A canonical frame with no rows and the right dtypes."""
+    cols: BarColumns = {"ts": np.empty(0, dtype=_I8)}
+    cols.update({n: np.empty(0, dtype=_F8) for n in PRICE_COLUMNS})
+    return frame_from_columns(cols)
