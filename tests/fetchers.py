@@ -15,7 +15,10 @@ from qmtl.runtime.sdk.history_coverage import Range
 
 class ScriptedFetcher:
     """Serves bars ``close = ts``; ``failures[start]`` lists errors raised by successive
-    calls for the batch starting at ``start``; ``empty`` spans have no bars."""
+    calls for the batch starting at ``start``; ``empty`` spans have no bars. ``silent[start]``
+    counts calls for that batch answered like an exchange that returned nothing from
+    ``silent_from`` on (an empty page: ``missing_reason`` set); ``repeat`` duplicates every
+    ``repeat``-th bar (as a misbehaving page would)."""
 
     def __init__(self, *, clock: Clock | None = None, delay_s: float = 0.0) -> None:
         self.clock = clock
@@ -24,6 +27,9 @@ class ScriptedFetcher:
         self.empty: list[Range] = []
         self.covered_until: int | None = None
         self.calls: list[tuple[int, int]] = []
+        self.silent: dict[int, int] = {}
+        self.silent_from: int | None = None
+        self.repeat: int | None = None
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -42,14 +48,22 @@ class ScriptedFetcher:
             if pending:
                 raise pending.pop(0)
             until = end if self.covered_until is None else min(end, self.covered_until)
+            reason = None
+            if self.silent.get(start, 0) > 0 and self.silent_from is not None:
+                self.silent[start] -= 1
+                until = max(start, min(until, self.silent_from))
+                reason = "the exchange returned no bars (scripted)"
             ts = np.arange(start, until, interval, dtype=np.int64)
             for gap in self.empty:
                 ts = ts[(ts < gap.start) | (ts >= gap.end)]
+            if self.repeat:
+                ts = np.sort(np.concatenate([ts, ts[:: self.repeat]]), kind="stable")
             px = ts.astype(np.float64)
             frame = pd.DataFrame(
                 {"ts": ts, "open": px, "high": px + 1, "low": px - 1, "close": px, "volume": 1.0}
             )
             empty = tuple(r for g in self.empty if (r := g.intersect(Range(start, until))))
-            return FetchWindowResult(frame, empty, self.covered_until)
+            covered = self.covered_until if reason is None else until
+            return FetchWindowResult(frame, empty, covered, missing_reason=reason)
         finally:
             self.in_flight -= 1

@@ -20,8 +20,10 @@ from prometheus_client import CollectorRegistry
 from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller, retry_delay_s
 from qmtl.runtime.io.storage import open_storage
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
+from qmtl.runtime.sdk.backfill_types import FetchWindowResult
 from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.errors import (
+    ConformanceError,
     ExchangeRateLimitError,
     ExchangeRequestError,
     ExchangeUnavailableError,
@@ -191,3 +193,134 @@ async def test_rerun_is_idempotent(storage: HistoryStorage) -> None:
     frame = await storage.read_range(NODE, T0, T0 + 20 * I)
     assert len(frame) == 20 and frame["ts"].is_unique
     assert len(await storage.read_ledger(NODE, I)) == 1
+
+
+async def test_an_unproven_empty_answer_is_retried_and_never_known_empty(
+    storage: HistoryStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a transient empty answer inside settled history used to become a
+    permanent EMPTY segment. The vouched part is kept, the rest asked again."""
+    fetcher = ScriptedFetcher()
+    fetcher.silent_from = T0 + 6 * I
+    fetcher.silent[T0] = 1  # the first answer stops at bar 6; the retry is complete
+    backfiller, _, _ = make(storage, fetcher)
+    with caplog.at_level(logging.INFO, logger="qmtl"):
+        report = await backfiller.backfill(NODE, I, [Range(T0, T0 + 10 * I)])
+    assert report.ok and report.rows == 10 and report.outcomes[0].attempts == 2
+    assert fetcher.calls == [(T0, T0 + 10 * I), (T0 + 6 * I, T0 + 10 * I)]  # only the rest
+    ledger = await storage.read_ledger(NODE, I)
+    assert [(s.start, s.end, s.kind) for s in ledger] == [(T0, T0 + 10 * I, SegmentKind.DATA)]
+    retry = next(r for r in caplog.records if r.getMessage() == "seamless.backfill.retry")
+    assert "returned no bars" in retry.error  # type: ignore[attr-defined]
+
+
+async def test_a_persistently_empty_answer_stays_missing_with_its_reason(
+    storage: HistoryStorage,
+) -> None:
+    fetcher = ScriptedFetcher()
+    fetcher.silent_from = T0 + 6 * I
+    fetcher.silent = {T0: 99, T0 + 6 * I: 99}
+    backfiller, _, _ = make(storage, fetcher, max_attempts=3)
+    report = await backfiller.backfill(NODE, I, [Range(T0, T0 + 10 * I)])
+    assert not report.ok and report.rows == 6
+    assert "returned no bars" in report.errors[0]
+    ledger = await storage.read_ledger(NODE, I)
+    assert all(s.kind is SegmentKind.DATA for s in ledger)
+    assert compute_missing_ranges(ledger, T0, T0 + 10 * I, I) == [Range(T0 + 6 * I, T0 + 10 * I)]
+
+
+async def test_any_exception_of_a_fetcher_is_a_failed_batch_not_a_crash(
+    storage: HistoryStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a non-SeamlessError skipped seamless.backfill.failed and failed the
+    whole gather (the other batches' outcomes were lost)."""
+    fetcher = ScriptedFetcher()
+    fetcher.failures[T0 + 10 * I] = [KeyError("bug in a custom fetcher")]
+    backfiller, clock, _ = make(storage, fetcher)
+    with caplog.at_level(logging.INFO, logger="qmtl"):
+        report = await backfiller.backfill(NODE, I, [Range(T0, T0 + 30 * I)])
+    assert report.failed == [Range(T0 + 10 * I, T0 + 20 * I)] and report.rows == 20
+    failed = [r for r in caplog.records if r.getMessage() == "seamless.backfill.failed"]
+    assert len(failed) == 1 and "KeyError" in failed[0].error  # type: ignore[attr-defined]
+    assert clock.slept == []  # a bug is not retried
+
+
+async def test_conformance_errors_are_not_refetched(storage: HistoryStorage) -> None:
+    """Regression: ConformanceError was retried by downloading the same bad bars again."""
+    fetcher = ScriptedFetcher()
+    fetcher.failures[T0] = [ConformanceError("conformance: missing column 'close'")]
+    backfiller, clock, _ = make(storage, fetcher)
+    report = await backfiller.backfill(NODE, I, [Range(T0, T0 + 10 * I)])
+    assert not report.ok and report.outcomes[0].attempts == 1
+    assert len(fetcher.calls) == 1 and clock.slept == []
+
+
+async def test_a_failing_store_stops_the_exchange_traffic(storage: HistoryStorage) -> None:
+    """Regression: with the store down, every batch was downloaded again and again (2,313
+    downloads in 52 s). Now a failed write is retried without re-fetching, and once the store
+    has failed, later batches are not fetched at all."""
+    fetcher = ScriptedFetcher()
+    backfiller, _, _ = make(storage, fetcher, max_attempts=3, max_concurrent_requests=2)
+    await backfiller.backfill(NODE, I, [Range(T0, T0 + 10 * I)])
+    await storage.close()  # every further call raises StorageError
+    fetcher.calls.clear()
+    report = await backfiller.backfill(NODE, I, [Range(T0 + 10 * I, T0 + 1000 * I)])
+    assert not report.ok and len(report.outcomes) == 99
+    assert all("StorageError" in (o.error or "") for o in report.outcomes)
+    # Only the batches already planned when the first write failed reached the exchange,
+    # each exactly once (the write was retried, never the download).
+    assert len(fetcher.calls) <= 2 * 2
+    assert len(set(fetcher.calls)) == len(fetcher.calls)
+
+
+async def test_exchange_duplicates_are_counted(storage: HistoryStorage) -> None:
+    """Regression: duplicates dropped from exchange pages were never counted."""
+    fetcher = ScriptedFetcher()
+    fetcher.repeat = 5
+    backfiller, _, registry = make(storage, fetcher)
+    report = await backfiller.backfill(NODE, I, [Range(T0, T0 + 10 * I)])
+    assert report.ok and report.rows == 10
+    labels = {"node_id": NODE, "interval": "60", "world_id": "", "flag_type": "duplicate_ts"}
+    assert registry.get_sample_value("seamless_conformance_flag_total", labels) == 2
+
+
+async def test_disjoint_batches_of_one_grid_cell_never_wait_on_each_other(
+    storage: HistoryStorage,
+) -> None:
+    """Regression: single flight keyed by grid cell made a fetch wait on a disjoint batch
+    (one it could not have caused) in the same cell."""
+    clock = FakeClock(start=T0 + 10_000 * I)
+    fetcher = ScriptedFetcher(clock=clock, delay_s=30.0)
+    backfiller = DataFetcherAutoBackfiller(
+        fetcher, storage, config=BackfillConfig(window_bars=10), clock=clock,
+        metrics=SeamlessMetrics(CollectorRegistry()),
+    )  # fmt: skip
+    slow = asyncio.create_task(backfiller.backfill(NODE, I, [Range(T0, T0 + 3 * I)]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    fetcher.delay_s = 0.0
+    other = asyncio.create_task(backfiller.backfill(NODE, I, [Range(T0 + 5 * I, T0 + 8 * I)]))
+    await asyncio.wait_for(other, timeout=10)  # it does not wait for the slow, disjoint batch
+    assert other.result().ok and not slow.done()
+    clock.advance(30.0)
+    await slow
+
+
+async def test_batches_are_planned_lazily(storage: HistoryStorage) -> None:
+    """Regression: every batch task was created up front (10 years of 1s bars: 2.4 GB).
+    Here 500 batches never have more than 2 x max_concurrent_requests batch tasks alive."""
+
+    class Counting(ScriptedFetcher):
+        peak = 0
+
+        async def fetch_window(
+            self, start: int, end: int, *, node_id: str, interval: int
+        ) -> FetchWindowResult:
+            self.peak = max(self.peak, len(asyncio.all_tasks()))
+            return await super().fetch_window(start, end, node_id=node_id, interval=interval)
+
+    fetcher = Counting()
+    backfiller, _, _ = make(storage, fetcher, max_concurrent_requests=4)
+    report = await backfiller.backfill(NODE, I, [Range(T0, T0 + 5_000 * I)])
+    assert report.ok and report.rows == 5_000 and len(report.outcomes) == 500
+    assert fetcher.peak <= 2 + 2 * 4 * 2  # test, commit writer + (wrapper, batch) per batch

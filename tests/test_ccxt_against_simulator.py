@@ -330,9 +330,11 @@ def test_exchange_options_and_argument_checks() -> None:
     assert type(ex) is type(create_exchange("binance"))  # one subclass per ccxt class
     swap = create_exchange("binance", market_type="swap")
     assert swap.options["defaultType"] == "swap"
-    with pytest.raises(ValueError, match="unknown ccxt exchange"):
+    with pytest.raises(ValueError, match="is not a ccxt exchange"):
         create_exchange("no_such_exchange")
-    with pytest.raises(ValueError, match="unknown ccxt exchange"):
+    with pytest.raises(ValueError, match="did you mean 'binance'"):
+        create_exchange("binanse")
+    with pytest.raises(ValueError, match="not a ccxt exchange id"):
         create_exchange("../binance")
     with pytest.raises(ValueError, match=r"urls\.rest"):
         create_exchange("binance", urls={"rest": "ftp://x"})

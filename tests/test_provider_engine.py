@@ -124,10 +124,37 @@ async def test_auto_backfill_serves_everything_with_provenance(storage: HistoryS
     again = await rig.fetch()
     assert len(rig.fetcher.calls) == calls
     assert again.metadata.dataset_fingerprint == expected
-    assert rig.provider.last_fetch_metadata == again.metadata
     labels = {"node_id": NODE, "interval": "60", "world_id": ""}
     assert rig.registry.get_sample_value("coverage_ratio", labels) == 1.0
     assert rig.registry.get_sample_value("seamless_total_ms_count", labels) == 2
+    # Served from storage (nothing sleeps): fetch in this task, which then sees its metadata.
+    direct = await rig.provider.fetch(T0, END, node_id=NODE, interval=I)
+    assert rig.provider.last_fetch_metadata == direct.metadata
+
+
+async def test_last_fetch_metadata_is_per_task(storage: HistoryStorage) -> None:
+    """Concurrent fetches on one shared provider never overwrite each other's metadata: each
+    task sees the metadata of its own newest fetch (regression: one attribute for all)."""
+    rig = Rig(storage, strategy=DataAvailabilityStrategy.AUTO_BACKFILL)
+    await rig.fetch()  # store everything first
+    assert rig.provider.last_fetch_metadata is None  # this task has not fetched itself
+    release = asyncio.Event()
+
+    async def fetch_then_read(start: int, end: int) -> tuple[object, object]:
+        result = await rig.provider.fetch(start, end, node_id=NODE, interval=I)
+        await release.wait()  # the other task's fetch finishes in between
+        return result.metadata, rig.provider.last_fetch_metadata
+
+    tasks = [
+        asyncio.create_task(fetch_then_read(T0, T0 + 10 * I)),
+        asyncio.create_task(fetch_then_read(T0 + 10 * I, END)),
+    ]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    release.set()
+    for own, seen in await asyncio.gather(*tasks):
+        assert seen is own
+    assert rig.provider.last_fetch_metadata is None
 
 
 async def test_interior_hole_is_repaired(storage: HistoryStorage) -> None:

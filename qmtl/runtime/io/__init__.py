@@ -6,10 +6,12 @@ is built.
 
 from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
 from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
-from qmtl.runtime.io.ccxt_rate_limiter import LocalRateLimiter, RateLimiter, get_limiter
+from qmtl.runtime.io.ccxt_rate_limiter import get_limiter
+from qmtl.runtime.io.local_rate_limiter import LocalRateLimiter
 from qmtl.runtime.io.redis_rate_limiter import RedisRateLimiter
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider, ExchangeRouter
 from qmtl.runtime.io.storage import HistoryStorage, LedgerUpdate, StorageError, open_storage
+from qmtl.runtime.sdk.rate_limiter import RateLimiter
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 
 __all__ = [

@@ -1,19 +1,39 @@
 """``DataFetcherAutoBackfiller``: turn missing ranges into stored bars, batch by batch.
 
 Missing ranges are cut on a fixed grid into batches of at most ``window_bars`` bars
-(``batch_id = "{node_id}:{interval}:{start}:{end}"``) and run with at most
-``max_concurrent_requests`` in flight. Each batch is tried up to ``max_attempts`` times; the
-delay before attempt *n+1* is ``retry_backoff_ms * 2**(n-1) * (1 + u)``, ``u ~ U[0,
-jitter_ratio]``, never less than the exchange's ``Retry-After``. A batch is conformed and then
-committed with its ledger update in one storage transaction (batches of one node that finish
-together share it: :mod:`~qmtl.runtime.io.group_commit`): a crash loses at most the
-batches in flight, re-running is idempotent, and a batch that fails for good leaves its range
-*missing* (never a silent hole) while the other batches still land.
+(``batch_id = "{node_id}:{interval}:{start}:{end}"``), created *lazily* and run with at most
+``max_concurrent_requests`` fetches in flight, so memory stays bounded whatever the range
+(ten years of 1s bars are 350,000 batches; only a few exist at once). Each batch is tried up
+to ``max_attempts`` times; the delay before attempt *n+1* is ``retry_backoff_ms * 2**(n-1) *
+(1 + u)``, ``u ~ U[0, jitter_ratio]``, never less than the exchange's ``Retry-After``.
 
-Single flight: batches of one grid cell never run twice at once in this process; a caller
-whose batch is already running waits for it, then re-reads the ledger and fetches only what
-is still missing. Running batches are shielded from their callers' cancellation (a fetch that
-gives up under its SLA leaves the backfill running in the background).
+What is retried, and how:
+
+- Exchange failures (5xx, timeouts, malformed pages, 429/418) re-fetch the batch; bad
+  requests (unknown symbol) and conformance failures fail it at once (asking again cannot
+  help). Any other exception is a failed batch too, logged like the others — never an
+  exception that sinks the whole backfill.
+- A fetch that vouches for only part of the batch and says why the rest is worth asking
+  again (``FetchWindowResult.missing_reason``: an empty answer inside settled history) has
+  its part committed; the rest is the next attempt's batch. After the last attempt it stays
+  *missing*, with that reason as the outcome's error — never recorded as known-empty.
+- A failed *write* never costs a re-download: the fetched bars are kept and the write is
+  retried on the same backoff. When the store keeps failing, the batch fails with the
+  :class:`~qmtl.runtime.sdk.errors.StorageError` and the backfiller stops fetching: later
+  batches fail without touching the exchange until a probe of the store (a ledger read)
+  succeeds again. Exchange requests during a storage outage are therefore bounded by the
+  batches already in flight.
+
+A batch is conformed (which counts and resolves the exchange's duplicate bars) and then
+committed with its ledger update in one storage transaction (batches of one node that finish
+together share it: :mod:`~qmtl.runtime.io.group_commit`): a crash loses at most the batches in
+flight, re-running is idempotent, and a batch that fails for good leaves its range *missing*
+(never a silent hole) while the other batches still land.
+
+Single flight: a batch never runs while an *overlapping* batch of the same node runs in this
+process; its caller waits for that one, re-reads the ledger and fetches only what is still
+missing. Disjoint batches never wait on each other. Running batches are shielded from their
+callers' cancellation (a fetch that gives up under its SLA leaves the backfill running).
 """
 
 from __future__ import annotations
@@ -21,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,7 +51,7 @@ from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.backfill_types import BackfillReport, BatchOutcome
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.conformance import ConformancePipeline
-from qmtl.runtime.sdk.errors import SeamlessError
+from qmtl.runtime.sdk.errors import ExchangeError, StorageError
 from qmtl.runtime.sdk.events import (
     BACKFILL_ATTEMPT,
     BACKFILL_FAILED,
@@ -39,11 +60,11 @@ from qmtl.runtime.sdk.events import (
     log_event,
 )
 from qmtl.runtime.sdk.history_coverage import (
+    DEFAULT_STABILIZATION_BARS,
     Range,
     compute_missing_ranges,
-    grid_cell,
+    iter_batches,
     merge_ranges,
-    split_range,
     subtract_ranges,
 )
 from qmtl.runtime.sdk.history_storage import LedgerUpdate
@@ -59,6 +80,8 @@ __all__ = ["DataFetcherAutoBackfiller", "retry_delay_s"]
 
 logger = logging.getLogger(__name__)
 
+_NodeKey = tuple[str, int]
+
 
 def retry_delay_s(
     attempt: int, config: BackfillConfig, rng: random.Random, retry_after_s: float | None = None
@@ -67,6 +90,32 @@ def retry_delay_s(
     u = rng.uniform(0.0, config.jitter_ratio)
     delay = config.retry_backoff_ms * float(2 ** (attempt - 1)) * (1 + u) / 1000.0
     return max(delay, retry_after_s or 0.0)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Whether another attempt can help: exchange trouble the exchange says is transient, a
+    partial answer, a network error of a custom fetcher. Not a bad request, a conformance
+    failure, a store that kept failing its writes (already retried without re-fetching), or a
+    bug."""
+    if isinstance(exc, ExchangeError):
+        return exc.retryable
+    return isinstance(exc, _Incomplete | OSError | TimeoutError)
+
+
+class _Incomplete(Exception):
+    """An attempt vouched for part of its batch only; ``rest`` is worth asking again."""
+
+    def __init__(self, reason: str, rest: Range, rows: int, data: tuple[Range, ...],
+                 empty: tuple[Range, ...]) -> None:  # fmt: skip
+        super().__init__(reason)
+        self.rest = rest
+        self.rows = rows
+        self.data = data
+        self.empty = empty
 
 
 class DataFetcherAutoBackfiller:
@@ -83,7 +132,7 @@ class DataFetcherAutoBackfiller:
         metrics: SeamlessMetrics | None = None,
         rng: random.Random | None = None,
         source: str = "ccxt",
-        stabilization_bars: int = 2,
+        stabilization_bars: int = DEFAULT_STABILIZATION_BARS,
         on_batch: Callable[[str, BatchOutcome], None] | None = None,
     ) -> None:
         self.fetcher = fetcher
@@ -98,32 +147,56 @@ class DataFetcherAutoBackfiller:
         self.on_batch = on_batch  # progress hook: called with (node_id, outcome) per batch
         self._slots = asyncio.Semaphore(self.config.max_concurrent_requests)
         self._committer = GroupCommitter(storage)
-        self._inflight: dict[tuple[str, int, int], asyncio.Task[BatchOutcome]] = {}
-        self._claimed: dict[tuple[str, int], int] = {}
-        self._completed: dict[tuple[str, int], int] = {}
+        self._inflight: dict[_NodeKey, dict[Range, asyncio.Task[BatchOutcome]]] = {}
+        self._claimed: dict[_NodeKey, int] = {}
+        self._completed: dict[_NodeKey, int] = {}
+        self._storage_failure: StorageError | None = None
 
     async def backfill(
         self, node_id: str, interval: int, ranges: Sequence[Range]
     ) -> BackfillReport:
         """Backfill ``ranges`` (merged and cut into batches) and report every batch."""
         started = self.clock.monotonic()
-        batches = [
+        batches: Iterator[Range] = (
             batch
             for r in merge_ranges(ranges, interval)
-            for batch in split_range(r, interval, self.config.window_bars)
-        ]
-        results = await asyncio.gather(
-            *(self._single_flight(node_id, interval, b, started) for b in batches)
+            for batch in iter_batches(r, interval, self.config.window_bars)
         )
-        return BackfillReport(node_id, interval, tuple(o for group in results for o in group))
+        outcomes: list[BatchOutcome] = []
+        running: set[asyncio.Task[list[BatchOutcome]]] = set()
+        # Twice the fetch slots: the next batches are queued while others commit.
+        window = 2 * self.config.max_concurrent_requests
+        try:
+            for batch in batches:
+                while len(running) >= window:
+                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    outcomes += [o for task in done for o in task.result()]
+                if self._storage_failure is not None and not await self._storage_answers(
+                    node_id, interval
+                ):
+                    outcomes.append(self._not_fetched(node_id, interval, batch))
+                    continue
+                running.add(
+                    asyncio.create_task(self._single_flight(node_id, interval, batch, started))
+                )
+            for group in await asyncio.gather(*running):
+                outcomes += group
+        finally:
+            for task in running:  # cancelled caller: batches stay shielded, planning stops
+                task.cancel()
+        outcomes.sort(key=lambda o: o.batch)
+        return BackfillReport(node_id, interval, tuple(outcomes))
+
+    # -- single flight ------------------------------------------------------------------------
 
     async def _single_flight(
         self, node_id: str, interval: int, batch: Range, started: float
     ) -> list[BatchOutcome]:
-        cell = (node_id, interval, grid_cell(batch.start, interval, self.config.window_bars))
-        running = self._inflight.get(cell)
-        if running is not None:
-            await asyncio.shield(running)
+        node_key = (node_id, interval)
+        table = self._inflight.setdefault(node_key, {})
+        overlapping = [t for r, t in table.items() if r.intersect(batch) is not None]
+        if overlapping:
+            await asyncio.gather(*(asyncio.shield(t) for t in overlapping))
             ledger = await self.storage.read_ledger(node_id, interval)
             rest = compute_missing_ranges(ledger, batch.start, batch.end, interval)
             if not rest:
@@ -131,20 +204,20 @@ class DataFetcherAutoBackfiller:
             groups = [await self._single_flight(node_id, interval, r, started) for r in rest]
             return [o for group in groups for o in group]
         task = asyncio.create_task(self._attempts(node_id, interval, batch, started))
-        if self.on_batch is not None:
-            hook = self.on_batch
-            task.add_done_callback(
-                lambda t: (
-                    hook(node_id, t.result()) if not t.cancelled() and not t.exception() else None
-                )
-            )
-        self._inflight[cell] = task
-        task.add_done_callback(lambda _t: self._forget(cell, task))
+        table[batch] = task
+        task.add_done_callback(lambda _t: self._forget(node_key, batch, task))
         return [await asyncio.shield(task)]
 
-    def _forget(self, cell: tuple[str, int, int], task: asyncio.Task[BatchOutcome]) -> None:
-        if self._inflight.get(cell) is task:
-            del self._inflight[cell]
+    def _forget(self, node_key: _NodeKey, batch: Range, task: asyncio.Task[BatchOutcome]) -> None:
+        table = self._inflight.get(node_key)
+        if table is not None and table.get(batch) is task:
+            del table[batch]
+            if not table:
+                del self._inflight[node_key]
+        if self.on_batch is not None and not task.cancelled() and task.exception() is None:
+            self.on_batch(node_key[0], task.result())
+
+    # -- attempts -----------------------------------------------------------------------------
 
     async def _attempts(
         self, node_id: str, interval: int, batch: Range, started: float
@@ -162,49 +235,86 @@ class DataFetcherAutoBackfiller:
         node_key = (node_id, interval)
         self._claimed[node_key] = self._claimed.get(node_key, 0) + 1
         self._update_completion(node_key)
+        todo = batch  # what is still to fetch (shrinks when an attempt vouches for a part)
+        rows = 0
+        data: tuple[Range, ...] = ()
+        empty: tuple[Range, ...] = ()
         for attempt in range(1, cfg.max_attempts + 1):
             log_event(logger, BACKFILL_ATTEMPT, attempt=attempt, **fields)
             t0 = self.clock.monotonic()
             try:
-                outcome = await self._run_once(node_id, interval, batch, attempt)
-            except SeamlessError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                if attempt >= cfg.max_attempts or not getattr(exc, "retryable", True):
-                    log_event(
-                        logger, BACKFILL_FAILED, level=logging.ERROR, attempt=attempt,
-                        error=error, **fields,
-                    )  # fmt: skip
-                    return BatchOutcome(batch, attempts=attempt, error=error)
+                outcome = await self._run_once(node_id, interval, todo, attempt)
+            except _Incomplete as part:
+                rows, data, empty = rows + part.rows, data + part.data, empty + part.empty
+                todo = part.rest
+                error: BaseException = part
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure is this batch's outcome, never a crash
+                error = exc
+            else:
+                outcome = BatchOutcome(
+                    batch,
+                    attempts=attempt,
+                    rows=rows + outcome.rows,
+                    data=data + outcome.data,
+                    empty=empty + outcome.empty,
+                    conformance=outcome.conformance,
+                )
+                self._succeeded(node_key, fields, attempt, outcome, t0, started)
+                return outcome
+            message = _describe(error) if not isinstance(error, _Incomplete) else str(error)
+            if attempt >= cfg.max_attempts or not _retryable(error):
                 log_event(
-                    logger, BACKFILL_RETRY, level=logging.WARNING, attempt=attempt, error=error,
-                    **fields,
+                    logger, BACKFILL_FAILED, level=logging.ERROR, attempt=attempt,
+                    error=message, **fields,
                 )  # fmt: skip
-                retry_after = getattr(exc, "retry_after_s", None)
-                await self.clock.sleep(retry_delay_s(attempt, cfg, self.rng, retry_after))
-                continue
-            duration_ms = (self.clock.monotonic() - t0) * 1000.0
+                return BatchOutcome(
+                    batch, attempts=attempt, rows=rows, data=data, empty=empty, error=message
+                )
             log_event(
-                logger, BACKFILL_SUCCEEDED, attempt=attempt, rows=outcome.rows,
-                duration_ms=duration_ms, **fields,
+                logger, BACKFILL_RETRY, level=logging.WARNING, attempt=attempt, error=message,
+                **fields,
             )  # fmt: skip
-            labels = {"node_id": node_id, "interval": str(interval)}
-            self.metrics.backfill_rows.labels(**labels).inc(outcome.rows)
-            self.metrics.gap_repair_latency_ms.labels(**labels).observe(
-                (self.clock.monotonic() - started) * 1000.0
-            )
-            self._completed[node_key] = self._completed.get(node_key, 0) + 1
-            self._update_completion(node_key)
-            return outcome
+            retry_after = getattr(error, "retry_after_s", None)
+            await self.clock.sleep(retry_delay_s(attempt, cfg, self.rng, retry_after))
         raise AssertionError("unreachable: max_attempts >= 1")  # pragma: no cover
+
+    def _succeeded(
+        self,
+        node_key: _NodeKey,
+        fields: dict[str, Any],
+        attempt: int,
+        outcome: BatchOutcome,
+        t0: float,
+        started: float,
+    ) -> None:
+        duration_ms = (self.clock.monotonic() - t0) * 1000.0
+        log_event(
+            logger, BACKFILL_SUCCEEDED, attempt=attempt, rows=outcome.rows,
+            duration_ms=duration_ms, **fields,
+        )  # fmt: skip
+        labels = {"node_id": node_key[0], "interval": str(node_key[1])}
+        self.metrics.backfill_rows.labels(**labels).inc(outcome.rows)
+        self.metrics.gap_repair_latency_ms.labels(**labels).observe(
+            (self.clock.monotonic() - started) * 1000.0
+        )
+        self._completed[node_key] = self._completed.get(node_key, 0) + 1
+        self._update_completion(node_key)
 
     async def _run_once(
         self, node_id: str, interval: int, batch: Range, attempt: int
     ) -> BatchOutcome:
+        """Fetch ``batch`` once and commit what the exchange vouched for. Raises the fetch's
+        error, :class:`_Incomplete` for a partial answer worth asking again, or the store's
+        :class:`StorageError` once the write kept failing."""
         async with self._slots:
             result = await self.fetcher.fetch_window(
                 batch.start, batch.end, node_id=node_id, interval=interval
             )
         frame, report = await asyncio.to_thread(self.conformance.normalize, result.frame, interval)
+        report.warnings.extend(result.warnings)
+        self._count_conformance(node_id, interval, report.flags, report.warnings)
         covered_until = batch.end if result.covered_until is None else result.covered_until
         vouched = Range(batch.start, max(batch.start, min(batch.end, covered_until)))
         ts = frame["ts"].to_numpy()
@@ -221,12 +331,63 @@ class DataFetcherAutoBackfiller:
             fetched_at=self.clock.now(),
             stabilization_bars=self.stabilization_bars,
         )
-        rows = await self._committer.commit(node_id, frame, update)
+        rows = await self._commit(node_id, frame, update, attempt)
+        if result.missing_reason is not None and vouched.end < batch.end:
+            raise _Incomplete(result.missing_reason, Range(vouched.end, batch.end), rows, data,
+                              empty)  # fmt: skip
         return BatchOutcome(
             batch, attempts=attempt, rows=rows, data=data, empty=empty, conformance=report
         )
 
-    def _update_completion(self, node_key: tuple[str, int]) -> None:
+    async def _commit(self, node_id: str, frame: Any, update: LedgerUpdate, attempt: int) -> int:
+        """Write with retries on the backfill's backoff, keeping the fetched bars: a failed
+        write never costs a re-download."""
+        for write in range(1, self.config.max_attempts + 1):
+            try:
+                rows = await self._committer.commit(node_id, frame, update)
+            except StorageError as exc:
+                if write >= self.config.max_attempts:
+                    self._storage_failure = exc
+                    raise
+                await self.clock.sleep(retry_delay_s(write, self.config, self.rng))
+                continue
+            self._storage_failure = None
+            return rows
+        raise AssertionError("unreachable: max_attempts >= 1")  # pragma: no cover
+
+    async def _storage_answers(self, node_id: str, interval: int) -> bool:
+        """After a failed write: is the store back? (One ledger read, instead of fetching
+        bars that could not be stored.)"""
+        try:
+            await self.storage.read_ledger(node_id, interval)
+        except StorageError as exc:
+            self._storage_failure = exc
+            return False
+        self._storage_failure = None
+        return True
+
+    def _not_fetched(self, node_id: str, interval: int, batch: Range) -> BatchOutcome:
+        failure = self._storage_failure
+        error = f"{_describe(failure)} (not fetched: the store is failing)" if failure else ""
+        log_event(
+            logger, BACKFILL_FAILED, level=logging.ERROR, attempt=0, error=error,
+            batch_id=f"{node_id}:{interval}:{batch.start}:{batch.end}", node_id=node_id,
+            interval=interval, start=batch.start, end=batch.end,
+            max_attempts=self.config.max_attempts, source=self.source,
+        )  # fmt: skip
+        return BatchOutcome(batch, attempts=0, error=error)
+
+    def _count_conformance(
+        self, node_id: str, interval: int, flags: dict[str, int], warnings: list[str]
+    ) -> None:
+        labels = {"node_id": node_id, "interval": str(interval), "world_id": ""}
+        for flag, count in flags.items():
+            if count and flag != "gap":  # gaps of a batch are the ledger's business
+                self.metrics.conformance_flags.labels(**labels, flag_type=flag).inc(count)
+        if warnings:
+            self.metrics.conformance_warnings.labels(**labels).inc(len(warnings))
+
+    def _update_completion(self, node_key: _NodeKey) -> None:
         claimed = self._claimed.get(node_key, 0)
         ratio = self._completed.get(node_key, 0) / claimed if claimed else 1.0
         self.metrics.backfill_completion_ratio.labels(

@@ -17,12 +17,13 @@ the raw text on, which ``fetch_ohlcv`` turns into ``[]`` — a truncated page lo
 an empty one. The ``parse_json`` hook raises ``ccxt.BadResponse`` instead.
 
 Strict OHLCV rows: stock ccxt (4.5) gives a kline row that is an object timestamp ``None``,
-and ``fetch_ohlcv``'s ``since`` filter then drops it silently; a price that is a list parses
-as ``None`` and a ``"NaN"`` string as ``float('nan')``. A fetcher above us would take the
-dropped bar for one the exchange does not have. The ``parse_ohlcvs`` hook parses every raw row
-once (with the exchange's own ``parse_ohlcv``) and raises ``ccxt.BadResponse`` naming the row
-unless it is ``[int timestamp, five finite numbers]`` (``None``, NaN and infinities are
-refused; a clean page is checked in one numpy pass), then sorts and filters as ccxt does.
+and ``fetch_ohlcv``'s ``since`` filter then drops it silently (it also drops a bar whose
+timestamp is ``0``); a price that is a list parses as ``None`` and a ``"NaN"`` string as
+``float('nan')``. A fetcher above us would take the dropped bar for one the exchange does not
+have. The ``parse_ohlcvs`` hook parses every raw row once (with the exchange's own
+``parse_ohlcv``) and raises ``ccxt.BadResponse`` naming the row unless it is ``[int
+timestamp, five finite numbers]`` (:func:`qmtl.runtime.sdk.bars.rows_to_block`), then sorts
+and filters by ``since``/``limit`` as ccxt does — keeping the epoch's bar.
 This is stricter than some exchanges need (one that sends no volume now fails loudly).
 ccxt's ``BadResponse`` is an ``ExchangeError``, not a
 ``NetworkError``: callers decide whether a malformed page is worth a retry.
@@ -30,18 +31,21 @@ ccxt's ``BadResponse`` is an ``ExchangeError``, not a
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
+import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
+from qmtl.runtime.sdk.bars import rows_to_block
 
 __all__ = [
     "CCXT_INSTALL_HINT",
+    "check_exchange_id",
     "create_exchange",
     "http_status_of",
     "parse_retry_after",
@@ -51,6 +55,7 @@ __all__ = [
 
 CCXT_INSTALL_HINT = "ccxt is not installed: pip install 'qmtl-seamless[ccxt]'"
 _URL_KEYS = frozenset({"rest", "ws"})
+_EXCHANGE_ID = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def _import_ccxt(pro: bool) -> Any:
@@ -169,12 +174,19 @@ def _with_http_status(cls: type[Any]) -> type[Any]:
                 parsed.append(self.parse_ohlcv(raw, market))
             except (TypeError, ValueError, KeyError, IndexError) as exc:
                 raise ccxt.BadResponse(f"{self.id} OHLCV row {i}: unparseable ({exc})") from exc
-        found = _first_row_problem(parsed)
-        if found is not None:
-            raise ccxt.BadResponse(f"{self.id} OHLCV row {found[0]}: {found[1]}")
-        # ccxt's own parse_ohlcvs would parse every row again; its remaining two steps:
+        try:
+            rows_to_block(parsed)
+        except ValueError as exc:
+            raise ccxt.BadResponse(f"{self.id} OHLCV {exc}") from None
+        # ccxt's own parse_ohlcvs would parse every row again; then it sorts and filters by
+        # since/limit — but its filter also drops a bar whose timestamp is 0 (the epoch's
+        # first bar), silently. Same filter here, without that exception.
         rows = self.sort_by(parsed, 0)
-        return self.filter_by_since_limit(rows, since, limit, 0, tail)
+        if since is not None:
+            rows = [row for row in rows if row[0] >= since]
+        if limit is not None:  # ccxt keeps the first `limit` after a since, else the last
+            rows = rows[:limit] if since is not None and not tail else rows[-limit:]
+        return rows
 
     namespace = {
         "handle_errors": handle_errors,
@@ -183,47 +195,6 @@ def _with_http_status(cls: type[Any]) -> type[Any]:
         "__module__": __name__,
     }
     return type(cls.__name__, (cls,), namespace)
-
-
-_OHLCV_FIELDS = ("timestamp", "open", "high", "low", "close", "volume")
-
-
-def _first_row_problem(rows: list[Any]) -> tuple[int, str] | None:
-    """``(index, problem)`` of the first bad parsed row, or ``None``. One numpy pass accepts
-    a clean page (the common case); only a page that fails it is walked row by row."""
-    try:
-        block = np.asarray(rows, dtype=np.float64)
-    except (TypeError, ValueError):
-        block = None
-    if (
-        block is not None
-        and block.ndim == 2
-        and block.shape[1] == len(_OHLCV_FIELDS)
-        and bool(np.isfinite(block).all())
-        and all(type(row[0]) is int for row in rows)
-    ):
-        return None
-    for i, row in enumerate(rows):
-        problem = _ohlcv_row_problem(row)
-        if problem is not None:
-            return i, problem
-    return None
-
-
-def _ohlcv_row_problem(row: object) -> str | None:
-    """What is wrong with one parsed ccxt OHLCV row, or ``None`` if it is
-    ``[int timestamp, open, high, low, close, volume]`` with finite int/float values."""
-    if not isinstance(row, list | tuple) or len(row) != len(_OHLCV_FIELDS):
-        size = len(row) if isinstance(row, list | tuple) else type(row).__name__
-        return f"expected 6 values, got {size}"
-    for name, value in zip(_OHLCV_FIELDS, row, strict=True):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"{name} is {value!r:.40}"
-        if name == "timestamp" and not isinstance(value, int):
-            return f"timestamp is {value!r:.40}, not an integer"
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"{name} is {value!r}"
-    return None
 
 
 def http_status_of(exc: BaseException) -> int | None:
@@ -300,6 +271,23 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def check_exchange_id(exchange_id: object) -> str:
+    """The one check of a ccxt exchange id: lower-case ``[a-z][a-z0-9_]*`` and, when ccxt is
+    installed, one of ``ccxt.exchanges`` — else ``ValueError`` naming the nearest valid ids."""
+    if not isinstance(exchange_id, str) or not _EXCHANGE_ID.fullmatch(exchange_id):
+        raise ValueError(f"exchange_id: not a ccxt exchange id: {exchange_id!r}")
+    try:
+        import ccxt
+    except ImportError:  # the fetcher will say how to install it
+        return exchange_id
+    known: list[str] = list(ccxt.exchanges)
+    if exchange_id not in known:
+        near = difflib.get_close_matches(exchange_id, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        raise ValueError(f"exchange_id: {exchange_id!r} is not a ccxt exchange{hint}")
+    return exchange_id
+
+
 def create_exchange(
     exchange_id: str,
     *,
@@ -328,10 +316,11 @@ def create_exchange(
         rest = _check_base(urls["rest"], "rest", ("http", "https"))
         default_ws = ("wss" if rest.startswith("https") else "ws") + rest[rest.index("://") :]
         ws = _check_base(urls.get("ws", default_ws), "ws", ("ws", "wss"))
+    check_exchange_id(exchange_id)
     module = _import_ccxt(pro)
-    base_cls = getattr(module, exchange_id, None) if exchange_id.isidentifier() else None
+    base_cls = getattr(module, exchange_id, None)
     if not isinstance(base_cls, type):
-        raise ValueError(f"unknown ccxt exchange id {exchange_id!r}")
+        raise ValueError(f"exchange_id: {exchange_id!r} is not a ccxt exchange")
     defaults: dict[str, Any] = {"defaultType": market_type}
     if market_type == "spot":
         defaults.update(fetchMarkets={"types": ["spot"]}, fetchCurrencies=False, fetchMargins=False)

@@ -5,18 +5,30 @@ What it guarantees (the backfiller relies on every point):
 - **Half-open windows** ``[start, end)`` in epoch seconds; pages move forward from the last
   bar received (``last + interval``), never by ``since + limit * interval``, so a page one bar
   short or with duplicates leaves no hole and no duplicate.
-- **Known-empty detection**: bars that a page skips (it starts later than asked: before the
-  listing, a halt; or jumps inside) are reported as EMPTY ranges; an empty page means the
-  exchange has nothing from the cursor to now.
+- **Known-empty only on evidence a fault cannot produce**: bars a page *skips while returning
+  later ones* (it starts later than asked — before the listing, a halt — or jumps inside) are
+  reported as EMPTY ranges. An empty page, or a page that ends early, proves nothing (a
+  transient fault looks exactly like that): the rest of the window is not vouched for
+  (``covered_until`` stops at the cursor) and ``FetchWindowResult.missing_reason`` says why,
+  so the backfiller asks again and, if the exchange keeps answering so, leaves it *missing*
+  with that reason. Within ``stabilization_bars`` intervals of now an empty answer is "not
+  yet" and simply stays missing, without a reason.
 - **The still-forming bar is dropped** (its close is in the future) and nothing at or after it
-  is vouched for (``covered_until``): it stays *missing* until it has closed.
+  is vouched for (``covered_until``): it stays *missing* until it has closed. Bar open times
+  follow the node's grid (weekly bars open on Mondays).
+- **Duplicates are passed on, not hidden**: a page's repeated ``ts`` reach the backfiller's
+  conformance step, which keeps the last and counts them (``duplicate_ts``); bars before the
+  requested start (a misbehaving exchange) are dropped with a warning, the rest of the page is
+  kept.
 - **Malformed payloads** (truncated JSON, wrong types, NaN prices, misaligned or out-of-window
   timestamps) raise :class:`ExchangeDataError` with the node id and window; nothing from a
   bad page is returned, so nothing is stored.
 - **Rate limits**: ccxt's own throttle is off; every request — market loading included —
-  goes through the project limiter, charged its weight in the exchange's units. A 429/418
-  penalizes the whole limiter key with the exchange's ``Retry-After`` and is raised as
-  :class:`ExchangeRateLimitError` so the backfiller retries no sooner. Every response's
+  goes through the process's one limiter for the key (:func:`shared_limiter`), charged its
+  weight in the exchange's units. A 429/418 — told by the HTTP status the adapter attaches,
+  whatever exception class ccxt chose (``RateLimitExceeded``, ``DDoSProtection``, OKX's
+  ``ExchangeNotAvailable``) — penalizes the whole key with the exchange's ``Retry-After`` and
+  is raised as :class:`ExchangeRateLimitError` so the backfiller retries no sooner. Every response's
   usage header (Binance ``X-MBX-USED-WEIGHT-1m``) is handed to ``limiter.observe_usage``
   through the exchange's ``qmtl_on_response`` hook, and a request's call returns only once
   that resync is done, so the next request sees it.
@@ -29,17 +41,28 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from qmtl.runtime.io.ccxt_exchange import create_exchange, http_status_of, retry_after_of
-from qmtl.runtime.io.ccxt_rate_limiter import RateLimiter, get_limiter
+from qmtl.runtime.io.ccxt_exchange import (
+    check_exchange_id,
+    create_exchange,
+    http_status_of,
+    retry_after_of,
+)
+from qmtl.runtime.io.ccxt_rate_limiter import shared_limiter
 from qmtl.runtime.io.exchange_usage import UsageRelay
 from qmtl.runtime.sdk.backfill_types import FetchWindowResult
+from qmtl.runtime.sdk.bars import (
+    CANONICAL_COLUMNS,
+    bar_open_at,
+    misaligned,
+    rows_to_block,
+)
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.errors import (
     ExchangeDataError,
@@ -48,21 +71,24 @@ from qmtl.runtime.sdk.errors import (
     ExchangeRequestError,
     ExchangeUnavailableError,
 )
-from qmtl.runtime.sdk.history_coverage import Range
+from qmtl.runtime.sdk.history_coverage import DEFAULT_STABILIZATION_BARS, Range
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.runtime.sdk.node_id import TIMEFRAMES, NodeId, check_interval
+from qmtl.runtime.sdk.rate_limiter import RateLimiter
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
+from qmtl.runtime.sdk.timestamps import InstantLike, format_iso, to_epoch_seconds
 
 __all__ = [
+    "RATE_LIMIT_STATUSES",
     "CcxtBackfillConfig",
     "CcxtOHLCVFetcher",
     "PagePlan",
-    "RateLimiterConfig",
     "page_plan",
     "translate_ccxt_error",
 ]
 
-_COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
+#: HTTP statuses that mean "slow down" (429) or "banned" (418), whatever ccxt raised for them.
+RATE_LIMIT_STATUSES = frozenset({418, 429})
 
 #: (max bars, weight) tiers of the klines endpoint, ascending. Binance spot charges 2 for
 #: any limit up to 1000; USDⓈ-M / COIN-M futures charge by limit.
@@ -116,8 +142,7 @@ class CcxtBackfillConfig:
     account: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.exchange_id, str) or not self.exchange_id.isidentifier():
-            raise ValueError(f"exchange_id: not a ccxt exchange id: {self.exchange_id!r}")
+        check_exchange_id(self.exchange_id)
         object.__setattr__(self, "symbols", tuple(self.symbols))
         if self.timeframe not in TIMEFRAMES:
             raise ValueError(f"timeframe: unknown timeframe {self.timeframe!r}")
@@ -139,7 +164,7 @@ def translate_ccxt_error(
     status = http_status_of(exc)
     retry_after = retry_after_of(exc)
     kind: type[ExchangeError]
-    if isinstance(exc, ccxt.DDoSProtection):
+    if status in RATE_LIMIT_STATUSES or isinstance(exc, ccxt.DDoSProtection):
         kind = ExchangeRateLimitError
         status = status or 429
     elif isinstance(
@@ -169,7 +194,9 @@ class CcxtOHLCVFetcher:
 
     One instance owns one ccxt exchange; share it between tasks, then ``await aclose()``.
     ``exchange`` may be injected (any ccxt async exchange); by default it is built with
-    :func:`~qmtl.runtime.io.ccxt_exchange.create_exchange` from the config.
+    :func:`~qmtl.runtime.io.ccxt_exchange.create_exchange` from the config. ``limiter`` may be
+    injected too (the caller then owns it); by default the fetcher holds the process's shared
+    limiter for its key, taken on first use inside the event loop.
     """
 
     def __init__(
@@ -180,26 +207,38 @@ class CcxtOHLCVFetcher:
         clock: Clock | None = None,
         metrics: SeamlessMetrics | None = None,
         exchange: Any = None,
-        stabilization_bars: int = 2,
+        stabilization_bars: int = DEFAULT_STABILIZATION_BARS,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.limiter = limiter or get_limiter(
-            config.rate_limiter,
-            config.exchange_id,
-            config.account,
-            clock=self.clock,
-            metrics=metrics,
-        )
+        self.metrics = metrics
+        self._limiter = limiter
+        self._owns_limiter = limiter is None
         self.plan = page_plan(config.exchange_id, config.market_type, config.page_limit)
         self.stabilization_bars = stabilization_bars
         self._exchange = exchange
-        self._usage = UsageRelay(self.limiter, self.clock)
+        self._usage = UsageRelay(self._current_limiter, self.clock)
         if exchange is not None:
             exchange.qmtl_on_response = self._usage
         self._markets_lock = asyncio.Lock()
         self._markets_loaded = False
         self.requests = 0
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The limiter every request of this fetcher goes through (see the class doc)."""
+        if self._limiter is None:
+            self._limiter = shared_limiter(
+                self.config.rate_limiter,
+                self.config.exchange_id,
+                self.config.account,
+                clock=self.clock,
+                metrics=self.metrics,
+            )
+        return self._limiter
+
+    def _current_limiter(self) -> RateLimiter:
+        return self.limiter
 
     @property
     def exchange(self) -> Any:
@@ -218,7 +257,9 @@ class CcxtOHLCVFetcher:
         await self._usage.drain()
         if self._exchange is not None:
             await self._exchange.close()
-        await self.limiter.aclose()
+        if self._owns_limiter and self._limiter is not None:
+            limiter, self._limiter = self._limiter, None
+            await limiter.aclose()
 
     async def __aenter__(self) -> CcxtOHLCVFetcher:
         return self
@@ -235,45 +276,69 @@ class CcxtOHLCVFetcher:
             await self._call(weight, self.exchange.load_markets, node_id=None, window=None)
             self._markets_loaded = True
 
-    async def fetch(self, start: int, end: int, *, node_id: str, interval: int) -> pd.DataFrame:
-        """Canonical bars with ``start <= ts < end`` (closed bars only)."""
-        return (await self.fetch_window(start, end, node_id=node_id, interval=interval)).frame
+    async def fetch(
+        self, start: InstantLike, end: InstantLike, *, node_id: str, interval: int
+    ) -> pd.DataFrame:
+        """Canonical bars with ``start <= ts < end`` (closed bars only). Bounds are epoch
+        seconds, tz-aware datetimes or ISO-8601 strings, ceil-aligned to the node's grid."""
+        window = Range.aligned(start, end, interval)
+        result = await self.fetch_window(
+            window.start, window.end, node_id=node_id, interval=interval
+        )
+        return result.frame
 
     async def fetch_window(
         self, start: int, end: int, *, node_id: str, interval: int
     ) -> FetchWindowResult:
-        """Page through ``[start, end)``; the result vouches for ``[start, covered_until)``."""
+        """Page through ``[start, end)``; the result vouches for ``[start, covered_until)``
+        (bars in ``frame``, known-empty ranges in ``empty``) — see the module docstring."""
         node = check_interval(node_id, interval)
         self._check_node(node)
-        window = Range(start, end)
+        window = Range(to_epoch_seconds(start), to_epoch_seconds(end))
         await self.load_markets()
         market = self._market(node, window)
-        now = self.clock.now()
-        forming_start = int(now // interval) * interval  # open time of the forming bar
-        horizon = min(end, forming_start)
+        forming_start = bar_open_at(self.clock.now(), interval)
+        horizon = min(window.end, forming_start)
+        settled = forming_start - self.stabilization_bars * interval  # older: no "not yet"
         chunks: list[np.ndarray[Any, np.dtype[np.float64]]] = []
         empty: list[Range] = []
-        cursor = start
+        warnings: list[str] = []
+        missing_reason: str | None = None
+        cursor = window.start
         requests = 0
         while cursor < horizon:
             limit = min(self.plan.limit, math.ceil((horizon - cursor) / interval))
-            page = await self._page(node, market, cursor, limit, interval, window)
+            page = await self._page(node, market, cursor, limit, interval, window, warnings)
             requests += 1
-            page = page[page[:, 0] < horizon * 1000] if len(page) else page
             if len(page) == 0:
-                empty.append(Range(cursor, horizon))  # nothing from the cursor to now
-                cursor = horizon
+                if cursor < settled:
+                    missing_reason = (
+                        f"the exchange returned no bars from {format_iso(cursor)} on "
+                        "(an empty answer is no proof of an empty window: asked again later)"
+                    )
                 break
             ts = (page[:, 0] // 1000).astype(np.int64)
-            if ts[0] > cursor:
-                empty.append(Range(cursor, int(ts[0])))
+            first = int(ts[0])
+            if first > cursor:  # skipped while answering with later bars: known-empty
+                empty.append(Range(cursor, min(first, horizon)))
+            inside = ts < horizon
+            if not inside[0]:
+                cursor = horizon
+                break
+            page, ts = page[inside], ts[inside]
             jumps = np.flatnonzero(np.diff(ts) > interval)
             empty += [Range(int(ts[i]) + interval, int(ts[i + 1])) for i in jumps]
             chunks.append(page)
             cursor = int(ts[-1]) + interval
         self.requests += requests
-        frame = _frame(chunks)
-        return FetchWindowResult(frame, tuple(empty), min(cursor, horizon), requests)
+        return FetchWindowResult(
+            _frame(chunks),
+            tuple(empty),
+            min(cursor, horizon),
+            requests,
+            missing_reason=missing_reason,
+            warnings=tuple(warnings),
+        )
 
     # -- internals ------------------------------------------------------------------------
 
@@ -294,7 +359,14 @@ class CcxtOHLCVFetcher:
             raise translate_ccxt_error(exc, node_id=str(node), window=where) from exc
 
     async def _page(
-        self, node: NodeId, market: Any, cursor: int, limit: int, interval: int, window: Range
+        self,
+        node: NodeId,
+        market: Any,
+        cursor: int,
+        limit: int,
+        interval: int,
+        window: Range,
+        warnings: list[str],
     ) -> np.ndarray[Any, np.dtype[np.float64]]:
         where = (window.start, window.end)
         rows = await self._call(
@@ -307,7 +379,7 @@ class CcxtOHLCVFetcher:
             node_id=str(node),
             window=where,
         )
-        return _validated_page(rows, cursor, interval, node_id=str(node), window=where)
+        return _validated_page(rows, cursor, interval, warnings, node_id=str(node), window=where)
 
     async def _call(
         self,
@@ -333,49 +405,49 @@ class CcxtOHLCVFetcher:
 
 
 def _validated_page(
-    rows: Any, cursor: int, interval: int, *, node_id: str, window: tuple[int, int]
+    rows: Any,
+    cursor: int,
+    interval: int,
+    warnings: list[str],
+    *,
+    node_id: str,
+    window: tuple[int, int],
 ) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Rows as an ``(n, 6)`` float64 array (ts in ms), sorted, deduplicated (last wins);
-    anything untrustworthy raises :class:`ExchangeDataError`."""
-
-    def bad(reason: str) -> ExchangeDataError:
-        return ExchangeDataError(f"malformed OHLCV page: {reason}", node_id=node_id, window=window)
-
-    if not isinstance(rows, Sequence) or isinstance(rows, str | bytes):
-        raise bad(f"expected a list of rows, got {type(rows).__name__}")
-    if not rows:
-        return np.empty((0, 6), dtype=np.float64)
+    """Rows as an ``(n, 6)`` float64 array (ts in ms), sorted by ts (stable: duplicates stay,
+    in page order, for conformance to resolve and count). Malformed rows or misaligned
+    timestamps raise :class:`ExchangeDataError`; bars before ``cursor`` are dropped with a
+    warning."""
     try:
-        page = np.asarray(rows, dtype=np.float64)  # ccxt rows: [ts, o, h, l, c, v]
-    except (TypeError, ValueError):
-        try:
-            page = np.asarray([row[:6] for row in rows], dtype=np.float64)
-        except (TypeError, ValueError, IndexError) as exc:
-            raise bad(f"rows are not numeric: {exc}") from None
-    if page.ndim != 2 or page.shape[1] != 6:
-        raise bad(f"expected 6 fields per row, got shape {page.shape}")
-    if not np.isfinite(page).all():
-        raise bad("non-finite (NaN/inf/null) values")
+        page = rows_to_block(rows)
+    except ValueError as exc:
+        raise ExchangeDataError(
+            f"malformed OHLCV page: {exc}", node_id=node_id, window=window
+        ) from None
+    if len(page) == 0:
+        return page
     ts_ms = page[:, 0]
-    step_ms = interval * 1000
-    if np.any(ts_ms % step_ms != 0):
-        raise bad(f"timestamps not aligned to {interval} s")
-    if np.any(ts_ms < cursor * 1000):
-        raise bad("bars before the requested start")
-    order = np.argsort(ts_ms, kind="stable")
-    page = page[order]
-    keep = np.append(page[1:, 0] != page[:-1, 0], True)  # last of each equal ts wins
-    deduplicated: np.ndarray[Any, np.dtype[np.float64]] = page[keep]
-    return deduplicated
+    if np.any(ts_ms % 1000 != 0) or np.any(misaligned(ts_ms // 1000, interval)):
+        raise ExchangeDataError(
+            f"malformed OHLCV page: timestamps not on the {interval} s bar grid",
+            node_id=node_id,
+            window=window,
+        )
+    early = ts_ms < cursor * 1000
+    if early.any():
+        warnings.append(
+            f"{int(early.sum())} bar(s) before the requested start {format_iso(cursor)} "
+            "dropped from an exchange page"
+        )
+        page = page[~early]
+    ordered: np.ndarray[Any, np.dtype[np.float64]] = page[np.argsort(page[:, 0], kind="stable")]
+    return ordered
 
 
 def _frame(chunks: list[np.ndarray[Any, np.dtype[np.float64]]]) -> pd.DataFrame:
+    """Pages (in request order, each sorted) as one frame; duplicates are kept for
+    conformance to count and resolve (last wins)."""
     block = np.concatenate(chunks) if chunks else np.empty((0, 6), dtype=np.float64)
-    if len(chunks) > 1:  # pages overlap only if the exchange misbehaved; last wins
-        order = np.argsort(block[:, 0], kind="stable")
-        block = block[order]
-        block = block[np.append(block[1:, 0] != block[:-1, 0], True)]
     data: dict[str, Any] = {"ts": (block[:, 0] // 1000).astype(np.int64)}
-    for i, name in enumerate(_COLUMNS[1:], start=1):
+    for i, name in enumerate(CANONICAL_COLUMNS[1:], start=1):
         data[name] = block[:, i].copy()
-    return pd.DataFrame(data, columns=_COLUMNS)
+    return pd.DataFrame(data, columns=list(CANONICAL_COLUMNS))

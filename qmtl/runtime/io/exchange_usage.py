@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from qmtl.runtime.io.ccxt_rate_limiter import RateLimiter
 from qmtl.runtime.sdk.clock import Clock
+from qmtl.runtime.sdk.rate_limiter import RateLimiter
 
 __all__ = ["UsageRelay", "used_weight_of"]
 
@@ -39,9 +39,10 @@ def used_weight_of(headers: Mapping[str, str] | None) -> tuple[int, int] | None:
 
 
 class UsageRelay:
-    """The ``qmtl_on_response`` hook of one exchange instance. One event loop."""
+    """The ``qmtl_on_response`` hook of one exchange instance. One event loop. ``limiter`` is
+    asked for the limiter at each report (the fetcher takes its shared limiter lazily)."""
 
-    def __init__(self, limiter: RateLimiter, clock: Clock) -> None:
+    def __init__(self, limiter: Callable[[], RateLimiter], clock: Clock) -> None:
         self.limiter = limiter
         self.clock = clock
         self._pending: set[asyncio.Task[None]] = set()
@@ -55,7 +56,7 @@ class UsageRelay:
 
         async def observe() -> None:
             age_ms = (self.clock.monotonic() - seen) * 1000.0
-            await self.limiter.observe_usage(used, window_ms=window_ms, age_ms=age_ms)
+            await self.limiter().observe_usage(used, window_ms=window_ms, age_ms=age_ms)
 
         task = asyncio.get_running_loop().create_task(observe())
         self._pending.add(task)

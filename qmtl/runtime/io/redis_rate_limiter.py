@@ -32,15 +32,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from qmtl.runtime.io.ccxt_rate_limiter import (
-    USAGE_WINDOW_MS,
-    LocalRateLimiter,
+from qmtl.runtime.io.limiter_base import (
     SlottedLimiter,
     penalty_ms_for,
     record_penalty,
     split_cost,
     window_budget,
 )
+from qmtl.runtime.io.local_rate_limiter import LocalRateLimiter
 from qmtl.runtime.io.token_bucket import USAGE_GRACE_MS
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.events import (
@@ -49,6 +48,7 @@ from qmtl.runtime.sdk.events import (
     log_event,
 )
 from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
+from qmtl.runtime.sdk.rate_limiter import USAGE_WINDOW_MS
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 
 __all__ = ["REDIS_INSTALL_HINT", "TOKEN_BUCKET_LUA", "RedisRateLimiter", "ScriptReply"]

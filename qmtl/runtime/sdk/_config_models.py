@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.conformance import ConformancePipeline
 from qmtl.runtime.sdk.fingerprint import FingerprintConfig
+from qmtl.runtime.sdk.history_coverage import DEFAULT_STABILIZATION_BARS
 from qmtl.runtime.sdk.node_id import NodeId, parse_node_id
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 from qmtl.runtime.sdk.sla import SLAPolicy
@@ -144,7 +145,7 @@ class ArtifactConfig:
     s3_endpoint_url: str | None = None
     format: Literal["parquet"] = "parquet"
     compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
-    stabilization_bars: int = 2
+    stabilization_bars: int = DEFAULT_STABILIZATION_BARS
     partition_template: str = DEFAULT_PARTITION_TEMPLATE
     publish_fingerprint: bool = True
     early_fingerprint: bool = False

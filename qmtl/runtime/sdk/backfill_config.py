@@ -19,6 +19,11 @@ class BackfillConfig:
 
     The delay before attempt *n+1* is ``retry_backoff_ms * 2**(n-1) * (1 + u)`` with ``u``
     uniform in ``[0, jitter_ratio]``, never less than the exchange's ``Retry-After``.
+
+    ``max_range_bars`` is the longest request (in bars) a fetch or ``ensure_data_available``
+    accepts: the default, 10^9, is thirty years of 1s bars; longer is refused with one clear
+    line instead of planning work without end. Memory stays bounded below it: batches are
+    planned lazily.
     """
 
     mode: BackfillMode = "background"
@@ -29,6 +34,7 @@ class BackfillConfig:
     max_attempts: int = 5
     retry_backoff_ms: int = 500
     jitter_ratio: float = 0.25
+    max_range_bars: int = 1_000_000_000
 
     def __post_init__(self) -> None:
         if self.mode not in ("background", "sync"):
@@ -39,6 +45,7 @@ class BackfillConfig:
         _positive_int("distributed_lease_ttl_ms", self.distributed_lease_ttl_ms)
         _positive_int("max_attempts", self.max_attempts, maximum=100)
         _non_negative_int("retry_backoff_ms", self.retry_backoff_ms)
+        _positive_int("max_range_bars", self.max_range_bars)
         if isinstance(self.jitter_ratio, bool) or not isinstance(self.jitter_ratio, int | float):
             raise ValueError(f"jitter_ratio: must be a number, got {self.jitter_ratio!r}")
         if not 0.0 <= float(self.jitter_ratio) <= 1.0:

@@ -3,9 +3,11 @@ side), with the values that cross them.
 
 A fetcher establishes what the exchange has in a window. Its answer,
 :class:`FetchWindowResult`, vouches for ``[start, covered_until)``: every bar open time there
-is either in ``frame`` or inside one of the ``empty`` ranges (the exchange confirmed it has no
-bar). Bars after ``covered_until`` (e.g. the still-forming bar, or the future) are not
-vouched for and stay *missing*. Failures are raised as
+is either in ``frame`` or inside one of the ``empty`` ranges (the exchange showed it has no
+bar there, on evidence a fault cannot produce). Bars after ``covered_until`` (the
+still-forming bar, the future, or what the exchange did not answer) are not vouched for and
+stay *missing*; when that part lies in the settled past, ``missing_reason`` says why it is
+worth asking again (the backfiller retries it). Failures are raised as
 :class:`~qmtl.runtime.sdk.errors.ExchangeError` subclasses, never returned as partial frames.
 """
 
@@ -34,6 +36,8 @@ class FetchWindowResult:
     empty: tuple[Range, ...] = ()
     covered_until: int | None = None
     requests: int = 0
+    missing_reason: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @runtime_checkable

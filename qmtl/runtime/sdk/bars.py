@@ -24,12 +24,14 @@ __all__ = [
     "CANONICAL_COLUMNS",
     "PRICE_COLUMNS",
     "BarColumns",
+    "bar_open_at",
     "empty_frame",
     "frame_from_columns",
     "keep_last",
     "misaligned",
     "prepare_bars",
     "row_problem",
+    "rows_to_block",
 ]
 
 #: Canonical OHLCV column order (SPEC §3).
@@ -61,6 +63,41 @@ def misaligned(ts: npt.NDArray[Any], interval: int) -> npt.NDArray[np.bool_]:
     bars open on Mondays, every other timeframe on multiples since the epoch."""
     mask: npt.NDArray[np.bool_] = (ts - alignment_origin(interval)) % interval != 0
     return mask
+
+
+def bar_open_at(instant: float, interval: int) -> int:
+    """Open time (epoch seconds) of the ``interval`` bar that contains ``instant`` — the
+    forming bar when ``instant`` is now."""
+    origin = alignment_origin(interval)
+    return origin + int((instant - origin) // interval) * interval
+
+
+def rows_to_block(rows: object) -> npt.NDArray[np.float64]:
+    """ccxt-style OHLCV rows ``[[ts_ms, o, h, l, c, v], ...]`` as an ``(n, 6)`` float64
+    array, in input order; ``ValueError`` naming the first bad row (see :func:`row_problem`:
+    six values, an integer timestamp, finite numbers — ``None``/NaN/inf refused). One numpy
+    pass accepts a clean page; only a page that fails it is walked row by row."""
+    if not isinstance(rows, list | tuple):
+        raise ValueError(f"expected a list of rows, got {type(rows).__name__}")
+    if not rows:
+        return np.empty((0, 6), dtype=np.float64)
+    try:
+        block = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        block = None
+    if (
+        block is not None
+        and block.ndim == 2
+        and block.shape[1] == len(CANONICAL_COLUMNS)
+        and bool(np.isfinite(block).all())
+        and all(type(row[0]) is int for row in rows)
+    ):
+        return block
+    for i, row in enumerate(rows):
+        problem = row_problem(row)
+        if problem is not None:
+            raise ValueError(f"row {i}: {problem}")
+    raise ValueError("rows are not a rectangular numeric table")  # pragma: no cover
 
 
 def row_problem(row: object) -> str | None:

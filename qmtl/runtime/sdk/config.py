@@ -122,6 +122,7 @@ __all__ = [
     "StorageConfig",
     "StrategyName",
     "load_config",
+    "redis_dsn_from_env",
 ]
 
 ENV_COORDINATOR_URL = "QMTL_SEAMLESS_COORDINATOR_URL"
@@ -259,6 +260,14 @@ def load_config(
     if errors:
         raise ConfigError(errors)
     return _build(tree)
+
+
+def redis_dsn_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """``QMTL_CCXT_RATE_LIMITER_REDIS`` from ``env`` (default: the process environment), or
+    ``None`` when unset or empty: the one place outside :func:`load_config` that reads it, for
+    limiters built without a configuration file (SPEC §7.2)."""
+    value = (os.environ if env is None else env).get(ENV_RATE_LIMITER_REDIS)
+    return value or None
 
 
 def _read(source: str | os.PathLike[str] | Mapping[str, object]) -> tuple[object, list[str]]:

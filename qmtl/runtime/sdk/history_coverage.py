@@ -25,7 +25,6 @@ import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +33,7 @@ from qmtl.runtime.sdk.node_id import alignment_origin
 from qmtl.runtime.sdk.timestamps import InstantLike, to_epoch_seconds
 
 __all__ = [
+    "DEFAULT_STABILIZATION_BARS",
     "CoverageSegment",
     "Range",
     "SegmentKind",
@@ -41,12 +41,18 @@ __all__ = [
     "compute_missing_ranges",
     "coverage_ratio",
     "grid_cell",
+    "iter_batches",
     "merge_ranges",
     "split_range",
     "subtract_ranges",
 ]
 
 _I64 = npt.NDArray[np.int64]
+
+#: Bars closed fewer than this many intervals ago are not final (an exchange may still
+#: publish or correct them): EMPTY claims there are not recorded, artifacts not sealed. The
+#: one default every component takes (``seamless.artifact.stabilization_bars``).
+DEFAULT_STABILIZATION_BARS = 2
 _get_bounds = operator.attrgetter("start", "end")
 
 
@@ -235,11 +241,18 @@ def _pair(r: Range) -> tuple[int, int]:
 
 
 def split_range(window: Range, interval: int, max_bars: int) -> list[Range]:
-    """Cut a range into batches of at most ``max_bars`` bars on a fixed grid.
+    """Cut a range into batches of at most ``max_bars`` bars on a fixed grid (the list of
+    :func:`iter_batches`)."""
+    return list(iter_batches(window, interval, max_bars))
 
-    Cut points are the multiples of ``max_bars * interval`` since the epoch, so two requests
-    that overlap cut their common part into the *same* batches — which is what lets
-    concurrent fetches share one backfill per batch (single flight).
+
+def iter_batches(window: Range, interval: int, max_bars: int) -> Iterator[Range]:
+    """The batches of :func:`split_range`, one at a time (a decade of 1s bars is 350,000
+    batches: planning them must not hold them all).
+
+    Cut points are the multiples of ``max_bars * interval`` since the interval's alignment
+    origin, so two requests that overlap cut their common part into the *same* batches —
+    which is what lets concurrent fetches share one backfill per batch (single flight).
     """
     _check_interval(interval)
     if isinstance(max_bars, bool) or not isinstance(max_bars, int) or max_bars <= 0:
@@ -247,9 +260,11 @@ def split_range(window: Range, interval: int, max_bars: int) -> list[Range]:
     step = max_bars * interval
     start, end = _ceil(window.start, interval), _ceil(window.end, interval)
     origin = alignment_origin(interval)
-    cuts = range(origin + ((start - origin) // step + 1) * step, end, step)
-    bounds = [start, *cuts, end]
-    return [Range(a, b) for a, b in pairwise(bounds) if a < b]
+    cut = origin + ((start - origin) // step + 1) * step
+    while start < end:
+        stop = min(cut, end)
+        yield Range(start, stop)
+        start, cut = stop, cut + step
 
 
 def grid_cell(ts: int, interval: int, max_bars: int) -> int:
@@ -265,7 +280,7 @@ def apply_backfill_outcome(
     empty: Iterable[Range] = (),
     source: str | None = None,
     fetched_at: float | None = None,
-    stabilization_bars: int = 2,
+    stabilization_bars: int = DEFAULT_STABILIZATION_BARS,
 ) -> list[CoverageSegment]:
     """The ledger after a backfill: ``data`` ranges become DATA, ``empty`` ranges EMPTY,
     failures change nothing (they stay missing — never a silent hole).

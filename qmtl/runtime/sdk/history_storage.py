@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
-from qmtl.runtime.sdk.history_coverage import CoverageSegment, Range
+from qmtl.runtime.sdk.history_coverage import DEFAULT_STABILIZATION_BARS, CoverageSegment, Range
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,7 +54,7 @@ class LedgerUpdate:
     empty: tuple[Range, ...] = ()
     source: str | None = None
     fetched_at: float | None = None
-    stabilization_bars: int = 2
+    stabilization_bars: int = DEFAULT_STABILIZATION_BARS
 
     def __post_init__(self) -> None:
         if (
@@ -112,6 +112,12 @@ class HistoryStorage(Protocol):
 
     async def delete_node(self, node_id: str) -> None:
         """Remove every bar and ledger entry of ``node_id`` (all intervals) in one transaction."""
+        ...
+
+    async def resolved_location(self) -> str:
+        """Where the store is, for people (the CLI prints ``store: ...``): an absolute file
+        path, ``:memory:``, or a server DSN with any password masked. Connects to nothing;
+        a coroutine because resolving a relative path reads the working directory."""
         ...
 
     async def close(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-__all__ = ["InstantLike", "format_iso", "to_epoch_seconds"]
+__all__ = ["LAST_INSTANT", "InstantLike", "check_span_bounds", "format_iso", "to_epoch_seconds"]
 
 InstantLike = int | datetime | str
 
@@ -48,9 +48,31 @@ def _from_datetime(value: datetime, name: str) -> int:
     return int(value.timestamp())
 
 
+#: The last instant a range may reach (9999-12-31T23:59:59Z, datetime's last second): bar
+#: time runs from the epoch (1970-01-01, the first instant) to here.
+LAST_INSTANT = 253_402_300_799
+
+
+def check_span_bounds(start: int, end: int) -> None:
+    """``ValueError`` (one line) unless ``0 <= start <= end <= LAST_INSTANT``: bar time starts
+    at the epoch, and a bound past year 9999 is a typo (epoch milliseconds, an extra digit),
+    not a request."""
+    for name, value in (("start", start), ("end", end)):
+        if not 0 <= value <= LAST_INSTANT:
+            raise ValueError(
+                f"{name} {value} is outside the supported time span "
+                f"[{format_iso(0)}, {format_iso(LAST_INSTANT)}] (epoch seconds 0 to "
+                f"{LAST_INSTANT}; epoch milliseconds are not seconds)"
+            )
+
+
 def format_iso(epoch_seconds: float) -> str:
-    """ISO-8601 UTC with a ``Z`` suffix (millisecond precision when fractional)."""
-    dt = datetime.fromtimestamp(epoch_seconds, tz=UTC)
+    """ISO-8601 UTC with a ``Z`` suffix (millisecond precision when fractional); an instant
+    datetime cannot show is written as ``<n> s since the epoch``."""
+    try:
+        dt = datetime.fromtimestamp(epoch_seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"{epoch_seconds} s since the epoch"
     if dt.microsecond:
         return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
