@@ -56,6 +56,7 @@ from qmtl.runtime.io.ccxt_exchange import (
 )
 from qmtl.runtime.io.ccxt_rate_limiter import shared_limiter
 from qmtl.runtime.io.exchange_usage import UsageRelay
+from qmtl.runtime.sdk._config_models import ExchangeAccess, ExchangeUrls
 from qmtl.runtime.sdk.backfill_types import FetchWindowResult
 from qmtl.runtime.sdk.bars import (
     CANONICAL_COLUMNS,
@@ -120,39 +121,41 @@ def page_plan(exchange_id: str, market_type: str, page_limit: int | None = None)
         for max_bars, weight in tiers:
             if page_limit <= max_bars:
                 return PagePlan(page_limit, weight)
-        raise ValueError(f"page_limit {page_limit} exceeds the exchange maximum {tiers[-1][0]}")
+        raise ValueError(
+            f"page_limit: {page_limit} is more than {exchange_id} {market_type} serves per "
+            f"request ({tiers[-1][0]})"
+        )
     best = max(tiers, key=lambda tier: (tier[0] / tier[1], tier[0]))
     return PagePlan(best[0], best[1])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class CcxtBackfillConfig:
-    """One exchange's access settings. ``urls={"rest": "http://host:port", "ws": ...}``
-    points every API URL at another host (the simulator, offline runs)."""
+class CcxtBackfillConfig(ExchangeAccess):
+    """One exchange's fetcher settings: :class:`ExchangeAccess` (the fields shared with the
+    YAML ``exchanges.<id>`` entry) plus the exchange id, URLs and limiter.
+    ``urls={"rest": "http://host:port", "ws": ...}`` (or an ``ExchangeUrls``) points every API
+    URL at another host (the simulator, offline runs). ``symbols`` and ``timeframe`` name the
+    universe a worker fills (the fetcher itself serves any symbol and timeframe)."""
 
     exchange_id: str
-    symbols: tuple[str, ...] = ()
     timeframe: str = "1m"
-    market_type: str = "spot"
-    page_limit: int | None = None
-    sandbox: bool = False
-    urls: Mapping[str, str] | None = None
-    ccxt_options: Mapping[str, Any] | None = None
+    urls: Mapping[str, str] | ExchangeUrls | None = None
     rate_limiter: RateLimiterConfig = field(default_factory=RateLimiterConfig)
-    account: str | None = None
 
     def __post_init__(self) -> None:
+        ExchangeAccess.__post_init__(self)
         check_exchange_id(self.exchange_id)
-        object.__setattr__(self, "symbols", tuple(self.symbols))
         if self.timeframe not in TIMEFRAMES:
             raise ValueError(f"timeframe: unknown timeframe {self.timeframe!r}")
-        if self.page_limit is not None and (
-            isinstance(self.page_limit, bool)
-            or not isinstance(self.page_limit, int)
-            or self.page_limit <= 0
-        ):
-            raise ValueError(f"page_limit: must be a positive int, got {self.page_limit!r}")
+        if isinstance(self.urls, ExchangeUrls):
+            given = {"rest": self.urls.rest, "ws": self.urls.ws}
+            object.__setattr__(self, "urls", {k: v for k, v in given.items() if v is not None})
         page_plan(self.exchange_id, self.market_type, self.page_limit)
+
+    @property
+    def url_map(self) -> Mapping[str, str] | None:
+        """``urls`` as the mapping :func:`create_exchange` takes (``None``: the exchange's)."""
+        return None if self.urls is None or isinstance(self.urls, ExchangeUrls) else self.urls
 
 
 def translate_ccxt_error(
@@ -245,7 +248,7 @@ class CcxtOHLCVFetcher:
         if self._exchange is None:
             self._exchange = create_exchange(
                 self.config.exchange_id,
-                urls=self.config.urls,
+                urls=self.config.url_map,
                 market_type=self.config.market_type,
                 sandbox=self.config.sandbox,
                 options=self.config.ccxt_options,

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
-from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
 from qmtl.runtime.io.storage import open_storage
 from qmtl.runtime.sdk.backfill_types import DataFetcher, FetchWindowResult
 from qmtl.runtime.sdk.config import QMTLConfig, load_config
+from qmtl.runtime.sdk.history_coverage import DEFAULT_STABILIZATION_BARS
 from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.seamless_data_provider import DataAvailabilityStrategy, SeamlessDataProvider
 
@@ -31,12 +31,7 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk.seamless_data_provider import LiveDataFeed
     from qmtl.runtime.sdk.sla import SLAPolicy
 
-__all__ = [
-    "DataFetcherAutoBackfiller",
-    "EnhancedQuestDBProvider",
-    "ExchangeRouter",
-    "fetchers_from_config",
-]
+__all__ = ["EnhancedQuestDBProvider", "ExchangeRouter"]
 
 
 class ExchangeRouter:
@@ -61,38 +56,6 @@ class ExchangeRouter:
             close = getattr(fetcher, "aclose", None)
             if close is not None:
                 await close()
-
-
-def fetchers_from_config(
-    config: QMTLConfig, *, clock: Clock | None = None, metrics: SeamlessMetrics | None = None
-) -> dict[str, CcxtOHLCVFetcher]:
-    """One :class:`CcxtOHLCVFetcher` per configured exchange."""
-    fetchers = {}
-    for exchange_id, entry in config.exchanges.items():
-        urls: dict[str, str] | None = None
-        if entry.urls is not None and entry.urls.rest is not None:
-            urls = {"rest": entry.urls.rest}
-            if entry.urls.ws is not None:
-                urls["ws"] = entry.urls.ws
-        fetcher_config = CcxtBackfillConfig(
-            exchange_id=exchange_id,
-            symbols=entry.symbols,
-            timeframe=entry.timeframes[0],
-            market_type=entry.market_type,
-            page_limit=entry.page_limit,
-            sandbox=entry.sandbox,
-            urls=urls,
-            ccxt_options=dict(entry.ccxt_options),
-            rate_limiter=config.rate_limiter_for(exchange_id),
-            account=entry.account,
-        )
-        fetchers[exchange_id] = CcxtOHLCVFetcher(
-            fetcher_config,
-            clock=clock,
-            metrics=metrics,
-            stabilization_bars=config.seamless.artifact.stabilization_bars,
-        )
-    return fetchers
 
 
 class EnhancedQuestDBProvider(SeamlessDataProvider):
@@ -131,7 +94,9 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
             conformance=conformance,
             clock=clock,
             metrics=metrics,
-            stabilization_bars=settings.artifact.stabilization_bars if settings else 2,
+            stabilization_bars=(
+                settings.artifact.stabilization_bars if settings else DEFAULT_STABILIZATION_BARS
+            ),
         )
         self.auto_backfiller = backfiller
         super().__init__(
@@ -160,21 +125,16 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
         metrics: SeamlessMetrics | None = None,
     ) -> EnhancedQuestDBProvider:
         """Build storage, one ccxt fetcher per configured exchange, SLA, backfill and
-        strategy from the YAML shape of SPEC §13 (a path, a mapping or a loaded config);
-        an explicit ``strategy`` wins over the file."""
+        strategy from the YAML shape of SPEC §13 (a path, a mapping or a loaded config)
+        through the composition root; an explicit ``strategy`` wins over the file."""
+        from qmtl.runtime.io.composition import build_provider
+
         config = (
             path_or_config
             if isinstance(path_or_config, QMTLConfig)
             else load_config(path_or_config, env=env)
         )
-        router = ExchangeRouter(fetchers_from_config(config, clock=clock, metrics=metrics))
-        return cls(
-            fetcher=router,
-            strategy=strategy or config.seamless.strategy,
-            config=config,
-            clock=clock,
-            metrics=metrics,
-        )
+        return build_provider(config, strategy=strategy, clock=clock, metrics=metrics)
 
     async def aclose(self) -> None:
         await super().aclose()

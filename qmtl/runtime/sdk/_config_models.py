@@ -34,6 +34,7 @@ __all__ = [
     "DomainPolicy",
     "DomainSource",
     "EnvironmentConfig",
+    "ExchangeAccess",
     "ExchangeConfig",
     "ExchangeUrls",
     "LiveConfig",
@@ -311,32 +312,54 @@ class ExchangeUrls:
             raise ValueError("give rest and/or ws, or write urls: null")
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ExchangeConfig:
-    """One ``exchanges.<ccxt id>`` entry. ``rate_limit`` is the exchange's own limiter block
-    already merged over ``seamless.rate_limit`` (``None``: inherit it); ``rate_limit_rps`` is
-    shorthand applied by :meth:`QMTLConfig.rate_limiter_for`. ``account`` fills ``{account}``
-    in the limiter key. ``ccxt_options`` is passed to the ccxt constructor as is."""
+MarketType = Literal["spot", "margin", "swap", "future", "option"]
 
-    sandbox: bool = False
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExchangeAccess:
+    """How to reach one exchange — the fields an ``exchanges.<id>`` entry and the fetcher's
+    ``CcxtBackfillConfig`` share (defined once; the composition root passes them on as they
+    are). ``page_limit``: bars per request (``None``: the exchange's most bars per unit of
+    weight); ``account`` fills ``{account}`` in the limiter key; ``ccxt_options`` go to the
+    ccxt constructor as they are."""
+
     symbols: tuple[str, ...] = ()
-    timeframes: tuple[str, ...] = ("1m",)
-    rate_limit_rps: int | None = None
-    rate_limit: RateLimiterConfig | None = None
-    urls: ExchangeUrls | None = None
-    market_type: Literal["spot", "margin", "swap", "future", "option"] = "spot"
+    market_type: MarketType = "spot"
     page_limit: int | None = None
+    sandbox: bool = False
     account: str | None = None
     ccxt_options: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ccxt_options", MappingProxyType(dict(self.ccxt_options)))
-        _int_at_least("rate_limit_rps", self.rate_limit_rps, 1)
-        _int_at_least("page_limit", self.page_limit, 1)
-        if not self.timeframes:
-            raise ValueError("timeframes: must list at least one timeframe")
+        object.__setattr__(self, "symbols", tuple(self.symbols))
+        object.__setattr__(self, "ccxt_options", MappingProxyType(dict(self.ccxt_options or {})))
+        if self.page_limit is not None and (
+            isinstance(self.page_limit, bool)
+            or not isinstance(self.page_limit, int)
+            or self.page_limit < 1
+        ):
+            raise ValueError(f"page_limit: must be an integer >= 1, got {self.page_limit!r}")
         if self.account is not None and not self.account.strip():
             raise ValueError("account: must be a non-empty string or null")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExchangeConfig(ExchangeAccess):
+    """One ``exchanges.<ccxt id>`` entry: :class:`ExchangeAccess` plus what to fill and at
+    what pace. ``rate_limit`` is the exchange's own limiter block already merged over
+    ``seamless.rate_limit`` (``None``: inherit it); ``rate_limit_rps`` is shorthand applied by
+    :meth:`QMTLConfig.rate_limiter_for`."""
+
+    timeframes: tuple[str, ...] = ("1m",)
+    rate_limit_rps: int | None = None
+    rate_limit: RateLimiterConfig | None = None
+    urls: ExchangeUrls | None = None
+
+    def __post_init__(self) -> None:
+        ExchangeAccess.__post_init__(self)
+        _int_at_least("rate_limit_rps", self.rate_limit_rps, 1)
+        if not self.timeframes:
+            raise ValueError("timeframes: must list at least one timeframe")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -1,0 +1,154 @@
+"""The composition root: the one place that turns settings into runtime objects.
+
+Settings are read once — :func:`~qmtl.runtime.sdk.config.load_config` is the only reader of
+files and environment variables — and everything else is built here from the resulting
+:class:`~qmtl.runtime.sdk.config.QMTLConfig`: one :class:`CcxtOHLCVFetcher` per configured
+exchange (its :class:`CcxtBackfillConfig` derived from the exchange's entry), their limiter
+settings, and the provider (which opens the store and wires the backfiller and the engine).
+
+Explicit arguments override the file and the environment (SPEC §13): :func:`with_overrides`
+applies a ``--dsn`` and an ``--exchange-url`` to a loaded config; :func:`config_for_nodes`
+makes the config of a command run without a file. :func:`check_runtime` reports, without
+connecting anything, every problem building the runtime would raise — what ``config check``
+runs, so that it accepts exactly what ``backfill`` accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import fields, replace
+from typing import TYPE_CHECKING
+
+from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
+from qmtl.runtime.sdk._config_models import ExchangeAccess, ExchangeConfig, ExchangeUrls
+from qmtl.runtime.sdk.config import QMTLConfig, StorageConfig
+from qmtl.runtime.sdk.node_id import parse_node_id
+
+if TYPE_CHECKING:
+    from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
+    from qmtl.runtime.sdk.clock import Clock
+    from qmtl.runtime.sdk.metrics import SeamlessMetrics
+
+__all__ = [
+    "build_fetchers",
+    "build_provider",
+    "check_runtime",
+    "config_for_nodes",
+    "fetcher_config",
+    "with_overrides",
+]
+
+
+def fetcher_config(config: QMTLConfig, exchange_id: str) -> CcxtBackfillConfig:
+    """The fetcher settings of one configured exchange: its access fields as written, its
+    URLs, its first timeframe and its effective limiter (:meth:`QMTLConfig.rate_limiter_for`)."""
+    entry = config.exchanges[exchange_id]
+    access = {f.name: getattr(entry, f.name) for f in fields(ExchangeAccess)}
+    return CcxtBackfillConfig(
+        exchange_id=exchange_id,
+        timeframe=entry.timeframes[0],
+        urls=entry.urls,
+        rate_limiter=config.rate_limiter_for(exchange_id),
+        **access,
+    )
+
+
+def build_fetchers(
+    config: QMTLConfig, *, clock: Clock | None = None, metrics: SeamlessMetrics | None = None
+) -> dict[str, CcxtOHLCVFetcher]:
+    """One fetcher per configured exchange (nothing connects until the first request)."""
+    return {
+        exchange_id: CcxtOHLCVFetcher(
+            fetcher_config(config, exchange_id),
+            clock=clock,
+            metrics=metrics,
+            stabilization_bars=config.seamless.artifact.stabilization_bars,
+        )
+        for exchange_id in config.exchanges
+    }
+
+
+def build_provider(
+    config: QMTLConfig,
+    *,
+    strategy: str | None = None,
+    clock: Clock | None = None,
+    metrics: SeamlessMetrics | None = None,
+) -> EnhancedQuestDBProvider:
+    """The provider of ``config``: its store, one fetcher per exchange behind an
+    :class:`ExchangeRouter`, its SLA, backfill and conformance settings; ``strategy`` wins
+    over ``seamless.strategy``. Opens nothing yet (safe before ``asyncio.run``)."""
+    from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider, ExchangeRouter
+
+    router = ExchangeRouter(build_fetchers(config, clock=clock, metrics=metrics))
+    return EnhancedQuestDBProvider(
+        fetcher=router,
+        strategy=strategy or config.seamless.strategy,
+        config=config,
+        clock=clock,
+        metrics=metrics,
+    )
+
+
+def with_overrides(
+    config: QMTLConfig, *, dsn: str | None = None, exchange_url: str | None = None
+) -> QMTLConfig:
+    """``config`` with explicit arguments applied over it: ``dsn`` replaces
+    ``seamless.storage.dsn``; ``exchange_url`` replaces ``exchanges.<id>.urls.rest`` of every
+    configured exchange (keeping a configured websocket URL). ``ValueError`` for a bad value."""
+    if dsn is not None:
+        seamless = replace(config.seamless, storage=StorageConfig(dsn=dsn))
+        config = replace(config, seamless=seamless)
+    if exchange_url is not None:
+        exchanges = {
+            exchange_id: replace(
+                entry,
+                urls=ExchangeUrls(
+                    rest=exchange_url, ws=entry.urls.ws if entry.urls is not None else None
+                ),
+            )
+            for exchange_id, entry in config.exchanges.items()
+        }
+        config = replace(config, exchanges=exchanges)
+    return config
+
+
+def config_for_nodes(
+    node_ids: Iterable[str], *, dsn: str | None = None, exchange_url: str | None = None
+) -> QMTLConfig:
+    """The configuration of a command run without a file: the nodes' exchanges with their
+    symbols and timeframes, the default settings otherwise, then :func:`with_overrides`."""
+    exchanges: dict[str, dict[str, list[str]]] = {}
+    for text in node_ids:
+        node = parse_node_id(text)
+        entry = exchanges.setdefault(node.exchange, {"symbols": [], "timeframes": []})
+        if node.symbol not in entry["symbols"]:
+            entry["symbols"].append(node.symbol)
+        if node.timeframe not in entry["timeframes"]:
+            entry["timeframes"].append(node.timeframe)
+    config = QMTLConfig(
+        exchanges={
+            exchange_id: ExchangeConfig(
+                symbols=tuple(entry["symbols"]), timeframes=tuple(entry["timeframes"])
+            )
+            for exchange_id, entry in exchanges.items()
+        }
+    )
+    return with_overrides(config, dsn=dsn, exchange_url=exchange_url)
+
+
+def check_runtime(config: QMTLConfig) -> list[str]:
+    """Every problem building ``config``'s runtime would raise, as ``"<key.path>: <problem>"``
+    lines — unknown ccxt exchange ids (with the nearest valid ones), page sizes the exchange
+    does not serve, URLs ccxt cannot use — without connecting to anything."""
+    problems: list[str] = []
+    for exchange_id in config.exchanges:
+        try:
+            fetcher_config(config, exchange_id)
+        except ValueError as exc:
+            field_name, _, problem = str(exc).partition(": ")
+            where = f"exchanges.{exchange_id}"
+            if field_name != "exchange_id":
+                where += f".{field_name}"
+            problems.append(f"{where}: {problem or exc}")
+    return problems
