@@ -13,12 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS, empty_frame
 from qmtl.runtime.sdk.conformance import (
-    CANONICAL_COLUMNS,
     CONFORMANCE_FLAG_KEYS,
     ConformancePipeline,
     ConformanceReport,
-    empty_frame,
 )
 from qmtl.runtime.sdk.errors import ConformanceError
 from qmtl.runtime.sdk.node_id import WEEK_ORIGIN, alignment_origin
@@ -546,3 +545,110 @@ def test_iso_strings_match_integer_input(
     expected, flags = model(full)
     pd.testing.assert_frame_equal(out, expected)
     assert report.flags["invalid_timestamp"] == flags["invalid_timestamp"]
+
+
+# --- the fast path for canonical frames is only a shortcut ---------------------------------
+
+PRICES = CANONICAL_COLUMNS[1:]
+LAYOUTS = st.sampled_from(["sorted", "shuffled", "duplicates"])
+VARIANTS = st.sampled_from(["reorder", "extra", "index"])
+
+
+def relayout(frame: pd.DataFrame, variant: str, data: st.DataObject) -> pd.DataFrame:
+    """The same data in another layout: columns reordered, one extra column, or another
+    index (none of which may change what conformance returns)."""
+    if variant == "reorder":
+        order = data.draw(st.permutations(list(frame.columns)), label="order")
+        return frame[order]
+    if variant == "extra":
+        at = data.draw(st.integers(0, len(frame.columns)), label="at")
+        extra = frame.copy()
+        extra.insert(at, "exchange", "binance")
+        return extra
+    index = data.draw(st.sampled_from(["step", "named", "labels"]), label="index")
+    moved = frame.copy()
+    n = len(moved)
+    if index == "step":
+        moved.index = pd.RangeIndex(0, 2 * n, 2)
+    elif index == "named":
+        moved.index = pd.RangeIndex(n, name="row")
+    else:
+        moved.index = pd.Index(np.arange(n)[::-1] * 3)
+    return moved
+
+
+@FAST
+@given(data=st.data(), layout=LAYOUTS, scale=SCALES, variant=VARIANTS)
+def test_same_data_in_any_layout_conforms_the_same(
+    data: st.DataObject, layout: str, scale: int, variant: str
+) -> None:
+    slots = st.integers(0, 12)
+    if layout == "duplicates":
+        ks = data.draw(st.lists(slots, min_size=2, max_size=20), label="ks")
+    else:
+        ks = sorted(data.draw(st.sets(slots, max_size=13), label="ks"))
+        if layout == "shuffled":
+            ks = data.draw(st.permutations(ks), label="shuffled")
+    values = data.draw(st.lists(st.tuples(*[VALUES] * 5), min_size=len(ks), max_size=len(ks)))
+    ts = np.array([(T0 + 60 * k) * scale for k in ks], dtype=np.int64)
+    frame = bars(ts, **{n: np.array([v[i] for v in values]) for i, n in enumerate(PRICES)})
+    other = relayout(frame, variant, data)
+    before = other.copy()
+
+    out, report = STRICT.normalize(frame, 60)
+    out2, report2 = STRICT.normalize(other, 60)
+
+    pd.testing.assert_frame_equal(out2, out)
+    assert_canonical(out)
+    assert report2.flags == report.flags
+    assert (report2.rows_in, report2.rows_out) == (report.rows_in, report.rows_out)
+    extra = [w for w in report2.warnings if w.startswith("dropped extra column")]
+    assert [w for w in report2.warnings if w not in extra] == report.warnings
+    assert out["ts"].tolist() == sorted({T0 + 60 * k for k in ks})  # always epoch seconds
+    assert report.flags["ts_cast"] == int(scale != 1 and bool(ks))
+    pd.testing.assert_frame_equal(other, before)  # the input is never modified
+
+
+@pytest.mark.parametrize("scale", [1_000, 1_000_000, 1_000_000_000])
+def test_canonical_layout_with_subsecond_unit_is_rescaled(scale: int) -> None:
+    # Exactly the canonical columns and dtypes, sorted and aligned — but ts is not seconds.
+    frame = canonical([(T0 + 60 * k) * scale for k in range(3)])
+    out, report = STRICT.normalize(frame, 60)
+    assert out["ts"].tolist() == [T0, T0 + 60, T0 + 120]
+    assert report.flags["ts_cast"] == 1
+    assert report.flags["gap"] == 0
+    reordered, report2 = STRICT.normalize(frame[list(CANONICAL_COLUMNS[::-1])], 60)
+    pd.testing.assert_frame_equal(reordered, out)
+    assert report2.flags == report.flags
+
+
+def test_seconds_threshold_is_the_unit_rule_at_both_ends() -> None:
+    # |ts| < 1e11 is seconds, anything larger is milliseconds or finer: one bar on each side.
+    last_seconds = 99_999_999_960  # aligned to 60, just under 1e11
+    out, report = STRICT.normalize(canonical([last_seconds - 60, last_seconds]), 60)
+    assert out["ts"].tolist() == [last_seconds - 60, last_seconds]
+    assert report.flags["ts_cast"] == 0
+    out, report = STRICT.normalize(canonical([-last_seconds, 0]), 60)
+    assert out["ts"].tolist() == [-last_seconds, 0]
+    assert report.flags["ts_cast"] == 0
+    out, report = STRICT.normalize(canonical([0, 100_000_020_000]), 60)  # 1e11 + 20 s as ms
+    assert out["ts"].tolist() == [0, 100_000_020]
+    assert report.flags["ts_cast"] == 1
+
+
+def test_canonical_frame_with_other_index_gets_a_plain_range_index() -> None:
+    frame = canonical([T0, T0 + 60])
+    for index in (pd.RangeIndex(0, 4, 2), pd.RangeIndex(2, name="row")):
+        out, _ = STRICT.normalize(frame.set_axis(index), 60)
+        assert_canonical(out)
+        assert out.index.name is None
+        pd.testing.assert_frame_equal(out, frame)
+
+
+def test_genuine_canonical_frame_is_not_copied() -> None:
+    """The fast path stays: a canonical frame in seconds is returned over the same arrays."""
+    frame = canonical([T0 + 60 * k for k in range(1_000)])
+    out, report = STRICT.normalize(frame, 60)
+    assert report.flags["ts_cast"] == 0
+    for name in CANONICAL_COLUMNS:
+        assert np.shares_memory(out[name].to_numpy(), frame[name].to_numpy()), name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -43,7 +44,7 @@ def test_every_spec_event_is_defined() -> None:
 
 def test_log_event_sets_fields_as_attributes(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("qmtl.test")
-    fields = dict(
+    fields: dict[str, Any] = dict(
         batch_id="b", node_id="n", interval=60, start=0, end=60, attempt=1, max_attempts=5,
         source="ccxt", rows=1, duration_ms=2.5,
     )  # fmt: skip
@@ -98,3 +99,24 @@ def test_metric_catalog_names_on_a_fresh_registry() -> None:
         )
         == 1.0
     )
+
+
+def test_sla_deadline_seconds_is_labelled_by_phase() -> None:
+    registry = CollectorRegistry()
+    metrics = SeamlessMetrics(registry)
+    node = {"node_id": "n", "interval": "60", "world_id": "w"}
+    metrics.sla_deadline_seconds.labels(**node, phase="total").observe(1.2)
+    metrics.sla_deadline_seconds.labels(**node, phase="backfill_wait").observe(0.9)
+    (family,) = (m for m in registry.collect() if m.name == "seamless_sla_deadline_seconds")
+    assert family.type == "histogram"
+    total = {**node, "phase": "total"}
+    assert registry.get_sample_value("seamless_sla_deadline_seconds_count", total) == 1.0
+    assert registry.get_sample_value("seamless_sla_deadline_seconds_sum", total) == 1.2
+    backfill = {**node, "phase": "backfill_wait"}
+    assert registry.get_sample_value("seamless_sla_deadline_seconds_sum", backfill) == 0.9
+    # Buckets are in seconds: 1.2 s is under the 2.5 s bucket, over the 1 s one.
+    bucket = "seamless_sla_deadline_seconds_bucket"
+    assert registry.get_sample_value(bucket, {**total, "le": "2.5"}) == 1.0
+    assert registry.get_sample_value(bucket, {**total, "le": "1.0"}) == 0.0
+    with pytest.raises(ValueError, match="Incorrect label"):
+        metrics.sla_deadline_seconds.labels(**node).observe(1.0)  # the phase is required

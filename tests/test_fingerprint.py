@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qmtl.runtime.sdk.conformance import CANONICAL_COLUMNS, ConformancePipeline
+from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS
+from qmtl.runtime.sdk.conformance import ConformancePipeline
 from qmtl.runtime.sdk.fingerprint import (
     CANONICAL_NAN_BITS,
     FINGERPRINT_MAGIC,

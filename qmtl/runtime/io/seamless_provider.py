@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk.backfill_config import BackfillConfig
     from qmtl.runtime.sdk.clock import Clock
     from qmtl.runtime.sdk.conformance import ConformancePipeline
+    from qmtl.runtime.sdk.live_feed import LiveDataFeed
     from qmtl.runtime.sdk.metrics import SeamlessMetrics
-    from qmtl.runtime.sdk.seamless_data_provider import LiveDataFeed
     from qmtl.runtime.sdk.sla import SLAPolicy
 
 __all__ = ["EnhancedQuestDBProvider", "ExchangeRouter"]

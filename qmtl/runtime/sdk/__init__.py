@@ -27,6 +27,7 @@ from qmtl.runtime.sdk.errors import (
     SeamlessSLAExceeded,
     StorageError,
 )
+from qmtl.runtime.sdk.fetch_result import SeamlessFetchMetadata, SeamlessFetchResult
 from qmtl.runtime.sdk.fingerprint import compute_fingerprint, verify_fingerprint
 from qmtl.runtime.sdk.history_coverage import (
     CoverageSegment,
@@ -36,15 +37,12 @@ from qmtl.runtime.sdk.history_coverage import (
     coverage_ratio,
     merge_ranges,
 )
+from qmtl.runtime.sdk.history_storage import HistoryStorage, LedgerUpdate
+from qmtl.runtime.sdk.live_feed import LiveDataFeed
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.runtime.sdk.node_id import NodeId, format_node_id, parse_node_id
-from qmtl.runtime.sdk.seamless_data_provider import (
-    DataAvailabilityStrategy,
-    LiveDataFeed,
-    SeamlessDataProvider,
-    SeamlessFetchMetadata,
-    SeamlessFetchResult,
-)
+from qmtl.runtime.sdk.rate_limiter import RateLimiter
+from qmtl.runtime.sdk.seamless_data_provider import DataAvailabilityStrategy, SeamlessDataProvider
 from qmtl.runtime.sdk.sla import SLAPolicy, SLAViolationMode
 
 __all__ = [
@@ -68,10 +66,13 @@ __all__ = [
     "ExchangeUnavailableError",
     "FakeClock",
     "FetchWindowResult",
+    "HistoryStorage",
+    "LedgerUpdate",
     "LiveDataFeed",
     "NodeId",
     "QMTLConfig",
     "Range",
+    "RateLimiter",
     "SLAPolicy",
     "SLAViolationMode",
     "SeamlessCoverageError",

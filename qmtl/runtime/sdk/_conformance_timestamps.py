@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["Timestamps", "parse_timestamps"]
+__all__ = ["Timestamps", "parse_timestamps", "read_as_seconds"]
 
 _I8 = np.dtype(np.int64)
 _F8 = np.dtype(np.float64)
@@ -33,6 +33,17 @@ class Timestamps:
     unparseable: int  # rows without any usable instant
     cast: bool
     tz: bool
+
+
+def read_as_seconds(lowest: int, highest: int) -> bool:
+    """Whether every integer in ``[lowest, highest]`` is read as epoch **seconds** by the
+    magnitude rule (``|v| < 1e11``; larger magnitudes are ms, µs or ns and get rescaled).
+
+    Conformance's fast path passes the first and last ``ts`` of a strictly increasing int64
+    column, so one O(1) call answers for the whole column. The threshold is the one
+    :func:`_from_integers` applies (float64 represents every integer below it exactly, so
+    comparing Python ints here and float magnitudes there agree)."""
+    return lowest > -_SECONDS_BELOW and highest < _SECONDS_BELOW
 
 
 def parse_timestamps(ser: pd.Series[Any]) -> Timestamps:

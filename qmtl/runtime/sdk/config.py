@@ -86,9 +86,7 @@ from qmtl.runtime.sdk._config_source import (
 )
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.compute_context import DOMAIN_ALIASES
-from qmtl.runtime.sdk.conformance import ConformancePipeline
 from qmtl.runtime.sdk.errors import ConfigError
-from qmtl.runtime.sdk.fingerprint import FingerprintConfig
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 
 __all__ = [
@@ -106,14 +104,11 @@ __all__ = [
     "ENV_WORKER",
     "ArtifactConfig",
     "CacheConfig",
-    "ConfigError",
-    "ConformancePipeline",
     "DomainPolicy",
     "DomainSource",
     "EnvironmentConfig",
     "ExchangeConfig",
     "ExchangeUrls",
-    "FingerprintConfig",
     "LiveConfig",
     "LiveWsConfig",
     "ObservabilityConfig",

@@ -1,10 +1,12 @@
 """Conformance v2: turn any OHLCV-ish frame into the canonical frame, and say what changed.
 
-The canonical frame (SPEC §3) has the columns ``ts, open, high, low, close, volume`` in that
-order; ``ts`` is the bar open time as ``int64`` epoch **seconds** UTC, aligned to the
-interval; prices and volume are ``float64``; rows are sorted by ``ts`` with unique ``ts`` and a
-``RangeIndex``. :meth:`ConformancePipeline.normalize` is pure and vectorised (numpy/pandas,
-no per-row Python loop) and never invents a row: every output row is an input row.
+The canonical frame (SPEC §3) is the one of :mod:`qmtl.runtime.sdk.bars` (its column names,
+*last row wins* duplicate rule and grid alignment are used here, never copied): the columns
+``ts, open, high, low, close, volume`` in that order; ``ts`` is the bar open time as
+``int64`` epoch **seconds** UTC, aligned to the interval; prices and volume are ``float64``;
+rows are sorted by ``ts`` with unique ``ts`` and a ``RangeIndex``.
+:meth:`ConformancePipeline.normalize` is pure and vectorised (numpy/pandas, no per-row Python
+loop) and never invents a row: every output row is an input row.
 
 Decisions (the contract of this module):
 
@@ -47,6 +49,11 @@ Decisions (the contract of this module):
 - **gap** (when ``gap_flagging``) is the number of missing bars between consecutive output
   rows, ``sum(diff / interval - 1)``; like ``invalid_ohlc`` it describes the data, so
   normalizing an already canonical frame reports it again while every other flag is 0.
+- **Layout does not matter**: the same data gives the same frame and the same flags whatever
+  the column order, extra columns (which only add their warning) or index. A frame that is
+  canonical already (the hot store's) is recognised in O(n) vectorised checks and returned
+  without copying; that shortcut applies the same rules, so e.g. an int64 ``ts`` in epoch
+  milliseconds is rescaled even when the columns and dtypes are exactly canonical.
 """
 
 from __future__ import annotations
@@ -58,25 +65,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from qmtl.runtime.sdk._conformance_timestamps import parse_timestamps
+from qmtl.runtime.sdk._conformance_timestamps import parse_timestamps, read_as_seconds
+from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS, PRICE_COLUMNS, keep_last, misaligned
 from qmtl.runtime.sdk.errors import ConformanceError
-from qmtl.runtime.sdk.node_id import alignment_origin
 
 __all__ = [
-    "CANONICAL_COLUMNS",
     "CONFORMANCE_FLAG_KEYS",
     "CONFORMANCE_VERSION",
     "DTYPE_POLICIES",
-    "VALUE_COLUMNS",
     "ConformancePipeline",
     "ConformanceReport",
     "DtypePolicy",
-    "empty_frame",
 ]
 
 CONFORMANCE_VERSION: Final = "v2"
-CANONICAL_COLUMNS: Final[tuple[str, ...]] = ("ts", "open", "high", "low", "close", "volume")
-VALUE_COLUMNS: Final[tuple[str, ...]] = CANONICAL_COLUMNS[1:]
 #: The stable flag vocabulary (SPEC §5); every report carries all of them.
 CONFORMANCE_FLAG_KEYS: Final[tuple[str, ...]] = (
     "duplicate_ts",
@@ -106,13 +108,6 @@ _ARROW_INT_MAPPER: dict[Any, Any] = {
     pa.uint32(): pd.UInt32Dtype(),
     pa.uint64(): pd.UInt64Dtype(),
 }
-
-
-def empty_frame() -> pd.DataFrame:
-    """The canonical frame with zero rows (int64 ``ts``, float64 values, RangeIndex)."""
-    data: dict[str, np.ndarray[Any, Any]] = {"ts": np.empty(0, dtype=_I8)}
-    data.update({name: np.empty(0, dtype=_F8) for name in VALUE_COLUMNS})
-    return pd.DataFrame(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +183,7 @@ class ConformancePipeline:
         warnings: list[str] = []
         strict = self.dtype_policy == "strict"
 
-        missing = [name for name in VALUE_COLUMNS if name not in frame.columns]
+        missing = [name for name in PRICE_COLUMNS if name not in frame.columns]
         extra = [str(name) for name in frame.columns if name not in CANONICAL_COLUMNS]
         if missing and strict:
             raise ConformanceError(f"strict conformance: missing column(s) {_names(missing)}")
@@ -202,8 +197,7 @@ class ConformancePipeline:
         stamps = parse_timestamps(frame["ts"])
         flags["ts_cast"] = int(stamps.cast)
         flags["ts_timezone_normalized"] = int(stamps.tz)
-        origin = alignment_origin(interval)
-        ok = stamps.ok & ((stamps.seconds - origin) % interval == 0)
+        ok = stamps.ok & ~misaligned(stamps.seconds, interval)
         unaligned = int(np.count_nonzero(~ok)) - stamps.unparseable
         flags["invalid_timestamp"] = stamps.unparseable + unaligned
         if stamps.unparseable:
@@ -213,13 +207,15 @@ class ConformancePipeline:
                 f"dropped {unaligned} row(s) whose timestamp is not aligned to {interval} s"
             )
 
-        rows, ts = _keep_last_sorted(np.flatnonzero(ok), stamps.seconds)
+        candidates = np.flatnonzero(ok)  # input positions, last row per ts wins (bars.py)
+        rows = candidates[keep_last(stamps.seconds[candidates])]
+        ts = stamps.seconds[rows]
         flags["duplicate_ts"] = int(np.count_nonzero(ok)) - len(rows)
 
         # One (5, n) float64 block: the frame is built around it without consolidation copies.
-        block = np.empty((len(VALUE_COLUMNS), len(rows)), dtype=_F8)
+        block = np.empty((len(PRICE_COLUMNS), len(rows)), dtype=_F8)
         mismatches: list[str] = []
-        for i, name in enumerate(VALUE_COLUMNS):
+        for i, name in enumerate(PRICE_COLUMNS):
             if name in missing:
                 block[i] = np.nan
                 continue
@@ -252,7 +248,7 @@ class ConformancePipeline:
             rows_in=rows_in,
             rows_out=len(ts),
         )
-        out = pd.DataFrame(block.T, columns=list(VALUE_COLUMNS), copy=False)
+        out = pd.DataFrame(block.T, columns=list(PRICE_COLUMNS), copy=False)
         out.insert(0, "ts", ts)
         return out, report
 
@@ -262,18 +258,28 @@ class ConformancePipeline:
         """The report for a frame that is canonical already (what the hot store returns),
         in a few vectorised passes and without copying; ``None`` when anything needs work.
 
+        This is only a shortcut: for every frame it accepts, the result equals what the full
+        path returns for the same data in any column order (the same output, the same
+        flags). So it accepts a frame only if the full path would change nothing: canonical
+        columns, dtypes and index, ``ts`` strictly increasing, aligned, and **read as epoch
+        seconds** by the per-value unit rule (an int64 ``ts`` in milliseconds is rescaled
+        by the full path, so it must not pass here). Because ``ts`` is checked sorted
+        first, its first and last values bound all the others: the unit check is O(1).
+
         The returned frame is a new object over the *same* column arrays: treat it, like the
         input, as read-only."""
-        if list(frame.columns) != list(CANONICAL_COLUMNS):
+        if list(frame.columns) != list(CANONICAL_COLUMNS) or frame.columns.name is not None:
             return None
-        if frame["ts"].dtype != _I8 or any(frame[c].dtype != _F8 for c in VALUE_COLUMNS):
+        if frame["ts"].dtype != _I8 or any(frame[c].dtype != _F8 for c in PRICE_COLUMNS):
             return None
         ts = frame["ts"].to_numpy()
         if len(ts) > 1 and not bool(np.all(ts[1:] > ts[:-1])):
             return None
-        if not bool(np.all((ts - alignment_origin(interval)) % interval == 0)):
+        if len(ts) and not read_as_seconds(int(ts[0]), int(ts[-1])):
             return None
-        columns = [frame[c].to_numpy() for c in VALUE_COLUMNS]
+        if bool(misaligned(ts, interval).any()):
+            return None
+        columns = [frame[c].to_numpy() for c in PRICE_COLUMNS]
         if any(bool(np.isinf(col).any()) for col in columns):
             return None
         flags = dict.fromkeys(CONFORMANCE_FLAG_KEYS, 0)
@@ -283,9 +289,14 @@ class ConformancePipeline:
         report = ConformanceReport(
             flags=flags, warnings=[], version=self.version, rows_in=len(ts), rows_out=len(ts)
         )
-        out = frame if isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 else None
-        if out is None:
-            out = frame.reset_index(drop=True)
+        index = frame.index
+        plain = (
+            isinstance(index, pd.RangeIndex)
+            and index.start == 0
+            and index.step == 1
+            and index.name is None
+        )
+        out = frame if plain else frame.reset_index(drop=True)
         return pd.DataFrame(out, copy=False), report
 
 
@@ -307,18 +318,6 @@ def _as_pandas(df: pd.DataFrame | pa.Table) -> pd.DataFrame:
     if dup:
         raise ConformanceError(f"conformance: duplicate column name(s) {_names(dup)}")
     return df
-
-
-def _keep_last_sorted(
-    candidates: np.ndarray[Any, np.dtype[np.intp]], seconds: np.ndarray[Any, np.dtype[np.int64]]
-) -> tuple[np.ndarray[Any, np.dtype[np.intp]], np.ndarray[Any, np.dtype[np.int64]]]:
-    """Input positions of the rows to keep (last per ``ts``), in ``ts`` order, and their ts."""
-    keys = seconds[candidates]
-    order = np.argsort(keys, kind="stable")  # stable: equal ts stay in input order
-    sorted_keys = keys[order]
-    keep = np.ones(len(order), dtype=bool)
-    keep[:-1] = sorted_keys[:-1] != sorted_keys[1:]
-    return candidates[order[keep]], sorted_keys[keep]
 
 
 def _to_float64(ser: pd.Series[Any], rows: np.ndarray[Any, np.dtype[np.intp]]) -> _Values:

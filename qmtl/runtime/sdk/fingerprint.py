@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from qmtl.runtime.sdk.conformance import CANONICAL_COLUMNS
+from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS
 from qmtl.runtime.sdk.node_id import check_interval
 
 __all__ = [

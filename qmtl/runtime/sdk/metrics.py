@@ -48,10 +48,12 @@ class SeamlessMetrics:
             "seamless_live_wait_ms", "Time waiting on the live feed", _NODE_WORLD
         )
         self.total_ms = hist("seamless_total_ms", "Whole fetch time", _NODE_WORLD)
+        # Seconds (not ms), one series per SLA phase: QMTL's dashboards read
+        # {phase="total"} against total_deadline_ms and the wait phases against theirs.
         self.sla_deadline_seconds = Histogram(
             "seamless_sla_deadline_seconds",
-            "Fetch time against the total SLA deadline",
-            _NODE_WORLD,
+            "Fetch time per SLA phase (storage_wait, backfill_wait, live_wait, total)",
+            (*_NODE_WORLD, "phase"),
             registry=registry,
         )
         # Conformance.

@@ -27,10 +27,11 @@ stored: the backfill stores them once they are stable.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -52,24 +53,30 @@ from qmtl.runtime.sdk.history_coverage import (
 from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
 from qmtl.runtime.sdk.node_id import check_interval
 from qmtl.runtime.sdk.sla import SLAPhase, SLAPolicy, SLATracker
-from qmtl.runtime.sdk.timestamps import InstantLike, format_iso
+from qmtl.runtime.sdk.timestamps import InstantLike, check_span_bounds, format_iso
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from qmtl.runtime.sdk.backfill_types import Backfiller
     from qmtl.runtime.sdk.history_storage import HistoryStorage
+    from qmtl.runtime.sdk.live_feed import LiveDataFeed
 
 __all__ = [
-    "BackfillConfig",
     "DataAvailabilityStrategy",
-    "LiveDataFeed",
     "SeamlessDataProvider",
-    "SeamlessFetchMetadata",
-    "SeamlessFetchResult",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: ``ensure_data_available`` works through long ranges this many batches at a time.
+_ENSURE_SPAN_BATCHES = 1024
+#: What each constructor argument the SPEC already names waits for.
+_NOT_YET = {
+    "registrar": "artifact publication",
+    "coordinator": "the distributed backfill coordinator",
+    "cache": "the result cache",
+}
 
 _UNBOUNDED_SLA = SLAPolicy(
     max_wait_storage_ms=None,
@@ -84,13 +91,6 @@ class DataAvailabilityStrategy(StrEnum):
     AUTO_BACKFILL = "AUTO_BACKFILL"
     PARTIAL_FILL = "PARTIAL_FILL"
     SEAMLESS = "SEAMLESS"
-
-
-@runtime_checkable
-class LiveDataFeed(Protocol):
-    """A source of the newest *closed* bars (canonical columns, ``ts >= since``)."""
-
-    async def latest_bars(self, node_id: str, interval: int, since: int) -> pd.DataFrame: ...
 
 
 @dataclass(slots=True)
@@ -132,22 +132,38 @@ class SeamlessDataProvider:
         except ValueError:
             valid = ", ".join(s.value for s in DataAvailabilityStrategy)
             raise ValueError(f"strategy must be one of {valid}, got {strategy!r}") from None
+        for name, value in (
+            ("registrar", registrar),
+            ("coordinator", coordinator),
+            ("cache", cache),
+        ):  # accepted by the SPEC signature; refused loudly until they are built
+            if value is not None:
+                raise ValueError(f"{name}: {_NOT_YET[name]} is not available in this release")
+        if early_fingerprint:
+            raise ValueError(f"early_fingerprint: {_NOT_YET['registrar']} is not available yet")
         self.storage = storage
         self.backfiller = backfiller
         self.live_feed = live_feed
         self.conformance = conformance or ConformancePipeline()
         self.sla = sla
         self.partial_ok = partial_ok
-        self.registrar = registrar
         self.backfill_config = backfill_config or BackfillConfig()
-        self.coordinator = coordinator
-        self.cache = cache
-        self.publish_fingerprint = publish_fingerprint
-        self.early_fingerprint = early_fingerprint
+        # publish_fingerprint: until artifacts exist, every fingerprint is the served
+        # frame's — what SPEC §8 prescribes for False — whatever its value (pending list).
+        del publish_fingerprint
         self.clock = clock or SystemClock()
         self.metrics = metrics or default_metrics()
-        self.last_fetch_metadata: SeamlessFetchMetadata | None = None
+        self._last_metadata: contextvars.ContextVar[SeamlessFetchMetadata | None] = (
+            contextvars.ContextVar(f"qmtl_last_fetch_metadata_{id(self)}", default=None)
+        )
         self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def last_fetch_metadata(self) -> SeamlessFetchMetadata | None:
+        """The metadata of the newest fetch *made by the calling task* (a context variable:
+        concurrent fetches of other tasks never overwrite it; a task started after a fetch
+        inherits the value its parent saw). ``None`` before the first fetch."""
+        return self._last_metadata.get()
 
     # -- public API -----------------------------------------------------------------------
 
@@ -167,7 +183,7 @@ class SeamlessDataProvider:
     ) -> SeamlessFetchResult:
         """Bars of ``node_id`` with open time in ``[start, end)`` (module docstring)."""
         check_interval(node_id, interval)
-        window = Range.aligned(start, end, interval)
+        window = self._window(start, end, interval)
         context = ComputeContext.coerce(compute_context).with_overrides(
             world_id=world_id,
             execution_domain=execution_domain,
@@ -206,9 +222,20 @@ class SeamlessDataProvider:
         self, start: InstantLike, end: InstantLike, *, node_id: str, interval: int
     ) -> bool:
         """Backfill until ``[start, end)`` is covered or a pass makes no progress; ``True``
-        when nothing is missing any more."""
+        when nothing is missing any more. The range is worked through in spans of
+        :data:`_ENSURE_SPAN_BATCHES` batches, so memory stays bounded however long it is."""
         check_interval(node_id, interval)
-        window = Range.aligned(start, end, interval)
+        window = self._window(start, end, interval)
+        span = _ENSURE_SPAN_BATCHES * self.backfill_config.window_bars * interval
+        complete = True
+        cursor = window.start
+        while cursor < window.end:
+            part = Range(cursor, min(window.end, cursor + span))
+            complete = await self._ensure(part, node_id, interval) and complete
+            cursor = part.end
+        return complete
+
+    async def _ensure(self, window: Range, node_id: str, interval: int) -> bool:
         previous: list[Range] | None = None
         while True:
             ledger = await self.storage.read_ledger(node_id, interval)
@@ -219,6 +246,21 @@ class SeamlessDataProvider:
                 return False
             previous = missing
             await self.backfiller.backfill(node_id, interval, missing)
+
+    def _window(self, start: InstantLike, end: InstantLike, interval: int) -> Range:
+        """The aligned request, refused in one line when absurd (before the epoch, after
+        year 9999, or more than ``backfill_config.max_range_bars`` bars)."""
+        window = Range.aligned(start, end, interval)
+        check_span_bounds(window.start, window.end)
+        bars = window.bars(interval)
+        limit = self.backfill_config.max_range_bars
+        if bars > limit:
+            raise ValueError(
+                f"[{format_iso(window.start)}, {format_iso(window.end)}) is {bars:,} bars of "
+                f"{interval} s, more than backfill.max_range_bars ({limit:,}): ask for less, "
+                "or raise the limit"
+            )
+        return window
 
     async def wait_background(self) -> None:
         """Wait for every background backfill started by this provider."""
@@ -358,15 +400,13 @@ class SeamlessDataProvider:
     ) -> SeamlessFetchResult:
         if not self.partial_ok and outcome.missing:
             raise SeamlessCoverageError(node_id, merge_ranges(outcome.missing, interval))
-        fingerprint = None
-        if self.publish_fingerprint or self.registrar is None:
-            meta = FingerprintMetadata(
-                node_id=node_id,
-                interval=interval,
-                range=(window.start, window.end),
-                conformance_version=report.version,
-            )
-            fingerprint = await asyncio.to_thread(compute_fingerprint, frame, meta)
+        meta = FingerprintMetadata(
+            node_id=node_id,
+            interval=interval,
+            range=(window.start, window.end),
+            conformance_version=report.version,
+        )
+        fingerprint = await asyncio.to_thread(compute_fingerprint, frame, meta)
         tracker.finish()
         self._check_violations(tracker, outcome)
         decision = tracker.decision()
@@ -425,7 +465,7 @@ class SeamlessDataProvider:
             live_rows=outcome.live_rows,
         )
         self._observe(metadata, report)
-        self.last_fetch_metadata = metadata
+        self._last_metadata.set(metadata)
         return SeamlessFetchResult(frame, metadata)
 
     def _observe(self, meta: SeamlessFetchMetadata, report: ConformanceReport) -> None:
@@ -443,7 +483,10 @@ class SeamlessDataProvider:
         }
         for phase, elapsed in meta.sla_phases_ms.items():
             phases[phase].labels(**labels).observe(elapsed)
-        m.sla_deadline_seconds.labels(**labels).observe(meta.sla_phases_ms.get("total", 0) / 1000)
+        # In seconds, one series per phase: the whole fetch as phase="total", then each phase.
+        phase_ms = {"total": 0.0, **meta.sla_phases_ms}
+        for phase, elapsed in phase_ms.items():
+            m.sla_deadline_seconds.labels(**labels, phase=phase).observe(elapsed / 1000.0)
         for flag, count in report.flags.items():
             if count:
                 m.conformance_flags.labels(**labels, flag_type=flag).inc(count)

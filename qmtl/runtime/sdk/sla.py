@@ -9,6 +9,13 @@ The first phase over budget decides the outcome by ``on_violation``:
 - ``PARTIAL_FILL``: serve what is ready, keep backfilling in the background;
 - ``HOLD``: serve what is ready, marked HOLD (consumers must not act on it).
 
+A wait is bounded by the smaller of its phase's remaining budget and the total deadline's
+(:meth:`SLATracker.remaining_ms`). When such a wait times out, the violation is charged to
+the limit that cut it short: its phase, or ``total`` (with the total budget and the total
+elapsed time) when the total deadline was the nearer one — a backfill that had 5000 ms of
+its own budget left but was stopped after 200 ms because the 1500 ms total ran out is a
+``total`` violation, not a ``backfill_wait`` one.
+
 The tracker only measures and decides; the provider logs ``seamless.sla.*`` events and
 observes histograms from the values it returns.
 """
@@ -32,7 +39,6 @@ __all__ = [
     "SLATracker",
     "SLAViolation",
     "SLAViolationMode",
-    "SeamlessSLAExceeded",
 ]
 
 
@@ -148,7 +154,9 @@ class SLATracker:
     """Times the phases of one fetch against ``policy``. Not thread-safe (one fetch, one task).
 
     Phase times accumulate (a phase entered twice adds up). ``remaining_ms`` tells the engine
-    how long it may still wait in a phase before the phase or the total deadline is blown.
+    how long it may still wait in a phase before the phase or the total deadline is blown;
+    ``record(..., timed_out=True)`` then blames whichever of the two it was. Times are
+    milliseconds measured on ``clock.monotonic()`` (seconds), so a ``FakeClock`` drives it.
     """
 
     policy: SLAPolicy
@@ -176,21 +184,24 @@ class SLATracker:
     def record(
         self, phase: SLAPhase | str, elapsed_ms: float, *, timed_out: bool = False
     ) -> SLAViolation | None:
-        """Add ``elapsed_ms`` to ``phase``; return the violation if it is now over budget.
+        """Add ``elapsed_ms`` to ``phase``; return the violation if one is new now.
 
-        ``timed_out=True`` says the caller stopped waiting because the budget ran out: that
-        is a violation even when the measured time equals the budget exactly."""
+        ``timed_out=True`` says the caller stopped waiting after :meth:`remaining_ms` of
+        ``phase``: that is a violation even when the measured time equals the limit exactly,
+        and it is charged to the limit that was nearer (:meth:`_binding_limit`) — ``phase``
+        itself, or ``total`` when the total deadline cut the wait short. Each phase
+        (``total`` included) is reported at most once."""
         key = SLAPhase(phase)
-        total = self.phases_ms.get(key.value, 0.0) + max(0.0, elapsed_ms)
-        self.phases_ms[key.value] = total
+        spent = self.phases_ms.get(key.value, 0.0) + max(0.0, elapsed_ms)
+        self.phases_ms[key.value] = spent
+        if timed_out:
+            if key is not SLAPhase.TOTAL and self._binding_limit(key) is SLAPhase.TOTAL:
+                return self._violate(SLAPhase.TOTAL, self.elapsed_total_ms())
+            return self._violate(key, spent)
         budget = self.policy.budget_ms(key)
-        if budget is None or (total <= budget and not timed_out):
+        if budget is None or spent <= budget:
             return None
-        if any(v.phase is key for v in self.violations):
-            return None
-        violation = SLAViolation(key, total, float(budget), self.policy.on_violation)
-        self.violations.append(violation)
-        return violation
+        return self._violate(key, spent)
 
     def finish(self) -> SLAViolation | None:
         """Record the ``total`` phase (call once, at the end of the fetch)."""
@@ -199,15 +210,42 @@ class SLATracker:
     def remaining_ms(self, phase: SLAPhase | str) -> float | None:
         """Milliseconds left before ``phase`` or the total deadline is over (``None``: no
         limit); never negative."""
-        key = SLAPhase(phase)
-        limits: list[float] = []
+        limits = self._limits_left(SLAPhase(phase))
+        return max(0.0, min(limits.values())) if limits else None
+
+    def _limits_left(self, key: SLAPhase) -> dict[SLAPhase, float]:
+        """Milliseconds left (negative once over) of each bounded limit on a wait in ``key``:
+        its own budget (time spent in ``key`` so far), and the total deadline (time since
+        the fetch began — which is also the only limit of ``total`` itself)."""
+        limits: dict[SLAPhase, float] = {}
         budget = self.policy.budget_ms(key)
-        if budget is not None:
-            limits.append(budget - self.phases_ms.get(key.value, 0.0))
+        if budget is not None and key is not SLAPhase.TOTAL:
+            limits[key] = budget - self.phases_ms.get(key.value, 0.0)
         total_budget = self.policy.total_deadline_ms
         if total_budget is not None:
-            limits.append(total_budget - self.elapsed_total_ms())
-        return max(0.0, min(limits)) if limits else None
+            limits[SLAPhase.TOTAL] = total_budget - self.elapsed_total_ms()
+        return limits
+
+    def _binding_limit(self, key: SLAPhase) -> SLAPhase | None:
+        """Which limit bounded the wait in ``key`` that just timed out: the one with the
+        least left (both shrink by the same wait, so it is also the one that was nearer when
+        the wait began). A tie — within a nanosecond, so that float rounding of clock
+        readings cannot decide it — goes to the phase itself, whose budget then is spent
+        too; ``None`` when nothing bounds it."""
+        limits = self._limits_left(key)
+        if not limits:
+            return None
+        return min(limits, key=lambda limit: (round(limits[limit], 6), limit is SLAPhase.TOTAL))
+
+    def _violate(self, key: SLAPhase, elapsed_ms: float) -> SLAViolation | None:
+        """Record that ``key`` is over its budget (once per phase); ``None`` when already
+        recorded or when ``key`` has no budget."""
+        budget = self.policy.budget_ms(key)
+        if budget is None or any(v.phase is key for v in self.violations):
+            return None
+        violation = SLAViolation(key, elapsed_ms, float(budget), self.policy.on_violation)
+        self.violations.append(violation)
+        return violation
 
     def decision(self) -> SLADecision:
         """The action demanded by the first violation, or ``ok``."""

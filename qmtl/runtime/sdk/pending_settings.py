@@ -1,0 +1,123 @@
+"""Settings and constructor parameters the SPEC already names but no component reads yet —
+the explicit pending list, each entry naming the capability that will read it.
+
+Why a list: a setting nobody reads is a promise the system silently breaks (a user sets
+``cache.ttl_ms`` and nothing happens). ``tests/test_settings_readers.py`` fails for any
+setting no component reads unless it is here, and for any entry here once the list grows;
+each capability that lands takes its entries out. Until then ``config check`` names every
+pending setting a file changes from its default, so a user is told it has no effect yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qmtl.runtime.sdk.config import QMTLConfig
+
+__all__ = ["PENDING_PARAMETERS", "PENDING_SETTINGS", "pending_settings_in_use"]
+
+_ARTIFACTS = "artifacts (immutable fingerprinted Parquet, as_of)"
+_GOVERNANCE = "governance (execution domains)"
+_CACHE = "the world-keyed result cache"
+_COORDINATOR = "the distributed backfill coordinator and workers"
+_LIVE = "live feeds"
+_OPERATIONS = "operations (alerts and dashboards)"
+
+#: Setting key path (``*`` for any domain) -> the capability that will read it.
+PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
+    {
+        "seamless.backfill.mode": _ARTIFACTS,
+        "seamless.backfill.single_flight_ttl_ms": _COORDINATOR,
+        "seamless.backfill.distributed_lease_ttl_ms": _COORDINATOR,
+        "seamless.artifact.object_store_uri": _ARTIFACTS,
+        "seamless.artifact.s3_endpoint_url": _ARTIFACTS,
+        "seamless.artifact.format": _ARTIFACTS,
+        "seamless.artifact.compression": _ARTIFACTS,
+        "seamless.artifact.partition_template": _ARTIFACTS,
+        "seamless.artifact.publish_fingerprint": _ARTIFACTS,
+        "seamless.artifact.early_fingerprint": _ARTIFACTS,
+        "seamless.artifact.publish_optional": _ARTIFACTS,
+        "seamless.artifact.fingerprint.algo": _ARTIFACTS,
+        "seamless.artifact.fingerprint.include_columns": _ARTIFACTS,
+        "seamless.artifact.fingerprint.normalize_nan": _ARTIFACTS,
+        "seamless.live.ws.enabled": _LIVE,
+        "seamless.live.ws.reconnect_backoff_ms": _LIVE,
+        "seamless.live.ws.dedupe_by": _LIVE,
+        "seamless.live.ws.emit_building_candle": _LIVE,
+        "seamless.observability.coverage_ratio_threshold": _OPERATIONS,
+        "seamless.observability.backfill_completion_ratio_min": _OPERATIONS,
+        "seamless.observability.storage_wait_warn_ms": _OPERATIONS,
+        "seamless.observability.backfill_wait_warn_ms": _OPERATIONS,
+        "seamless.sla.min_coverage": _GOVERNANCE,
+        "seamless.sla.max_lag_seconds": _GOVERNANCE,
+        "cache.enable": _CACHE,
+        "cache.ttl_ms": _CACHE,
+        "cache.max_shards": _CACHE,
+        "cache.key_template": _CACHE,
+        "domains.*.require_as_of": _GOVERNANCE,
+        "domains.*.source": _GOVERNANCE,
+        "domains.*.max_lag_sec": _GOVERNANCE,
+        "domains.*.allow_partial": _GOVERNANCE,
+        "domains.*.monotonic_as_of": _GOVERNANCE,
+        "domains.*.min_coverage": _GOVERNANCE,
+        "environment.coordinator_url": _COORDINATOR,
+        "environment.coordinator_token": _COORDINATOR,
+        "environment.worker_id": _COORDINATOR,
+    }
+)
+
+#: ``Class.parameter`` -> capability: constructor parameters the SPEC signature has, which are
+#: accepted and refused (or ignored, as documented) until the capability lands.
+PENDING_PARAMETERS: Mapping[str, str] = MappingProxyType(
+    {
+        "SeamlessDataProvider.registrar": _ARTIFACTS,
+        "SeamlessDataProvider.publish_fingerprint": _ARTIFACTS,
+        "SeamlessDataProvider.early_fingerprint": _ARTIFACTS,
+        "SeamlessDataProvider.coordinator": _COORDINATOR,
+        "SeamlessDataProvider.cache": _CACHE,
+        "EnhancedQuestDBProvider.registrar": _ARTIFACTS,
+        "EnhancedQuestDBProvider.coordinator": _COORDINATOR,
+        "CcxtBackfillConfig.symbols": _COORDINATOR,
+        "CcxtBackfillConfig.timeframe": _COORDINATOR,
+    }
+)
+
+
+def _value(config: Any, path: list[str]) -> list[tuple[str, Any, Any]]:
+    """``(concrete path, value, default)`` for a pending key path (``*``: every entry)."""
+    head, *rest = path
+    if head == "*":
+        return [
+            (f"{key}.{sub}", value, default)
+            for key, child in config.items()
+            for sub, value, default in _value(child, rest)
+        ]
+    child = config[head] if isinstance(config, Mapping) else getattr(config, head)
+    if not rest:
+        return [(head, child, getattr(type(config)(), head))]  # defaults: a fresh section
+    return [(f"{head}.{sub}", value, default) for sub, value, default in _value(child, rest)]
+
+
+def pending_settings_in_use(config: QMTLConfig) -> list[str]:
+    """One line per pending setting that ``config`` sets away from its default: it is
+    accepted, and has no effect until its capability lands. (``domains`` defaults differ per
+    domain, so domains are reported only when the section names a setting its domain's
+    default does not have.)"""
+    from qmtl.runtime.sdk.config import DOMAIN_DEFAULTS
+
+    notes: list[str] = []
+    for path, capability in PENDING_SETTINGS.items():
+        keys = path.split(".")
+        if keys[0] == "domains":
+            for name, policy in config.domains.items():
+                value = getattr(policy, keys[-1])
+                if name in DOMAIN_DEFAULTS and value != getattr(DOMAIN_DEFAULTS[name], keys[-1]):
+                    notes.append(f"domains.{name}.{keys[-1]}: has no effect yet ({capability})")
+            continue
+        for where, value, default in _value(config, keys):
+            if value != default:
+                notes.append(f"{where}: has no effect yet ({capability})")
+    return notes
