@@ -86,6 +86,34 @@ _UNBOUNDED_SLA = SLAPolicy(
 )
 
 
+#: Flags that mean conformance changed the bars (gaps and OHLC sanity only describe them).
+_CHANGING_FLAGS = (
+    "duplicate_ts",
+    "missing_column",
+    "dtype_cast",
+    "dtype_mismatch",
+    "ts_cast",
+    "ts_timezone_normalized",
+    "non_finite",
+    "invalid_timestamp",
+)
+
+
+def _unchanged(report: ConformanceReport) -> bool:
+    """Whether conformance served the bars exactly as they came in."""
+    return report.rows_in == report.rows_out and not any(
+        report.flags.get(flag, 0) for flag in _CHANGING_FLAGS
+    )
+
+
+def _fingerprint_if_canonical(frame: pd.DataFrame, meta: FingerprintMetadata) -> str | None:
+    """The fingerprint of ``frame`` if it is already canonical enough to have one."""
+    try:
+        return compute_fingerprint(frame, meta)
+    except (TypeError, ValueError):
+        return None
+
+
 class DataAvailabilityStrategy(StrEnum):
     FAIL_FAST = "FAIL_FAST"
     AUTO_BACKFILL = "AUTO_BACKFILL"
@@ -208,9 +236,11 @@ class SeamlessDataProvider:
         self._check_violations(tracker, outcome)
         if self.live_feed is not None and outcome.missing:
             raw = await self._consult_live(node_id, interval, window, tracker, raw, outcome)
-        frame, report = await asyncio.to_thread(self.conformance.normalize, raw, interval)
-        return await self._finish(
-            node_id, interval, window, context, tracker, frame, report, outcome
+        if not self.partial_ok and outcome.missing:
+            raise SeamlessCoverageError(node_id, merge_ranges(outcome.missing, interval))
+        frame, report, fingerprint = await self._conform(raw, node_id, interval, window)
+        return self._finish(
+            node_id, interval, window, context, tracker, frame, report, fingerprint, outcome
         )
 
     async def coverage(self, *, node_id: str, interval: int) -> list[CoverageSegment]:
@@ -387,7 +417,31 @@ class SeamlessDataProvider:
 
     # -- result -----------------------------------------------------------------------------
 
-    async def _finish(
+    async def _conform(
+        self, raw: pd.DataFrame, node_id: str, interval: int, window: Range
+    ) -> tuple[pd.DataFrame, ConformanceReport, str]:
+        """Conform the bars and fingerprint exactly the bars served.
+
+        The hot store returns canonical bars, which conformance leaves as they are; so the
+        fingerprint is computed on the raw bars *while* conformance runs (two threads: both
+        are numpy and hashlib work that releases the GIL). It is kept only when conformance
+        changed nothing (:func:`_unchanged`); otherwise it is computed again on the conformed
+        frame. Either way it is the fingerprint of the served frame."""
+        meta = FingerprintMetadata(
+            node_id=node_id,
+            interval=interval,
+            range=(window.start, window.end),
+            conformance_version=self.conformance.version,
+        )
+        (frame, report), early = await asyncio.gather(
+            asyncio.to_thread(self.conformance.normalize, raw, interval),
+            asyncio.to_thread(_fingerprint_if_canonical, raw, meta),
+        )
+        if early is None or not _unchanged(report):
+            early = await asyncio.to_thread(compute_fingerprint, frame, meta)
+        return frame, report, early
+
+    def _finish(
         self,
         node_id: str,
         interval: int,
@@ -396,17 +450,9 @@ class SeamlessDataProvider:
         tracker: SLATracker,
         frame: pd.DataFrame,
         report: ConformanceReport,
+        fingerprint: str,
         outcome: _Outcome,
     ) -> SeamlessFetchResult:
-        if not self.partial_ok and outcome.missing:
-            raise SeamlessCoverageError(node_id, merge_ranges(outcome.missing, interval))
-        meta = FingerprintMetadata(
-            node_id=node_id,
-            interval=interval,
-            range=(window.start, window.end),
-            conformance_version=report.version,
-        )
-        fingerprint = await asyncio.to_thread(compute_fingerprint, frame, meta)
         tracker.finish()
         self._check_violations(tracker, outcome)
         decision = tracker.decision()
