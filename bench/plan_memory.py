@@ -143,7 +143,7 @@ def main() -> None:
         result = _in_child(kind, args.years, args.seconds)
         samples = result.pop("rss_samples_mb")
         print(json.dumps(result))
-        shown = samples if len(samples) <= 12 else samples[:6] + ["..."] + samples[-6:]
+        shown = samples if len(samples) <= 12 else [*samples[:6], "...", *samples[-6:]]
         print(f"  RSS every second (MB): {shown}")
 
 
