@@ -56,13 +56,19 @@ def get_limiter(
     ``QMTL_CCXT_RATE_LIMITER_REDIS`` (read from ``env``, default the process environment)
     names a server, else a process-local one. Fetchers use :func:`shared_limiter`."""
     key = render_key(config.key_template, exchange_id, account)
-    dsn = config.redis_dsn or redis_dsn_from_env(env)
-    if dsn is None:
+    config = _with_env_dsn(config, env)
+    if config.redis_dsn is None:
         return LocalRateLimiter(config, key, clock=clock, metrics=metrics)
     from qmtl.runtime.io.redis_rate_limiter import RedisRateLimiter
 
-    # replace() re-validates: a DSN from the environment gets the same scheme check
-    return RedisRateLimiter(replace(config, redis_dsn=dsn), key, clock=clock, metrics=metrics)
+    return RedisRateLimiter(config, key, clock=clock, metrics=metrics)
+
+
+def _with_env_dsn(config: RateLimiterConfig, env: Mapping[str, str] | None) -> RateLimiterConfig:
+    """``config`` with ``QMTL_CCXT_RATE_LIMITER_REDIS`` filling a null ``redis_dsn`` (through
+    ``replace``, which re-validates the scheme of a DSN from the environment)."""
+    dsn = config.redis_dsn or redis_dsn_from_env(env)
+    return config if dsn == config.redis_dsn else replace(config, redis_dsn=dsn)
 
 
 @dataclass(slots=True)
@@ -136,8 +142,7 @@ def shared_limiter(
     with other settings."""
     clock = clock or SystemClock()
     key = render_key(config.key_template, exchange_id, account)
-    dsn = config.redis_dsn or redis_dsn_from_env(env)
-    effective = config if dsn is None else replace(config, redis_dsn=dsn)
+    effective = _with_env_dsn(config, env)
     table = _REGISTRY.setdefault(asyncio.get_running_loop(), {})
     slot = (key, _clock_token(clock))
     entry = table.get(slot)

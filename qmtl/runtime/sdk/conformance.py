@@ -92,6 +92,9 @@ CONFORMANCE_FLAG_KEYS: Final[tuple[str, ...]] = (
     "invalid_timestamp",
     "invalid_ohlc",
 )
+#: The flags that only *describe* the bars (a gap, an OHLC oddity kept as is); every other
+#: flag means conformance changed what came in.
+_DESCRIPTIVE_FLAGS: Final = frozenset({"gap", "invalid_ohlc"})
 DtypePolicy = Literal["strict", "coerce"]
 DTYPE_POLICIES: Final[tuple[str, ...]] = ("strict", "coerce")
 
@@ -119,6 +122,14 @@ class ConformanceReport:
     version: str = CONFORMANCE_VERSION
     rows_in: int = 0
     rows_out: int = 0
+
+    @property
+    def unchanged(self) -> bool:
+        """Whether the bars came out exactly as they went in (no row dropped, no value or
+        timestamp altered) — gaps and OHLC oddities are only described."""
+        return self.rows_in == self.rows_out and not any(
+            count for flag, count in self.flags.items() if flag not in _DESCRIPTIVE_FLAGS
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (as stored in manifests)."""

@@ -86,26 +86,6 @@ _UNBOUNDED_SLA = SLAPolicy(
 )
 
 
-#: Flags that mean conformance changed the bars (gaps and OHLC sanity only describe them).
-_CHANGING_FLAGS = (
-    "duplicate_ts",
-    "missing_column",
-    "dtype_cast",
-    "dtype_mismatch",
-    "ts_cast",
-    "ts_timezone_normalized",
-    "non_finite",
-    "invalid_timestamp",
-)
-
-
-def _unchanged(report: ConformanceReport) -> bool:
-    """Whether conformance served the bars exactly as they came in."""
-    return report.rows_in == report.rows_out and not any(
-        report.flags.get(flag, 0) for flag in _CHANGING_FLAGS
-    )
-
-
 def _fingerprint_if_canonical(frame: pd.DataFrame, meta: FingerprintMetadata) -> str | None:
     """The fingerprint of ``frame`` if it is already canonical enough to have one."""
     try:
@@ -425,8 +405,8 @@ class SeamlessDataProvider:
         The hot store returns canonical bars, which conformance leaves as they are; so the
         fingerprint is computed on the raw bars *while* conformance runs (two threads: both
         are numpy and hashlib work that releases the GIL). It is kept only when conformance
-        changed nothing (:func:`_unchanged`); otherwise it is computed again on the conformed
-        frame. Either way it is the fingerprint of the served frame."""
+        changed nothing (``ConformanceReport.unchanged``); otherwise it is computed again on
+        the conformed frame. Either way it is the fingerprint of the served frame."""
         meta = FingerprintMetadata(
             node_id=node_id,
             interval=interval,
@@ -437,7 +417,7 @@ class SeamlessDataProvider:
             asyncio.to_thread(self.conformance.normalize, raw, interval),
             asyncio.to_thread(_fingerprint_if_canonical, raw, meta),
         )
-        if early is None or not _unchanged(report):
+        if early is None or not report.unchanged:
             early = await asyncio.to_thread(compute_fingerprint, frame, meta)
         return frame, report, early
 
