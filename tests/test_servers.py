@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import asyncpg
 import obstore
 import pytest
@@ -10,7 +17,7 @@ from obstore.exceptions import AlreadyExistsError, PreconditionError
 from obstore.store import S3Store
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from qmtl.testing.servers import PostgresServer, RedisServer
+from qmtl.testing.servers import PostgresServer, RedisServer, ServerUnavailable
 from tests.conftest import S3Bucket
 
 
@@ -56,6 +63,55 @@ async def test_postgres_database_is_fresh_per_test(postgres_dsn: str, round_: in
         )
         assert await conn.fetchval("SELECT count(*) FROM bars") == 3
         assert str(await conn.fetchval("SHOW server_version")).startswith(("15", "16", "17", "18"))
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own: stopping the shared session one would break others."""
+    try:
+        server = PostgresServer().start()
+    except ServerUnavailable as exc:
+        pytest.fail(f"PostgresServer: {exc}", pytrace=False)
+    yield server
+    server.close()
+
+
+async def test_postgres_can_be_stopped_and_restarted_with_its_data(
+    own_postgres: PostgresServer,
+) -> None:
+    dsn = own_postgres.create_database("kept")
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("CREATE TABLE t (x int); INSERT INTO t VALUES (7)")
+    for mode in ("fast", "immediate"):
+        await asyncio.to_thread(own_postgres.stop, mode)
+        assert not await asyncio.to_thread(lambda: own_postgres.running)
+        with pytest.raises((OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+            await conn.fetchval("SELECT 1")
+        with pytest.raises(ConnectionRefusedError):
+            await asyncpg.connect(dsn)
+        await asyncio.to_thread(own_postgres.start)
+        assert await asyncio.to_thread(lambda: own_postgres.running)
+        conn = await asyncpg.connect(dsn)  # same port, same DSN
+        assert await conn.fetchval("SELECT x FROM t") == 7
+    await conn.close()
+
+
+async def test_postgres_that_died_behind_our_back_starts_again(
+    own_postgres: PostgresServer,
+) -> None:
+    pid_file = Path(own_postgres.data_dir) / "postmaster.pid"
+    pid = int((await asyncio.to_thread(pid_file.read_text)).split()[0])
+    os.kill(pid, signal.SIGQUIT)  # what a crash looks like from outside: no pg_ctl involved
+    deadline = time.monotonic() + 30
+    while await asyncio.to_thread(lambda: own_postgres.running):
+        assert time.monotonic() < deadline, "postmaster did not exit"
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(own_postgres.start)  # notices it is down, not a no-op
+    conn = await asyncpg.connect(own_postgres.dsn)
+    try:
+        assert await conn.fetchval("SELECT 1") == 1
     finally:
         await conn.close()
 

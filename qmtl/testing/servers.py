@@ -1,8 +1,9 @@
 """Throwaway real servers — Redis, PostgreSQL, an S3-compatible store — for tests and benches.
 
 Each server binds loopback on a free port, keeps its state in a fresh temporary directory,
-answers a health check before ``start()`` returns, and can be stopped and started again (the
-limiter tests kill Redis mid-run). A missing binary raises :class:`ServerUnavailable` with the
+answers a health check before ``start()`` returns, and can be stopped and started again on the
+same port with its data kept (the limiter tests kill Redis mid-run, the storage outage tests
+PostgreSQL). A missing binary raises :class:`ServerUnavailable` with the
 command that installs it: a missing server is a failure, never a silent skip.
 
 Binaries are found through ``$REDIS_SERVER_BIN`` / ``$PG_BIN_DIR`` first, then ``PATH``, then
@@ -21,7 +22,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "MotoS3Server",
@@ -122,6 +123,10 @@ class PostgresServer:
     """A throwaway PostgreSQL cluster (``initdb`` + ``pg_ctl``), trust auth, fsync off.
 
     ``create_database()`` gives each test its own database; ``dsn`` points at ``postgres``.
+    ``stop()`` then ``start()`` restarts it on the same port with its databases intact, so
+    clients see an outage and can reconnect; ``stop(mode="immediate")`` is a crash (no
+    goodbye to clients, crash recovery on the next start). Tests that stop a server use one of
+    their own, never the session's shared one.
     """
 
     def __init__(self) -> None:
@@ -158,8 +163,22 @@ class PostgresServer:
         if result.returncode != 0:
             raise ServerUnavailable(f"{Path(args[0]).name} failed: {result.stderr.strip()}")
 
+    @property
+    def running(self) -> bool:
+        """Whether the postmaster runs — asked of ``pg_ctl status``, so a server that died
+        behind our back counts as stopped and ``start()`` brings it back."""
+        if not self._initialized:
+            return False
+        status = subprocess.run(
+            [*self._as_user, self.pg_ctl, "-D", self.data_dir, "status"],
+            capture_output=True,
+            check=False,
+        )
+        self._running = status.returncode == 0
+        return self._running
+
     def start(self) -> PostgresServer:
-        if self._running:
+        if self.running:
             return self
         if not self._initialized:
             self._run(
@@ -176,9 +195,11 @@ class PostgresServer:
         self._running = True
         return self
 
-    def stop(self) -> None:
-        if self._running:
-            self._run(self.pg_ctl, "-D", self.data_dir, "-m", "fast", "-w", "stop")
+    def stop(self, mode: Literal["fast", "immediate"] = "fast") -> None:
+        """Stop the server: ``fast`` ends client sessions politely, ``immediate`` kills them
+        like a crash. Its data survives either way. A no-op when it is not running."""
+        if self.running:
+            self._run(self.pg_ctl, "-D", self.data_dir, "-m", mode, "-w", "stop")
             self._running = False
 
     def close(self) -> None:

@@ -6,29 +6,44 @@ and takes the lock there (the event loop never waits on DuckDB or on the lock). 
 therefore serialized per store — which is also what makes the ledger read-modify-write safe
 against concurrent writers in this process. DuckDB itself lets only one process open a file
 for writing; use one ``DuckDBStorage`` per file per process (two instances on one file would
-not share the lock, and DuckDB would report a write conflict as a ``StorageError``). A
+not share the lock, and DuckDB would report a write conflict as a ``StorageError``). Another
+process holding the file is a ``StorageError`` at once (DuckDB's lock is not waited on). A
 cancelled call still finishes (or rolls back) in its thread.
 
-Schema (created idempotently on open; node ids only ever bound as parameters)::
+Schema (node ids only ever bound as parameters)::
 
+    qmtl_meta   (key VARCHAR PK, value VARCHAR)     -- schema_version, package_version
     qmtl_nodes  (node_key BIGINT PK, node_hash BLOB UNIQUE  -- sha256(utf-8 id), node_id VARCHAR)
     qmtl_bars   (node_key BIGINT, ts BIGINT, open/high/low/close/volume DOUBLE,
                  PRIMARY KEY (node_key, ts))
     qmtl_ledger (node_key BIGINT, interval_s BIGINT, seg_start BIGINT, seg_end BIGINT,
                  kind VARCHAR, source VARCHAR, fetched_at DOUBLE)
 
+Versions and migrations (the rules are in :mod:`qmtl.runtime.io.storage.base`): the first
+use inspects the file in one transaction and creates the schema (empty file), migrates it
+(``_MIGRATIONS``: ``{from_version: statements}``, applied in order, then ``qmtl_meta``
+stamped), accepts it (current) or refuses it — another program's DuckDB file, a newer
+schema. A file is a whole database, so anything in it that is not ours means it is not ours.
+
+Read-only (``read_only=True``): a missing file is a ``StorageError`` naming its absolute path
+and nothing is created (no file, no directory); an existing one is opened with DuckDB's own
+``read_only`` mode, its schema checked but never created or migrated; a file without our
+tables reads as empty; writes raise ``StorageError``. DuckDB refuses a read-only and a
+writable connection to one file in the same process, so do not mix them there.
+
 Bars are written vectorised: the frame becomes an Arrow table registered as a view, then one
-``INSERT OR REPLACE ... SELECT``.
+``INSERT OR REPLACE ... SELECT``. Reads leave through Arrow (see :meth:`read_range`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Final, Self, TypeVar, cast
 from urllib.parse import urlsplit
 
 import duckdb
@@ -36,11 +51,18 @@ import pandas as pd
 import pyarrow as pa
 
 from qmtl.runtime.io.storage.base import (
+    META_TABLE,
+    STORE_COLUMNS,
+    SchemaState,
     check_interval,
     check_ledger_update,
+    check_migrations,
     check_node_id,
     check_span,
+    meta_rows,
+    migration_steps,
     node_hash,
+    plan_schema,
     segments_from_rows,
     short_id,
 )
@@ -63,9 +85,13 @@ _Con = duckdb.DuckDBPyConnection
 _COLS = ", ".join(CANONICAL_COLUMNS)
 _INCOMING = "qmtl_incoming_bars"
 _NODE_KEY = "(SELECT node_key FROM qmtl_nodes WHERE node_hash = ?)"
+_MEMORY = ":memory:"
+_SEQUENCE = "qmtl_node_key_seq"
+_REMEDY = "use another file for the store (--dsn duckdb:///path/other.duckdb)"
 
-_SCHEMA = (
-    "CREATE SEQUENCE IF NOT EXISTS qmtl_node_key_seq",
+#: Version 0 — what releases before ``qmtl_meta`` created. History: never edit, migrate.
+_BASELINE: Final[tuple[str, ...]] = (
+    f"CREATE SEQUENCE IF NOT EXISTS {_SEQUENCE}",
     "CREATE TABLE IF NOT EXISTS qmtl_nodes (node_key BIGINT PRIMARY KEY,"
     " node_hash BLOB NOT NULL UNIQUE, node_id VARCHAR NOT NULL)",
     "CREATE TABLE IF NOT EXISTS qmtl_bars (node_key BIGINT NOT NULL, ts BIGINT NOT NULL,"
@@ -77,6 +103,22 @@ _SCHEMA = (
     " interval_s BIGINT NOT NULL, seg_start BIGINT NOT NULL, seg_end BIGINT NOT NULL,"
     " kind VARCHAR NOT NULL, source VARCHAR, fetched_at DOUBLE)",
 )
+#: ``{from_version: statements}`` taking the schema from that version to the next.
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    0: (f"CREATE TABLE {META_TABLE} (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",),
+}
+check_migrations(_MIGRATIONS)
+
+_OBJECTS = """
+SELECT 'table', schema_name, table_name FROM duckdb_tables()
+    WHERE database_name = current_database()
+UNION ALL SELECT 'view', schema_name, view_name FROM duckdb_views()
+    WHERE database_name = current_database() AND NOT internal
+UNION ALL SELECT 'sequence', schema_name, sequence_name FROM duckdb_sequences()
+    WHERE database_name = current_database()
+"""
+_OURS = {("table", "main", name) for name in (*STORE_COLUMNS, META_TABLE)}
+_OURS.add(("sequence", "main", _SEQUENCE))
 
 
 def duckdb_path_from_dsn(dsn: str) -> str:
@@ -97,45 +139,102 @@ def duckdb_path_from_dsn(dsn: str) -> str:
 
 
 class DuckDBStorage:
-    """:class:`~qmtl.runtime.io.storage.base.HistoryStorage` on DuckDB (see module doc)."""
+    """:class:`~qmtl.runtime.io.storage.base.HistoryStorage` on DuckDB (see module doc).
 
-    def __init__(self, dsn: str = "duckdb:///:memory:") -> None:
+    ``path`` is the DSN's path as given (relative paths resolve against the working directory
+    at first use; :meth:`resolved_location` says where that is)."""
+
+    def __init__(self, dsn: str = "duckdb:///:memory:", *, read_only: bool = False) -> None:
         self.path = duckdb_path_from_dsn(dsn)
+        self.read_only = read_only
         self._lock = threading.Lock()
         self._con: _Con | None = None
         self._closed = False
+        self._absolute: str | None = None
+        # False only for a read-only store whose file holds nothing of ours: reads answer empty.
+        self._stored = True
 
     def __repr__(self) -> str:
-        return f"DuckDBStorage(path={self.path!r})"
+        return f"DuckDBStorage(path={self.path!r}{', read_only=True' if self.read_only else ''})"
+
+    async def resolved_location(self) -> str:
+        """The absolute path of the database file, or ``':memory:'``."""
+        return await asyncio.to_thread(self._resolve)
 
     # -- plumbing (worker thread) ------------------------------------------------------------
+
+    def _resolve(self) -> str:
+        """The absolute path, fixed at first use (``abspath`` reads the working directory, so
+        it runs in a worker thread); the file opened is always the one reported."""
+        if self._absolute is None:
+            self._absolute = self.path if self.path == _MEMORY else os.path.abspath(self.path)
+        return self._absolute
 
     def _connection(self) -> _Con:
         """The open connection; caller holds the lock."""
         if self._closed:
             raise StorageError(f"{self!r} is closed")
         if self._con is None:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(self.path)
-            try:
-                _transaction(con, lambda c: [c.execute(sql) for sql in _SCHEMA])
-            except BaseException:
-                con.close()
-                raise
-            self._con = con
+            self._con = self._open()
         return self._con
 
-    def _run(self, op: str, node_id: str | None, work: Callable[[_Con], _T]) -> _T:
+    def _open(self) -> _Con:
+        where = self._resolve()
+        if self.read_only and where == _MEMORY:
+            raise StorageError("no store at :memory: (a new in-memory database holds nothing)")
+        if self.read_only and not os.path.exists(where):
+            raise StorageError(
+                f"no store at {where}: nothing has been stored there yet (check --dsn)"
+            )
+        try:
+            if where != _MEMORY and not self.read_only:
+                Path(where).parent.mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(where, read_only=self.read_only)
+        except (duckdb.Error, OSError) as exc:
+            raise StorageError(f"cannot open DuckDB store {where}: {exc}") from exc
+        try:
+            self._stored = _prepare_schema(con, where, read_only=self.read_only)
+        except duckdb.Error as exc:
+            con.close()
+            raise StorageError(f"cannot open DuckDB store {where}: {exc}") from exc
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _run(
+        self,
+        op: str,
+        node_id: str | None,
+        work: Callable[[_Con], _T],
+        unstored: Callable[[], _T] | None,
+    ) -> _T:
         with self._lock:
             try:
-                return work(self._connection())
+                con = self._connection()
+                if not self._stored and unstored is not None:
+                    return unstored()
+                return work(con)
             except (duckdb.Error, OSError) as exc:
                 where = f" for node {short_id(node_id)}" if node_id is not None else ""
                 raise StorageError(f"duckdb {op} failed{where}: {exc}") from exc
 
-    async def _call(self, op: str, node_id: str | None, work: Callable[[_Con], _T]) -> _T:
-        return await asyncio.to_thread(self._run, op, node_id, work)
+    async def _call(
+        self,
+        op: str,
+        node_id: str | None,
+        work: Callable[[_Con], _T],
+        *,
+        unstored: Callable[[], _T] | None = None,
+    ) -> _T:
+        """Run ``work`` on the connection in a worker thread; ``unstored`` answers reads of a
+        read-only store that holds nothing of ours."""
+        return await asyncio.to_thread(self._run, op, node_id, work, unstored)
+
+    async def _refuse_if_read_only(self, op: str) -> None:
+        if self.read_only:
+            where = await self.resolved_location()
+            raise StorageError(f"DuckDB store {where} is open read-only: {op} refused")
 
     # -- HistoryStorage ------------------------------------------------------------------------
 
@@ -162,18 +261,18 @@ class DuckDBStorage:
                 )
             )
 
-        return await self._call("read_range", node_id, work)
+        return await self._call("read_range", node_id, work, unstored=empty_frame)
 
     async def write_bars(
         self, node_id: str, frame: pd.DataFrame, *, ledger_update: LedgerUpdate | None = None
     ) -> int:
         node_id = check_node_id(node_id)
+        if ledger_update is not None:
+            check_ledger_update(ledger_update)
+        await self._refuse_if_read_only("write_bars")
         # Validation and Arrow conversion run off the loop, and outside the store lock.
         table = await asyncio.to_thread(_arrow_bars, frame)
         rows = int(table.num_rows)
-
-        if ledger_update is not None:
-            check_ledger_update(ledger_update)
 
         def tx(con: _Con) -> int:
             node_key = _node_key_for_update(con, node_id)
@@ -206,11 +305,12 @@ class DuckDBStorage:
             ).fetchall()
             return segments_from_rows(rows)
 
-        return await self._call("read_ledger", node_id, work)
+        return await self._call("read_ledger", node_id, work, unstored=list)
 
     async def update_ledger(self, node_id: str, update: LedgerUpdate) -> list[CoverageSegment]:
         node_id = check_node_id(node_id)
         check_ledger_update(update)
+        await self._refuse_if_read_only("update_ledger")
 
         def tx(con: _Con) -> list[CoverageSegment]:
             return self._apply_ledger(con, _node_key_for_update(con, node_id), update)
@@ -226,13 +326,14 @@ class DuckDBStorage:
             sql = f"SELECT min(ts), max(ts) FROM qmtl_bars WHERE node_key = {_NODE_KEY}"
             return con.execute(sql, [key]).fetchone()
 
-        row = await self._call("coverage_bounds", node_id, work)
+        row = await self._call("coverage_bounds", node_id, work, unstored=lambda: None)
         if row is None or row[0] is None:
             return None
         return Range(int(row[0]), int(row[1]) + interval)
 
     async def delete_node(self, node_id: str) -> None:
         node_id = check_node_id(node_id)
+        await self._refuse_if_read_only("delete_node")
 
         def tx(con: _Con) -> None:
             row = con.execute(
@@ -302,10 +403,64 @@ class DuckDBStorage:
             )
             con.register("qmtl_ledger_new", table)
             try:
-                con.execute("INSERT INTO qmtl_ledger SELECT * FROM qmtl_ledger_new")
+                names = ", ".join(table.column_names)
+                con.execute(
+                    f"INSERT INTO qmtl_ledger ({names}) SELECT {names} FROM qmtl_ledger_new"
+                )
             finally:
                 con.unregister("qmtl_ledger_new")
         return ledger
+
+
+def _prepare_schema(con: _Con, where: str, *, read_only: bool) -> bool:
+    """Bring the file to the current schema in one transaction (writable), or check that it
+    can be read as it is (read-only). Returns whether anything of ours is stored there."""
+    if read_only:
+        return plan_schema(_inspect(con), where=where, read_only=True, remedy=_REMEDY) is not None
+
+    def tx(c: _Con) -> bool:
+        found = plan_schema(_inspect(c), where=where, read_only=False, remedy=_REMEDY)
+        steps = migration_steps(_BASELINE, _MIGRATIONS, found)
+        for sql in steps:
+            c.execute(sql)
+        if steps:
+            for key, value in meta_rows():
+                c.execute(
+                    f"INSERT INTO {META_TABLE} VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [key, value],
+                )
+        return True
+
+    return _transaction(con, tx)
+
+
+def _inspect(con: _Con) -> SchemaState:
+    """What the file holds: our tables with their columns, ``qmtl_meta``, everything else."""
+    objects = [(str(k), str(s), str(n)) for k, s, n in con.execute(_OBJECTS).fetchall()]
+    ours = {name for kind, schema, name in objects if (kind, schema, name) in _OURS}
+    foreign = [
+        f"{kind} {name if schema == 'main' else f'{schema}.{name}'}"
+        for kind, schema, name in sorted(objects)
+        if (kind, schema, name) not in _OURS
+    ]
+    tables: dict[str, set[str]] = {t: set() for t in STORE_COLUMNS if t in ours}
+    if tables:
+        placeholders = ", ".join("?" for _ in tables)
+        rows = con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name ="
+            f" current_database() AND schema_name = 'main' AND table_name IN ({placeholders})",
+            list(tables),
+        ).fetchall()
+        for table, column in rows:
+            tables[str(table)].add(str(column))
+    meta = None
+    if META_TABLE in ours:
+        rows = con.execute(f"SELECT key, value FROM {META_TABLE}").fetchall()
+        meta = {str(k): str(v) for k, v in rows}
+    return SchemaState(
+        meta=meta, tables={t: frozenset(c) for t, c in tables.items()}, foreign=foreign
+    )
 
 
 def _arrow_bars(frame: pd.DataFrame) -> pa.Table:

@@ -1,43 +1,68 @@
 """The cluster hot store: PostgreSQL through an asyncpg pool (``postgresql://`` DSNs).
 
 Same schema and semantics as :mod:`qmtl.runtime.io.storage.duckdb` (``TEXT`` node ids,
-``BIGINT`` ts, ``DOUBLE PRECISION`` prices), created idempotently under an advisory lock so
-several processes may open the same database at once::
+``BIGINT`` ts, ``DOUBLE PRECISION`` prices), in the connection's current schema::
 
+    qmtl_meta   (key TEXT PK, value TEXT)           -- schema_version, package_version
     qmtl_nodes  (node_key BIGINT identity PK, node_hash BYTEA UNIQUE, node_id TEXT)
     qmtl_bars   (node_key, ts, open, high, low, close, volume, PRIMARY KEY (node_key, ts))
     qmtl_ledger (node_key, interval_s, seg_start, seg_end, kind, source, fetched_at,
                  PRIMARY KEY (node_key, interval_s, seg_start))
 
+Versions and migrations (rules in :mod:`qmtl.runtime.io.storage.base`): when the pool opens,
+one transaction under an advisory lock (so several processes may open one database at once)
+inspects ``qmtl_meta`` and the ``qmtl_*`` tables, then creates, migrates (``_MIGRATIONS``:
+``{from_version: statements}``, in order, then ``qmtl_meta`` stamped), accepts or refuses —
+a newer schema, or ``qmtl_*`` tables that are not ours. A database legitimately holds other
+applications' tables: those are never looked at, let alone refused.
+
+Read-only (``read_only=True``): no DDL is ever sent and every session runs with
+``default_transaction_read_only`` on (the server itself refuses writes); the schema version is
+checked, missing ``qmtl_*`` tables mean nothing is stored (reads answer empty), and writes
+raise ``StorageError``.
+
 Columnar both ways, no Python per row: writes encode the bars as one binary ``COPY`` payload
 with numpy (in a worker thread), copy it into a transaction-scoped temp table and upsert with
 one ``INSERT ... ON CONFLICT DO UPDATE``; reads return each column as one ``array_send`` bytea
-that numpy decodes.
+that numpy decodes. The wire types come from the canonical bar schema
+(:func:`~qmtl.runtime.sdk.bars.empty_frame`), never from a copy of it.
 
 Serialization: every write and ledger update first locks the node's ``qmtl_nodes`` row
 (``SELECT ... FOR UPDATE``, inserting it if new), so writers of one node queue — across
 processes — and the ledger read-modify-write never loses an update; different nodes proceed in
-parallel. asyncpg and network errors become :class:`StorageError` at this edge.
+parallel.
+
+Outages: asyncpg and network errors (refused, reset, timeouts) become :class:`StorageError`
+at this edge, naming the store with its password masked. A connection the server dropped is
+replaced on next use, so the same instance works again once the server is back; connecting is
+bounded by ``connect_timeout`` and each statement by ``command_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Self, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Self, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from qmtl.runtime.io.storage.base import (
+    META_TABLE,
+    STORE_COLUMNS,
+    SchemaState,
     check_interval,
     check_ledger_update,
+    check_migrations,
     check_node_id,
     check_span,
+    meta_rows,
+    migration_steps,
     node_hash,
+    plan_schema,
     segments_from_rows,
     short_id,
 )
@@ -45,6 +70,7 @@ from qmtl.runtime.sdk.bars import (
     CANONICAL_COLUMNS,
     PRICE_COLUMNS,
     BarColumns,
+    empty_frame,
     frame_from_columns,
     prepare_bars,
 )
@@ -53,7 +79,7 @@ from qmtl.runtime.sdk.history_coverage import CoverageSegment, Range, apply_back
 from qmtl.runtime.sdk.history_storage import LedgerUpdate
 from qmtl.runtime.sdk.timestamps import InstantLike
 
-__all__ = ["PostgresStorage"]
+__all__ = ["PostgresStorage", "masked_dsn"]
 
 _T = TypeVar("_T")
 #: asyncpg ships no type information; its connection and pool are typed ``Any`` here.
@@ -63,29 +89,49 @@ _COLS = ", ".join(CANONICAL_COLUMNS)
 _INCOMING = "qmtl_incoming_bars"
 _NODE_KEY = "(SELECT node_key FROM qmtl_nodes WHERE node_hash = $1)"
 _SCHEMA_LOCK = 0x716D746C5F736368  # pg_advisory_xact_lock key for schema creation
+_REMEDY = "use another database or schema for the store"
+_CLOSE_TIMEOUT_S = 5.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS qmtl_nodes (
+#: Version 0 — what releases before ``qmtl_meta`` created. History: never edit, migrate.
+_BASELINE: Final[tuple[str, ...]] = (
+    """CREATE TABLE IF NOT EXISTS qmtl_nodes (
     node_key BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     node_hash BYTEA NOT NULL UNIQUE,
-    node_id TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS qmtl_bars (
+    node_id TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS qmtl_bars (
     node_key BIGINT NOT NULL, ts BIGINT NOT NULL,
     open DOUBLE PRECISION NOT NULL, high DOUBLE PRECISION NOT NULL,
     low DOUBLE PRECISION NOT NULL, close DOUBLE PRECISION NOT NULL,
     volume DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (node_key, ts));
-CREATE TABLE IF NOT EXISTS qmtl_ledger (
+    PRIMARY KEY (node_key, ts))""",
+    """CREATE TABLE IF NOT EXISTS qmtl_ledger (
     node_key BIGINT NOT NULL, interval_s BIGINT NOT NULL,
     seg_start BIGINT NOT NULL, seg_end BIGINT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('data', 'empty')),
     source TEXT, fetched_at DOUBLE PRECISION,
-    PRIMARY KEY (node_key, interval_s, seg_start));
+    PRIMARY KEY (node_key, interval_s, seg_start))""",
+)
+#: ``{from_version: statements}`` taking the schema from that version to the next.
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    0: (f"CREATE TABLE {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",),
+}
+check_migrations(_MIGRATIONS)
+
+#: Our tables (resolved through ``search_path``, as every query here) and their columns.
+_INSPECT = """
+SELECT t.name, array_agg(a.attname::text)
+FROM unnest($1::text[]) AS t(name)
+JOIN pg_attribute a ON a.attrelid = to_regclass(t.name) AND a.attnum > 0 AND NOT a.attisdropped
+GROUP BY t.name
 """
+_META_UPSERT = (
+    f"INSERT INTO {META_TABLE} (key, value) VALUES ($1, $2)"
+    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+)
+
+# The temp table takes its column types from qmtl_bars itself: no second copy of them here.
 _CREATE_INCOMING = (
-    f"CREATE TEMP TABLE {_INCOMING} (ts BIGINT NOT NULL, open DOUBLE PRECISION NOT NULL,"
-    " high DOUBLE PRECISION NOT NULL, low DOUBLE PRECISION NOT NULL,"
-    " close DOUBLE PRECISION NOT NULL, volume DOUBLE PRECISION NOT NULL) ON COMMIT DROP"
+    f"CREATE TEMP TABLE {_INCOMING} ON COMMIT DROP AS SELECT {_COLS} FROM qmtl_bars WITH NO DATA"
 )
 _UPSERT = (
     f"INSERT INTO qmtl_bars (node_key, {_COLS}) SELECT $1, {_COLS} FROM pg_temp.{_INCOMING}"
@@ -102,13 +148,18 @@ _READ_LEDGER = (
     " WHERE node_key = {key} AND interval_s = $2 ORDER BY seg_start"
 )
 
+#: Big-endian (network order) dtype of each canonical column, from the bar schema itself.
+_WIRE: Final[dict[str, np.dtype[Any]]] = {
+    str(name): np.dtype(dtype).newbyteorder(">") for name, dtype in empty_frame().dtypes.items()
+}
+
 # Binary COPY row: int16 field count, then per field int32 length + big-endian value.
 _COPY_ROW = np.dtype(
     [("nfields", ">i2")]
     + [
         item
         for i, name in enumerate(CANONICAL_COLUMNS)
-        for item in ((f"len{i}", ">i4"), (name, ">i8" if name == "ts" else ">f8"))
+        for item in ((f"len{i}", ">i4"), (name, _WIRE[name]))
     ]
 )
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header-extension length
@@ -128,57 +179,94 @@ class PostgresStorage:
     """:class:`~qmtl.runtime.io.storage.base.HistoryStorage` on PostgreSQL (see module doc).
 
     The pool opens lazily on first use (or ``async with``); ``min_size``/``max_size`` bound
-    its connections, ``command_timeout`` (seconds) bounds each statement.
+    its connections, ``connect_timeout`` (seconds) bounds opening one and ``command_timeout``
+    (seconds) each statement. ``min_size`` is 0 by default: connections open on demand, so an
+    outage surfaces on the call that needed the server — asyncpg (0.32+) would otherwise
+    reconnect a floor in the background and log a traceback on every failed retry.
     """
 
     def __init__(
         self,
         dsn: str,
         *,
-        min_size: int = 1,
+        read_only: bool = False,
+        min_size: int = 0,
         max_size: int = 10,
+        connect_timeout: float = 10.0,
         command_timeout: float | None = 60.0,
     ) -> None:
         self._pg = _import_asyncpg()
         self._dsn = dsn
+        self.read_only = read_only
+        self._location = masked_dsn(dsn)
         self._pool_args: dict[str, Any] = {
             "min_size": min_size,
             "max_size": max_size,
+            "timeout": connect_timeout,
             "command_timeout": command_timeout,
         }
+        if read_only:
+            # Belt and braces: the server refuses any write this store might still attempt.
+            self._pool_args["server_settings"] = {"default_transaction_read_only": "on"}
+        self._driver_errors: tuple[type[BaseException], ...] = (
+            self._pg.PostgresError,
+            self._pg.InterfaceError,
+            self._pg.exceptions.InternalClientError,
+            OSError,  # refused, reset, unreachable; TimeoutError (connect, command) is one too
+        )
         self._pool: Any = None
         self._open_lock = asyncio.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
-        return "PostgresStorage(...)"  # the DSN may carry a password
+        mode = ", read_only=True" if self.read_only else ""
+        return f"PostgresStorage({self._location!r}{mode})"  # password masked
+
+    async def resolved_location(self) -> str:
+        """The DSN with any password masked (``postgresql://user:***@host:port/db``)."""
+        return self._location
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _errors(self, op: str, node_id: str | None) -> Iterator[None]:
-        try:
-            yield
-        except (self._pg.PostgresError, self._pg.InterfaceError, OSError) as exc:
-            where = f" for node {short_id(node_id)}" if node_id is not None else ""
-            raise StorageError(f"postgres {op} failed{where}: {exc}") from exc
+    def _storage_error(self, op: str, node_id: str | None, exc: BaseException) -> StorageError:
+        where = f" for node {short_id(node_id)}" if node_id is not None else ""
+        detail = str(exc) or type(exc).__name__  # a timeout's message is empty
+        return StorageError(f"postgres {op} failed{where} ({self._location}): {detail}")
 
     async def _ensure_pool(self) -> Any:
         if self._closed:
-            raise StorageError("PostgresStorage is closed")
+            raise StorageError(f"{self!r} is closed")
         if self._pool is None:
             async with self._open_lock:
                 if self._pool is None:
                     pool = await self._pg.create_pool(self._dsn, **self._pool_args)
                     try:
-                        async with pool.acquire() as conn, conn.transaction():
-                            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-                            await conn.execute(_SCHEMA)
+                        async with pool.acquire() as conn:
+                            await self._prepare_schema(conn)
                     except BaseException:
-                        await pool.close()
+                        pool.terminate()
                         raise
+                    if self._closed:  # close() ran while the pool was opening
+                        pool.terminate()
+                        raise StorageError(f"{self!r} is closed")
                     self._pool = pool
         return self._pool
+
+    async def _prepare_schema(self, conn: _Conn) -> None:
+        """Create or migrate the schema to the current version (writable, one transaction under
+        the advisory lock), or only check its version (read-only: no DDL, no lock)."""
+        if self.read_only:
+            plan_schema(await _inspect(conn), where=self._location, read_only=True, remedy=_REMEDY)
+            return
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+            state = await _inspect(conn)
+            found = plan_schema(state, where=self._location, read_only=False, remedy=_REMEDY)
+            steps = migration_steps(_BASELINE, _MIGRATIONS, found)
+            for sql in steps:
+                await conn.execute(sql)
+            if steps:
+                await conn.executemany(_META_UPSERT, meta_rows())
 
     async def _run(
         self,
@@ -187,14 +275,33 @@ class PostgresStorage:
         work: Callable[[_Conn], Awaitable[_T]],
         *,
         transaction: bool = False,
+        unstored: Callable[[], _T] | None = None,
     ) -> _T:
-        with self._errors(op, node_id):
+        """Run ``work`` on a pooled connection, driver errors as :class:`StorageError`.
+        ``unstored`` answers a read of a read-only store whose tables do not exist (yet)."""
+        try:
             pool = await self._ensure_pool()
             async with pool.acquire() as conn:
                 if not transaction:
                     return await work(conn)
                 async with conn.transaction():
                     return await work(conn)
+        except StorageError:
+            raise
+        except Exception as exc:
+            if (
+                unstored is not None
+                and self.read_only
+                and isinstance(exc, self._pg.exceptions.UndefinedTableError)
+            ):
+                return unstored()
+            if isinstance(exc, self._driver_errors):
+                raise self._storage_error(op, node_id, exc) from exc
+            raise
+
+    def _refuse_if_read_only(self, op: str) -> None:
+        if self.read_only:
+            raise StorageError(f"PostgreSQL store {self._location} is open read-only: {op} refused")
 
     # -- HistoryStorage ------------------------------------------------------------------------
 
@@ -205,7 +312,9 @@ class PostgresStorage:
         async def work(conn: _Conn) -> Any:
             return await conn.fetchrow(_READ, node_hash(node_id), s, e)
 
-        row = await self._run("read_range", node_id, work)
+        row = await self._run("read_range", node_id, work, unstored=lambda: None)
+        if row is None:
+            return empty_frame()
         return await asyncio.to_thread(_decode_bars, tuple(row))
 
     async def write_bars(
@@ -214,6 +323,7 @@ class PostgresStorage:
         node_id = check_node_id(node_id)
         if ledger_update is not None:
             check_ledger_update(ledger_update)
+        self._refuse_if_read_only("write_bars")
         rows, payload = await asyncio.to_thread(_encode_bars, frame)
 
         async def work(conn: _Conn) -> int:
@@ -239,11 +349,13 @@ class PostgresStorage:
             rows: list[Any] = await conn.fetch(sql, node_hash(node_id), interval)
             return rows
 
-        return segments_from_rows(tuple(r) for r in await self._run("read_ledger", node_id, work))
+        rows = await self._run("read_ledger", node_id, work, unstored=list)
+        return segments_from_rows(tuple(r) for r in rows)
 
     async def update_ledger(self, node_id: str, update: LedgerUpdate) -> list[CoverageSegment]:
         node_id = check_node_id(node_id)
         check_ledger_update(update)
+        self._refuse_if_read_only("update_ledger")
 
         async def work(conn: _Conn) -> list[CoverageSegment]:
             return await self._apply_ledger(conn, await _lock_node(conn, node_id), update)
@@ -258,13 +370,14 @@ class PostgresStorage:
             sql = f"SELECT min(ts), max(ts) FROM qmtl_bars WHERE node_key = {_NODE_KEY}"
             return await conn.fetchrow(sql, node_hash(node_id))
 
-        row = await self._run("coverage_bounds", node_id, work)
+        row = await self._run("coverage_bounds", node_id, work, unstored=lambda: None)
         if row is None or row[0] is None:
             return None
         return Range(int(row[0]), int(row[1]) + interval)
 
     async def delete_node(self, node_id: str) -> None:
         node_id = check_node_id(node_id)
+        self._refuse_if_read_only("delete_node")
 
         async def work(conn: _Conn) -> None:
             node_key = await conn.fetchval(
@@ -279,15 +392,21 @@ class PostgresStorage:
         await self._run("delete_node", node_id, work, transaction=True)
 
     async def close(self) -> None:
+        """Close the pool gracefully; if the server is gone or a connection is still busy
+        after a few seconds, drop the connections instead (closing never hangs or raises on
+        an outage: it releases what is local)."""
         self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:
-            with self._errors("close", None):
-                await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT_S)
+            except BaseException as exc:
+                pool.terminate()
+                if not isinstance(exc, self._driver_errors):  # e.g. cancelled: propagate
+                    raise
 
     async def __aenter__(self) -> Self:
-        with self._errors("open", None):
-            await self._ensure_pool()
+        await self._run("open", None, _nothing)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -330,6 +449,43 @@ class PostgresStorage:
         return ledger
 
 
+async def _nothing(conn: _Conn) -> None:
+    """Work for ``async with``: opening the pool (and checking the schema) is the point."""
+
+
+async def _inspect(conn: _Conn) -> SchemaState:
+    """Our tables (with their columns) and ``qmtl_meta``, as ``search_path`` resolves them."""
+    names = [*STORE_COLUMNS, META_TABLE]
+    found = {str(name): frozenset(cols) for name, cols in await conn.fetch(_INSPECT, names)}
+    meta = None
+    if META_TABLE in found:
+        rows = await conn.fetch(f"SELECT key, value FROM {META_TABLE}")
+        meta = {str(k): str(v) for k, v in rows}
+    tables = {name: cols for name, cols in found.items() if name in STORE_COLUMNS}
+    return SchemaState(meta=meta, tables=tables)
+
+
+def masked_dsn(dsn: str) -> str:
+    """``dsn`` with any password (in the user info or a ``password=`` query parameter)
+    replaced by ``***``, for messages and logs."""
+    parts = urlsplit(dsn)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    query = (
+        "&".join(
+            f"{item.partition('=')[0]}=***"
+            if unquote(item.partition("=")[0]).lower() in {"password", "sslpassword"}
+            else item
+            for item in parts.query.split("&")
+        )
+        if parts.query
+        else ""
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 async def _lock_node(conn: _Conn, node_id: str) -> int:
     """The node's key, with its ``qmtl_nodes`` row locked until the transaction ends."""
     digest = node_hash(node_id)
@@ -355,7 +511,7 @@ def _encode_bars(frame: pd.DataFrame) -> tuple[int, bytes]:
     rows = np.empty(len(columns["ts"]), dtype=_COPY_ROW)
     rows["nfields"] = len(CANONICAL_COLUMNS)
     for i, name in enumerate(CANONICAL_COLUMNS):
-        rows[f"len{i}"] = 8
+        rows[f"len{i}"] = _WIRE[name].itemsize
         rows[name] = columns[name]
     return len(rows), _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
@@ -363,7 +519,7 @@ def _encode_bars(frame: pd.DataFrame) -> tuple[int, bytes]:
 def _decode_bars(row: tuple[bytes | None, ...]) -> pd.DataFrame:
     """A canonical frame from the ``array_send`` bytea of each column (``None``: no rows)."""
     columns: BarColumns = {
-        name: _decode_array(buf, np.dtype(">i8" if name == "ts" else ">f8"))
+        name: _decode_array(buf, _WIRE[name])
         for name, buf in zip(CANONICAL_COLUMNS, row, strict=True)
     }
     ts = columns["ts"]
