@@ -68,6 +68,7 @@ def test_fetch_writes_parquet_and_csv_and_coverage_reads_the_ledger(
     assert main(["coverage", NODE, "--dsn", dsn, "--json"]) == 0
     cov = json.loads(capsys.readouterr().out)
     assert cov["data_bars"] == 1440 and cov["missing"] == [] and cov["coverage_ratio"] == 1.0
+    assert cov["store"] == f"{tmp_path}/s.duckdb"
 
 
 def test_backfill_command_fills_every_configured_node(
@@ -85,7 +86,9 @@ def test_backfill_command_fills_every_configured_node(
     )
     args = ["backfill", "--config", str(config), "--start", "2024-02-01", "--end", "2024-02-03"]
     assert main([*args, "--json"]) == 0
-    reports = json.loads(capsys.readouterr().out)
+    output = json.loads(capsys.readouterr().out)
+    assert output["store"] == f"{tmp_path}/b.duckdb"
+    reports = output["nodes"]
     assert [r["node_id"] for r in reports] == [
         "ohlcv:binance:BTC/USDT:1m",
         "ohlcv:binance:BTC/USDT:1h",
@@ -93,8 +96,11 @@ def test_backfill_command_fills_every_configured_node(
         "ohlcv:binance:ETH/USDT:1h",
     ]
     assert [r["data_bars"] for r in reports] == [2880, 48, 2880, 48]
+    assert all(r["gaps"] == [] for r in reports)
     assert main(args) == 0  # second run: nothing missing, human report
-    assert "gap report" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "gap report" in out
+    assert f"store: {tmp_path}/b.duckdb" in err
 
 
 @pytest.mark.parametrize(

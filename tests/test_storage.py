@@ -495,7 +495,7 @@ def test_reads_match_a_dict_model(
 
 
 def test_postgres_array_decoding_never_trusts_row_order() -> None:
-    from qmtl.runtime.io.storage.postgres import _decode_bars
+    from qmtl.runtime.io.storage.pg_wire import decode_bars
 
     def array_send(values: np.ndarray, code: str) -> bytes:  # PostgreSQL's binary array format
         header = np.array([1, 0, 20 if code == "i8" else 701, values.size, 1], dtype=">i4")
@@ -508,5 +508,5 @@ def test_postgres_array_decoding_never_trusts_row_order() -> None:
     row = tuple(
         array_send(shuffled[c].to_numpy(), "i8" if c == "ts" else "f8") for c in CANONICAL_COLUMNS
     )
-    assert_bars_equal(_decode_bars(row), expected)
-    assert_bars_equal(_decode_bars((None,) * 6), bars([]))
+    assert_bars_equal(decode_bars(row), expected)
+    assert_bars_equal(decode_bars((None,) * 6), bars([]))

@@ -1,79 +1,215 @@
-"""Shared pieces of the data commands: store/exchange options, time windows, reports."""
+"""Shared pieces of the data commands: store/exchange options, settings, time windows,
+batch bookkeeping and reports.
+
+Settings follow SPEC §13 everywhere: the ``--config`` file (or the defaults), then the
+environment (both read by :func:`~qmtl.runtime.sdk.config.load_config` only), then explicit
+arguments (``--dsn``, ``--exchange-url``), applied by the composition root
+(:func:`~qmtl.runtime.io.composition.with_overrides`). Every provider a command uses is built
+there too (:func:`~qmtl.runtime.io.composition.build_provider`), so a command runs exactly
+what the library would with the same settings.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import math
+import os
 import sys
 import time
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from qmtl.runtime.sdk.errors import ConfigError, StorageError
 from qmtl.runtime.sdk.history_coverage import (
     CoverageSegment,
     Range,
     SegmentKind,
     compute_missing_ranges,
+    subtract_ranges,
 )
 from qmtl.runtime.sdk.node_id import parse_node_id
-from qmtl.runtime.sdk.timestamps import format_iso, to_epoch_seconds
+from qmtl.runtime.sdk.timestamps import LAST_INSTANT, format_iso, to_epoch_seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
-    from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
+    from qmtl.runtime.sdk.backfill_types import BatchOutcome
+    from qmtl.runtime.sdk.config import QMTLConfig
+    from qmtl.runtime.sdk.history_storage import HistoryStorage
 
 __all__ = [
+    "BatchLog",
     "CoverageReport",
+    "add_exchange_options",
     "add_store_options",
     "add_window_options",
-    "build_provider",
     "console",
     "coverage_report",
     "coverage_table",
+    "err_console",
+    "gap_lines",
+    "load_settings",
+    "open_read_only",
     "print_json",
+    "resolve_config",
     "segment_lines",
+    "settings",
+    "show_store",
+    "store_dsn",
     "usage_handler",
     "window_from_args",
 ]
 
+#: Reports (stdout) and what accompanies them for people (stderr: the store, progress), so
+#: that ``> file`` keeps only the report and ``--json`` stdout stays machine-readable.
 console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+_DAY = 86_400
+#: Longest epoch-seconds text worth parsing: year 9999 has 12 digits, so anything longer is
+#: refused without echoing it (a 4,000-digit argument is a typo, not an instant).
+_MAX_EPOCH_DIGITS = 15
 
 
-def add_store_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML configuration (SPEC §13)")
+def add_store_options(parser: argparse.ArgumentParser, *, config_required: bool = False) -> None:
+    """``--config`` and ``--dsn``: every command that touches a store takes both."""
     parser.add_argument(
-        "--dsn", help="hot store: duckdb:///path.duckdb or postgresql://... (overrides config)"
+        "--config", metavar="FILE", required=config_required, help="YAML configuration (SPEC §13)"
     )
+    parser.add_argument(
+        "--dsn",
+        help="hot store: duckdb:///path.duckdb or postgresql://... (overrides --config and the "
+        "default duckdb:///.qmtl/seamless.duckdb)",
+    )
+
+
+def add_exchange_options(parser: argparse.ArgumentParser) -> None:
+    """``--exchange-url``: every command that talks to an exchange takes it."""
     parser.add_argument(
         "--exchange-url",
         metavar="URL",
-        help="REST root replacing the exchange's hosts, e.g. the simulator http://127.0.0.1:8080",
+        help="REST root replacing the exchange's hosts (overrides exchanges.<id>.urls.rest), "
+        "e.g. the simulator http://127.0.0.1:8080",
     )
 
 
-def add_window_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+def add_window_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", help="range start: ISO-8601 with offset, date, or epoch s")
     parser.add_argument("--end", help="range end (exclusive); default: now")
     parser.add_argument("--days", type=float, help="instead of --start: the last N days")
 
 
+# -- settings ---------------------------------------------------------------------------------
+
+
+def load_settings(args: argparse.Namespace) -> QMTLConfig:
+    """The ``--config`` file, or the defaults, with the environment applied (the loader is
+    the one reader of both). Blocking file I/O: call it before ``asyncio.run``."""
+    from qmtl.runtime.sdk.config import load_config
+
+    path = getattr(args, "config", None)
+    return load_config(path if path else {})
+
+
+def settings(args: argparse.Namespace) -> QMTLConfig:
+    """The settings ``main`` loaded for this run (loads them when a handler runs alone)."""
+    loaded: QMTLConfig | None = getattr(args, "settings", None)
+    return loaded if loaded is not None else load_settings(args)
+
+
+def resolve_config(args: argparse.Namespace, node_ids: Iterable[str]) -> QMTLConfig:
+    """The configuration a command runs with: ``--config`` (else one made for
+    ``node_ids``) with ``--dsn`` and ``--exchange-url`` over it; ``ConfigError`` listing
+    every problem building its runtime would hit (what ``config check`` reports)."""
+    from qmtl.runtime.io.composition import check_runtime, config_for_nodes, with_overrides
+
+    dsn = getattr(args, "dsn", None)
+    exchange_url = getattr(args, "exchange_url", None)
+    if getattr(args, "config", None):
+        config = with_overrides(settings(args), dsn=dsn, exchange_url=exchange_url)
+    else:
+        config = config_for_nodes(node_ids, dsn=dsn, exchange_url=exchange_url)
+    problems = check_runtime(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def store_dsn(args: argparse.Namespace) -> str:
+    """The store a command touches: ``--dsn``, else the ``--config`` file's, else the
+    default."""
+    from qmtl.runtime.io.composition import with_overrides
+
+    return with_overrides(settings(args), dsn=getattr(args, "dsn", None)).seamless.storage.dsn
+
+
+@asynccontextmanager
+async def open_read_only(dsn: str) -> AsyncIterator[tuple[HistoryStorage, str]]:
+    """The store at ``dsn`` opened read-only (SPEC §15: read commands never create a store)
+    and where it is. A DuckDB file that does not exist is the user's mistake (a mistyped
+    path: ``ValueError``, exit 2), not a failing store."""
+    from qmtl.runtime.io.storage import open_storage
+
+    store = open_storage(dsn, read_only=True)
+    location = await store.resolved_location()
+    try:
+        try:
+            await store.__aenter__()
+        except StorageError as exc:
+            if dsn.startswith("duckdb:") and not await asyncio.to_thread(os.path.exists, location):
+                raise ValueError(str(exc)) from exc
+            raise
+        yield store, location
+    finally:
+        await store.close()
+
+
+def show_store(location: str) -> None:
+    """Say which store a command resolved (stderr: the report on stdout stays clean)."""
+    err_console.print(f"store: {location}", markup=False, soft_wrap=True)
+
+
+# -- time windows -----------------------------------------------------------------------------
+
+
 def _instant(text: str, name: str) -> int:
-    value: int | str = int(text) if text.lstrip("-").isdigit() else text
-    return to_epoch_seconds(value, name=name)
+    digits = text.strip().lstrip("-")
+    if digits.isdigit():
+        if len(digits) > _MAX_EPOCH_DIGITS:
+            raise ValueError(f"{name}: {text[:20]}... is not an epoch time in seconds")
+        return int(text)
+    return to_epoch_seconds(text, name=name)
+
+
+def _check_bound(name: str, value: int) -> None:
+    if not 0 <= value <= LAST_INSTANT:
+        raise ValueError(
+            f"{name} {value} is outside the supported time span "
+            f"[{format_iso(0)}, {format_iso(LAST_INSTANT)}] (epoch seconds; milliseconds are "
+            "not seconds)"
+        )
 
 
 def window_from_args(
     args: argparse.Namespace, *, default_days: float | None = None, interval: int = 60
 ) -> Range:
     """The half-open request window from ``--start/--end/--days``; ``--end`` defaults to the
-    open of the still-forming bar of ``interval`` (so the window holds closed bars only)."""
+    open of the still-forming bar of ``interval`` (so the window holds closed bars only).
+
+    Checked here, before anything is built or contacted: both bounds within the epoch to
+    year 9999, ``--days`` a finite number > 0 that does not reach before the epoch. The
+    provider refuses such ranges too, but only once the store and the exchange are set up,
+    and ``int(inf)`` or a bound of 10^300 must never get that far."""
     now = int(time.time())
     end = _instant(args.end, "--end") if args.end else now - now % interval
+    _check_bound("--end", end)
     if args.start and args.days is not None:
         raise ValueError("give --start or --days, not both")
     if args.start:
@@ -81,41 +217,70 @@ def window_from_args(
     elif args.days is not None or default_days is not None:
         days = args.days if args.days is not None else default_days
         assert days is not None
-        if days <= 0:
-            raise ValueError(f"--days must be > 0, got {days}")
-        start = end - int(days * 86_400)
+        if not math.isfinite(days) or days <= 0:
+            raise ValueError(f"--days must be a finite number > 0, got {days}")
+        if days * _DAY > end:
+            raise ValueError(
+                f"--days {days:g} reaches back before 1970-01-01 (the epoch): at most "
+                f"{end / _DAY:,.0f} days before --end {format_iso(end)}"
+            )
+        start = end - int(days * _DAY)
     else:
         raise ValueError("give --start (or --days)")
+    _check_bound("--start", start)
     if start >= end:
         raise ValueError(f"--start {format_iso(start)} is not before --end {format_iso(end)}")
     return Range(start, end)
 
 
-def build_provider(
-    args: argparse.Namespace, node_ids: Sequence[str], *, strategy: str | None = None
-) -> EnhancedQuestDBProvider:
-    """A provider from ``--config`` (and ``--dsn``), or for the nodes' exchange directly.
+# -- batches ----------------------------------------------------------------------------------
 
-    Call it before ``asyncio.run``: it reads the config file (blocking I/O) and connects
-    nothing; the provider opens its store and exchange on first use."""
-    from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
-    from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider, ExchangeRouter
-    from qmtl.runtime.sdk.config import load_config
 
-    if args.config:
-        overrides: dict[str, object] = {}
-        if args.dsn:
-            overrides["seamless.storage.dsn"] = args.dsn
-        config = load_config(args.config, overrides=overrides)
-        return EnhancedQuestDBProvider.from_config(config, strategy=strategy)
-    exchanges = sorted({parse_node_id(n).exchange for n in node_ids})
-    urls = {"rest": args.exchange_url} if args.exchange_url else None
-    fetchers = {
-        ex: CcxtOHLCVFetcher(CcxtBackfillConfig(exchange_id=ex, urls=urls)) for ex in exchanges
-    }
-    return EnhancedQuestDBProvider(
-        args.dsn, fetcher=ExchangeRouter(fetchers), strategy=strategy or "SEAMLESS"
-    )
+@dataclass(slots=True)
+class BatchLog:
+    """Every batch outcome of one command (``auto_backfiller.on_batch``), per node: bars
+    established, and the ranges that failed with their errors. A range that fails and is
+    later established (``ensure_data_available`` asks again) stops counting as failed, so
+    the counts describe what is still wrong, not every attempt."""
+
+    succeeded: int = 0
+    done_bars: int = 0
+    failures: dict[str, list[tuple[Range, str]]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def record(self, node_id: str, outcome: BatchOutcome) -> None:
+        interval = parse_node_id(node_id).interval
+        established = [outcome.batch] if outcome.ok else [*outcome.data, *outcome.empty]
+        self.done_bars += sum(r.bars(interval) for r in established)
+        failed = self.failures.get(node_id, [])
+        if established:
+            failed = [
+                (piece, error) for r, error in failed for piece in subtract_ranges([r], established)
+            ]
+        if outcome.ok:
+            self.succeeded += 1
+        else:
+            error = outcome.error or "failed"
+            self.errors.append(error)
+            failed += [(r, error) for r in subtract_ranges([outcome.batch], established)]
+        self.failures[node_id] = failed
+
+    @property
+    def failed_batches(self) -> int:
+        return sum(len(f) for f in self.failures.values())
+
+    @property
+    def failed_bars(self) -> int:
+        return sum(
+            r.bars(parse_node_id(node).interval)
+            for node, failed in self.failures.items()
+            for r, _ in failed
+        )
+
+    def reasons(self, node_id: str, missing: Range) -> list[str]:
+        """The distinct errors of the failures that overlap ``missing``."""
+        found = [e for r, e in self.failures.get(node_id, []) if r.intersect(missing)]
+        return list(dict.fromkeys(found))
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +381,22 @@ def segment_lines(rep: CoverageReport) -> list[str]:
 
 def _span(r: Range, interval: int) -> str:
     return f"[{format_iso(r.start)}, {format_iso(r.end)})  {r.bars(interval):,} bars"
+
+
+def gap_lines(rep: CoverageReport, log: BatchLog | None = None) -> list[str]:
+    """One line per missing range, ISO times, and why it is missing (the errors of the
+    batches that failed there; a range no batch failed in was not attempted or is too
+    recent for the exchange to vouch for)."""
+    interval = parse_node_id(rep.node_id).interval
+    lines = []
+    for r in rep.missing:
+        reasons = log.reasons(rep.node_id, r) if log is not None else []
+        shown = "; ".join(reasons[:3]) + (
+            f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        )
+        why = shown or "no batch failed there (not attempted, or too recent to be vouched for)"
+        lines.append(f"MISSING {rep.node_id} {_span(r, interval)}: {why}")
+    return lines
 
 
 def usage_handler(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

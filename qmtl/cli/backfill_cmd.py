@@ -1,8 +1,13 @@
 """``qmtl-seamless backfill --config FILE``: fill every configured node over a window.
 
-Shows a progress bar with ETA (bars done / bars missing at start) and ends with the gap
-report: what is stored, known-empty and still missing per node. Exit code 1 when anything is
-still missing (the report says what and why in the log events), 0 otherwise.
+Shows a progress bar with ETA (on stderr). The bar advances only for bars the exchange
+vouched for; failed batches are counted beside it ("failed N batches (M bars)"), so a run in
+which everything fails never shows 100 %. It ends with the gap report (stdout): what is
+stored, known-empty and still missing per node, and for each missing range, in ISO times,
+why — the errors of the batches that failed there.
+
+Exit codes (SPEC §15): 0 nothing missing; 1 something still missing; 2 when a user mistake
+explains it (an unknown symbol); 3 when the exchange or the store failed every batch.
 """
 
 from __future__ import annotations
@@ -16,43 +21,64 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
 from qmtl.cli._common import (
+    BatchLog,
     CoverageReport,
+    add_exchange_options,
+    add_store_options,
     add_window_options,
-    build_provider,
     console,
     coverage_report,
     coverage_table,
+    err_console,
+    gap_lines,
     print_json,
+    resolve_config,
+    show_store,
     window_from_args,
 )
+from qmtl.cli.main import missing_data_exit
+from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
 from qmtl.runtime.sdk.backfill_types import BatchOutcome
-from qmtl.runtime.sdk.config import load_config
-from qmtl.runtime.sdk.history_coverage import compute_missing_ranges
+from qmtl.runtime.sdk.history_coverage import Range, compute_missing_ranges
 from qmtl.runtime.sdk.node_id import parse_node_id
+from qmtl.runtime.sdk.timestamps import format_iso
 
 __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser("backfill", help="backfill every configured node")
-    parser.add_argument("--config", metavar="FILE", required=True, help="YAML configuration")
-    parser.add_argument("--dsn", help="hot store DSN (overrides the config)")
+    add_store_options(parser, config_required=True)
+    add_exchange_options(parser)
     add_window_options(parser)
     parser.add_argument("--json", action="store_true", help="print the gap report as JSON")
-    parser.set_defaults(handler=_run, exchange_url=None)
+    parser.set_defaults(handler=_run)
+
+
+def _failed_text(log: BatchLog) -> str:
+    if not log.failed_batches:
+        return ""
+    plural = "es" if log.failed_batches != 1 else ""
+    return f"[red]failed {log.failed_batches} batch{plural} ({log.failed_bars:,} bars)"
 
 
 async def _backfill(
-    args: argparse.Namespace, provider: EnhancedQuestDBProvider, nodes: tuple[str, ...]
-) -> list[CoverageReport]:
-    window = window_from_args(args, default_days=1)
+    provider: EnhancedQuestDBProvider,
+    nodes: tuple[str, ...],
+    window: Range,
+    log: BatchLog,
+    *,
+    quiet: bool,
+) -> tuple[str, list[CoverageReport]]:
     async with provider:
+        store = await provider.storage.resolved_location()
+        if not quiet:
+            show_store(store)
         total = 0
         for node in nodes:
             interval = parse_node_id(node).interval
@@ -61,49 +87,87 @@ async def _backfill(
             total += sum(r.bars(interval) for r in missing)
         with Progress(
             TextColumn("[bold]backfill"),
-            BarColumn(),
+            BarColumn(bar_width=10),  # the line fits 80 columns, failures included
             MofNCompleteColumn(),
             TextColumn("bars"),
-            TimeElapsedColumn(),
+            TextColumn("{task.fields[failed]}"),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=console,
-            disable=args.json,
+            console=err_console,
+            disable=quiet,
         ) as progress:
-            task = progress.add_task("bars", total=max(total, 1))
+            task = progress.add_task("bars", total=total, failed="")
 
-            def advance(node_id: str, outcome: BatchOutcome) -> None:
-                progress.advance(task, outcome.batch.bars(parse_node_id(node_id).interval))
+            def on_batch(node_id: str, outcome: BatchOutcome) -> None:
+                log.record(node_id, outcome)
+                progress.update(task, completed=log.done_bars, failed=_failed_text(log))
 
-            provider.auto_backfiller.on_batch = advance
-            await asyncio.gather(
-                *(
-                    provider.ensure_data_available(
-                        window.start, window.end, node_id=n, interval=parse_node_id(n).interval
-                    )
-                    for n in nodes
-                )
-            )
-            progress.update(task, completed=max(total, 1))
-        return [
+            provider.auto_backfiller.on_batch = on_batch
+            try:
+                async with asyncio.TaskGroup() as group:  # one failure stops the others
+                    for n in nodes:
+                        interval = parse_node_id(n).interval
+                        group.create_task(
+                            provider.ensure_data_available(
+                                window.start, window.end, node_id=n, interval=interval
+                            )
+                        )
+            except BaseExceptionGroup as failed:  # report the error, not the group
+                raise failed.exceptions[0] from None
+        reports = [
             coverage_report(
                 n, await provider.coverage(node_id=n, interval=parse_node_id(n).interval), window
             )
             for n in nodes
         ]
+    return store, reports
+
+
+def _check_size(window: Range, nodes: tuple[str, ...], limit: int) -> None:
+    """The provider refuses a window over ``backfill.max_range_bars`` too, but only once the
+    store is open and the other nodes' backfills are running: refuse it before that."""
+    for node in nodes:
+        bars = window.bars(parse_node_id(node).interval)
+        if bars > limit:
+            raise ValueError(
+                f"[{format_iso(window.start)}, {format_iso(window.end)}) is {bars:,} bars of "
+                f"{node}, more than backfill.max_range_bars ({limit:,}): ask for less, or "
+                "raise the limit"
+            )
 
 
 def _run(args: argparse.Namespace) -> int:
-    nodes = load_config(args.config).node_ids()
+    window = window_from_args(args, default_days=1)
+    config = resolve_config(args, ())
+    nodes = config.node_ids()
     if not nodes:
         raise ValueError(f"{args.config}: no exchanges/symbols configured, nothing to backfill")
-    provider = build_provider(args, nodes, strategy="AUTO_BACKFILL")
-    reports = asyncio.run(_backfill(args, provider, nodes))
+    _check_size(window, nodes, config.seamless.backfill.max_range_bars)
+    provider = build_provider(config, strategy="AUTO_BACKFILL")
+    log = BatchLog()
+    store, reports = asyncio.run(_backfill(provider, nodes, window, log, quiet=args.json))
     if args.json:
-        print_json([r.to_dict() for r in reports])
+        print_json(
+            {
+                "store": store,
+                "window": [window.start, window.end],
+                "nodes": [
+                    {
+                        **r.to_dict(),
+                        "gaps": [
+                            {"start": m.start, "end": m.end, "reasons": log.reasons(r.node_id, m)}
+                            for m in r.missing
+                        ],
+                    }
+                    for r in reports
+                ],
+            }
+        )
     else:
         console.print(coverage_table(reports, title="gap report"))
         for rep in reports:
-            for r in rep.missing:
-                console.print(f"  MISSING {rep.node_id} [{r.start}, {r.end})")
-    return 0 if all(not r.missing for r in reports) else 1
+            for line in gap_lines(rep, log):
+                console.print(f"  {line}", markup=False, soft_wrap=True)
+    if all(not r.missing for r in reports):
+        return 0
+    return missing_data_exit("backfill", log.errors, progressed=log.succeeded > 0)

@@ -1,7 +1,11 @@
 """``qmtl-seamless config check FILE``: validate a configuration file (SPEC §13).
 
-Prints ``ok: ...`` with a one-line summary and exits 0, or prints every problem on its own
-line (``<key.path>: <problem>``) to stderr and exits 1.
+Runs every check the runtime would: the loader's (:func:`load_config`: keys, types, ranges,
+cross-checks, the environment) and then the composition root's
+(:func:`~qmtl.runtime.io.composition.check_runtime`: ccxt exchange ids with the nearest valid
+names, page sizes the exchange serves, usable URLs) — so that a file it accepts is a file
+``backfill`` accepts. Prints ``ok: ...`` with a one-line summary and exits 0, or prints every
+problem on its own line (``<key.path>: <problem>``) to stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import sys
 from typing import Any
 
 from qmtl.cli._common import usage_handler
+from qmtl.runtime.io.composition import check_runtime
 from qmtl.runtime.sdk.config import load_config
 from qmtl.runtime.sdk.errors import ConfigError
 
@@ -32,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="ignore the process environment (interpolation and QMTL_* overrides)",
     )
-    check.set_defaults(handler=_check)
+    # checks_config: main must not fail on a bad file or environment before this reports it.
+    check.set_defaults(handler=_check, checks_config=True)
 
     parser.set_defaults(handler=usage_handler(parser))
 
@@ -43,6 +49,11 @@ def _check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
+        return 1
+    problems = check_runtime(config)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
         return 1
     nodes = config.node_ids()
     print(

@@ -2,7 +2,11 @@
 
 Reads only the store's coverage ledger (no exchange access): stored (DATA) and known-empty
 (EMPTY) segments, the missing ranges between them (or inside ``--start/--end``) and the
-coverage ratio.
+coverage ratio. The store is ``--dsn``, else the ``--config`` file's, else the default; it is
+opened read-only, so a mistyped path is reported ("no store at ...", exit 2) instead of
+creating an empty store there. Exit 0 when nothing is missing, 1 when something is (or
+nothing is stored for the node at all) — SPEC §15's codes, so scripts can ask "is this range
+complete?".
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ from typing import Any
 
 from qmtl.cli._common import (
     CoverageReport,
+    add_store_options,
     console,
     coverage_report,
     coverage_table,
+    open_read_only,
     print_json,
     segment_lines,
+    show_store,
+    store_dsn,
     window_from_args,
 )
-from qmtl.runtime.io.storage import open_storage
+from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import parse_node_id
 
 __all__ = ["register"]
@@ -32,28 +40,34 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--start", help="clip to this start (ISO-8601 or epoch s)")
     parser.add_argument("--end", help="clip to this end (default: now when --start is given)")
     parser.add_argument("--days", type=float, help="instead of --start: the last N days")
-    parser.add_argument("--dsn", help="hot store DSN (default: duckdb:///.qmtl/seamless.duckdb)")
+    add_store_options(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_run)
 
 
-async def _report(args: argparse.Namespace) -> CoverageReport:
-    node = parse_node_id(args.node_id)
-    window = window_from_args(args) if (args.start or args.days) else None
-    async with open_storage(args.dsn) as storage:
-        ledger = await storage.read_ledger(args.node_id, node.interval)
-    return coverage_report(args.node_id, ledger, window)
+async def _report(
+    dsn: str, node_id: str, interval: int, window: Range | None
+) -> tuple[CoverageReport, str]:
+    async with open_read_only(dsn) as (storage, location):
+        ledger = await storage.read_ledger(node_id, interval)
+    return coverage_report(node_id, ledger, window), location
 
 
 def _run(args: argparse.Namespace) -> int:
-    report = asyncio.run(_report(args))
+    node = parse_node_id(args.node_id)
+    clipped = args.start is not None or args.days is not None
+    window = window_from_args(args, interval=node.interval) if clipped else None
+    dsn = store_dsn(args)
+    report, location = asyncio.run(_report(dsn, args.node_id, node.interval, window))
+    code = 0 if not report.missing and report.segments else 1
     if args.json:
-        print_json(report.to_dict())
-        return 0
+        print_json({**report.to_dict(), "store": location})
+        return code
+    show_store(location)
     if not report.segments and not report.missing:
         console.print(f"{args.node_id}: nothing stored yet")
-        return 0
+        return code
     console.print(coverage_table([report]))
     for line in segment_lines(report):
         console.print(f"  {line}")
-    return 0
+    return code

@@ -25,10 +25,10 @@ from qmtl.cli._common import (
     print_json,
     segment_lines,
 )
-from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
-from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
+from qmtl.runtime.io.composition import build_provider, config_for_nodes
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import format_node_id
+from qmtl.runtime.sdk.timestamps import format_iso
 from qmtl.services.exchange_sim import Scenario, run_simulator
 
 __all__ = ["demo_scenario", "register", "run_demo"]
@@ -93,21 +93,15 @@ async def run_demo(days: int, directory: Path, *, quiet: bool = False) -> dict[s
     qmtl_logger.setLevel(logging.INFO)
     try:
         async with run_simulator(demo_scenario(window)) as sim:
-            fetcher = CcxtOHLCVFetcher(
-                CcxtBackfillConfig(
-                    exchange_id="binance",
-                    symbols=SYMBOLS,
-                    urls={"rest": sim.base_url, "ws": sim.ws_url},
-                )
-            )
-            async with EnhancedQuestDBProvider(
-                dsn, fetcher=fetcher, strategy="AUTO_BACKFILL"
-            ) as provider:
+            # Built like every other command's provider: through the composition root.
+            config = config_for_nodes(nodes, dsn=dsn, exchange_url=sim.base_url)
+            async with build_provider(config, strategy="AUTO_BACKFILL") as provider:
                 if not quiet:
                     console.print(
                         f"[bold]qmtl-seamless demo[/]: simulator {sim.base_url}, store {dsn}\n"
                         f"backfilling {len(nodes)} nodes x {days} days of 1m bars "
-                        f"[{window.start}, {window.end}) ..."
+                        f"[{format_iso(window.start)}, {format_iso(window.end)}) ...",
+                        soft_wrap=True,  # paths and URLs stay whole, whatever the width
                     )
                 started = time.perf_counter()
                 first = await asyncio.gather(
@@ -160,12 +154,13 @@ async def run_demo(days: int, directory: Path, *, quiet: bool = False) -> dict[s
 def _print(result: dict[str, Any], reports: list[Any]) -> None:
     console.print(coverage_table(reports, title="coverage after backfill"))
     for rep, node in zip(reports, result["nodes"], strict=True):
-        console.print(f"[bold]{rep.node_id}[/]  {node['dataset_fingerprint']}")
+        console.print(f"[bold]{rep.node_id}[/]  {node['dataset_fingerprint']}", soft_wrap=True)
         for line in segment_lines(rep):
             console.print(f"  {line}")
     retries = ", ".join(f"{k} x{v}" for k, v in result["retries"].items()) or "none"
     console.print(
-        f"{result['klines_requests']} klines requests in {result['seconds']} s; retried: {retries}"
+        f"{result['klines_requests']} klines requests in {result['seconds']} s; retried: {retries}",
+        soft_wrap=True,
     )
     same = all(n["same_fingerprint_second_pass"] for n in result["nodes"])
     console.print(

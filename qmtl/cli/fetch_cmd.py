@@ -1,35 +1,59 @@
 """``qmtl-seamless fetch NODE_ID --start --end``: what a strategy's ``fetch`` returns.
 
-Prints the metadata (rows, missing ranges, coverage, fingerprint) and the first and last
-bars; ``--out`` writes the frame (``.parquet`` or ``.csv``), ``--json`` prints the metadata
-as JSON. The exchange comes from ``--config``, or is the node's exchange (``--exchange-url``
-points it at the simulator or another host).
+Prints the metadata (rows, missing ranges and why, coverage, fingerprint) and the first and
+last bars; ``--out`` writes the frame (``.parquet`` or ``.csv``), ``--json`` prints the
+metadata as JSON. The store and the exchange come from ``--config`` (or the defaults for the
+node's exchange), with ``--dsn`` and ``--exchange-url`` over them (SPEC §13).
+
+A one-shot command finishes its job (SPEC §15): the strategy defaults to ``AUTO_BACKFILL``
+(the library's default, ``SEAMLESS``, answers within SLA budgets and may leave work in the
+background), and whatever the strategy, background backfill the fetch started is waited for
+before the process exits — exiting would cancel it, and ``PARTIAL_FILL`` would store
+nothing. The output then says how much of the range the store holds after that wait. The
+exit code describes the frame that was served (and written to ``--out``): 0 complete,
+1 served with missing data, 2/3 when the missing data is down to a user mistake (unknown
+symbol) or an unreachable exchange or store.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from qmtl.cli._common import (
+    BatchLog,
+    CoverageReport,
+    add_exchange_options,
     add_store_options,
     add_window_options,
-    build_provider,
     console,
+    coverage_report,
     print_json,
+    resolve_config,
+    show_store,
     window_from_args,
 )
+from qmtl.cli.main import missing_data_exit
+from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
+from qmtl.runtime.sdk.fetch_result import SeamlessFetchResult
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import NodeId, parse_node_id
-from qmtl.runtime.sdk.seamless_data_provider import DataAvailabilityStrategy, SeamlessFetchResult
+from qmtl.runtime.sdk.seamless_data_provider import DataAvailabilityStrategy
 from qmtl.runtime.sdk.timestamps import format_iso
 
 __all__ = ["register"]
+
+#: The CLI's default strategy (SPEC §15): a one-shot command backfills everything it lacks.
+DEFAULT_STRATEGY = DataAvailabilityStrategy.AUTO_BACKFILL
+_OUT_SUFFIXES = (".parquet", ".csv")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -39,31 +63,77 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--strategy",
         choices=[s.value for s in DataAvailabilityStrategy],
-        default=None,
-        help="data availability strategy (default: the config's, else SEAMLESS)",
+        default=DEFAULT_STRATEGY.value,
+        help="data availability strategy (default: AUTO_BACKFILL; background work is always "
+        "waited for before exiting)",
     )
     parser.add_argument("--out", type=Path, help="write the frame to FILE.parquet or FILE.csv")
     parser.add_argument("--json", action="store_true", help="print the metadata as JSON")
     add_store_options(parser)
+    add_exchange_options(parser)
     parser.set_defaults(handler=_run)
 
 
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    result: SeamlessFetchResult
+    store: str
+    #: The store's coverage of the requested range once background work has finished.
+    stored: CoverageReport
+    #: Batches that finished while the command waited for background work.
+    background_batches: int
+    batches: BatchLog
+
+
+def _check_out(out: Path | None) -> None:
+    """Refuse an ``--out`` that cannot be written *before* fetching: discovering it after
+    a long backfill would throw the result away."""
+    if out is None:
+        return
+    if out.suffix not in _OUT_SUFFIXES:
+        raise ValueError(f"--out must end in .parquet or .csv, got {out.name!r}")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise ValueError(f"--out: directory {parent} does not exist")
+    if out.is_dir():
+        raise ValueError(f"--out: {out} is a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ValueError(f"--out: {out} is not writable")
+
+
 async def _fetch(
-    provider: EnhancedQuestDBProvider, node: NodeId, window: Range
-) -> SeamlessFetchResult:
+    provider: EnhancedQuestDBProvider, node: NodeId, window: Range, *, announce: bool
+) -> _Fetched:
+    batches = BatchLog()
+    provider.auto_backfiller.on_batch = batches.record
     async with provider:
-        return await provider.fetch(
+        store = await provider.storage.resolved_location()
+        if announce:
+            show_store(store)
+        result = await provider.fetch(
             window.start, window.end, node_id=str(node), interval=node.interval
         )
+        finished = batches.succeeded + len(batches.errors)
+        await provider.wait_background()
+        background = batches.succeeded + len(batches.errors) - finished
+        ledger = await provider.coverage(node_id=str(node), interval=node.interval)
+    stored = coverage_report(str(node), ledger, result.metadata.requested_range)
+    return _Fetched(result, store, stored, background, batches)
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.out is not None and args.out.suffix not in (".parquet", ".csv"):
-        raise ValueError(f"--out must end in .parquet or .csv, got {args.out.name!r}")
+    _check_out(args.out)
     node = parse_node_id(args.node_id)
     window = window_from_args(args, interval=node.interval)
-    provider = build_provider(args, [args.node_id], strategy=args.strategy)
-    result = asyncio.run(_fetch(provider, node, window))
+    config = resolve_config(args, [args.node_id])
+    if node.exchange not in config.exchanges:
+        raise ValueError(
+            f"{args.config}: exchange {node.exchange!r} is not configured "
+            f"(configured: {', '.join(sorted(config.exchanges)) or 'none'})"
+        )
+    provider = build_provider(config, strategy=args.strategy)
+    fetched = asyncio.run(_fetch(provider, node, window, announce=not args.json))
+    result = fetched.result
     if args.out is not None:
         if args.out.suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -72,26 +142,58 @@ def _run(args: argparse.Namespace) -> int:
         else:
             result.frame.to_csv(args.out, index=False)
     meta = result.metadata
+    errors = [*meta.backfill_errors, *fetched.batches.errors]
     if args.json:
-        print_json(meta.to_dict())
+        print_json(
+            {
+                **meta.to_dict(),
+                "store": fetched.store,
+                "background_batches_waited_for": fetched.background_batches,
+                "stored_after_wait": fetched.stored.to_dict(),
+            }
+        )
     else:
-        summary = Table(show_header=False, title=meta.node_id)
-        for key, value in (
-            ("range", f"[{format_iso(meta.requested_range.start)}, "
-                      f"{format_iso(meta.requested_range.end)})"),
-            ("rows", f"{meta.rows:,}"),
-            ("coverage", f"{meta.coverage_ratio:.2%}"),
-            ("missing", ", ".join(f"[{format_iso(r.start)}, {format_iso(r.end)})"
-                                  for r in meta.missing_ranges) or "none"),
-            ("fingerprint", meta.dataset_fingerprint or "-"),
-            ("strategy", meta.strategy + (f" ({meta.downgrade_mode})" if meta.downgraded else "")),
-        ):  # fmt: skip
-            summary.add_row(key, value)
-        console.print(summary)
-        if meta.rows:
-            frame = result.frame
-            shown = frame if len(frame) <= 6 else frame.iloc[[0, 1, 2, -3, -2, -1]]
-            console.print(shown.to_string(index=False))
-        if args.out is not None:
-            console.print(f"wrote {meta.rows:,} rows to {args.out}")
-    return 0 if not meta.missing_ranges else 1
+        _print(fetched, errors, args.out)
+    if not meta.missing_ranges:
+        return 0
+    progressed = meta.rows > 0 or fetched.batches.succeeded > 0
+    return missing_data_exit("fetch", errors, progressed=progressed)
+
+
+def _ranges(ranges: tuple[Range, ...]) -> str:
+    return ", ".join(f"[{format_iso(r.start)}, {format_iso(r.end)})" for r in ranges) or "none"
+
+
+def _print(fetched: _Fetched, errors: list[str], out: Path | None) -> None:
+    meta = fetched.result.metadata
+    summary = Table(show_header=False, title=meta.node_id)
+    summary.add_column("key", no_wrap=True)
+    summary.add_column("value", overflow="fold")  # fingerprints and errors in full
+    for key, value in (
+        ("range", _ranges((meta.requested_range,))),
+        ("rows", f"{meta.rows:,}"),
+        ("coverage", f"{meta.coverage_ratio:.2%}"),
+        ("missing", _ranges(meta.missing_ranges)),
+        ("fingerprint", meta.dataset_fingerprint or "-"),
+        ("strategy", meta.strategy + (f" ({meta.downgrade_mode})" if meta.downgraded else "")),
+    ):
+        summary.add_row(key, value)
+    if errors:
+        distinct = list(dict.fromkeys(errors))
+        more = f" (+{len(distinct) - 3} more)" if len(distinct) > 3 else ""
+        summary.add_row("backfill errors", escape("\n".join(distinct[:3]) + more))
+    console.print(summary)
+    if meta.rows:
+        frame = fetched.result.frame
+        shown = frame if len(frame) <= 6 else frame.iloc[[0, 1, 2, -3, -2, -1]]
+        console.print(shown.to_string(index=False))
+    if fetched.background_batches:
+        stored = fetched.stored
+        console.print(
+            f"waited for {fetched.background_batches} background batch(es) before exiting; "
+            f"the store now holds {stored.ratio:.2%} of the range (missing: "
+            f"{_ranges(stored.missing)})",
+            soft_wrap=True,
+        )
+    if out is not None:
+        console.print(f"wrote {meta.rows:,} rows to {out}", markup=False, soft_wrap=True)

@@ -3,19 +3,22 @@
 Each module logs through its own ``logging.getLogger(__name__)`` with :func:`log_event`; the
 event name is the message and the fields travel in ``extra=`` so handlers and tests read them
 as attributes (``record.node_id``). ``record.event`` holds the name and ``record.event_fields``
-the field names, which is what :class:`JsonFormatter` emits. ``QMTL_LOG_FORMAT=json`` switches
-:func:`configure_logging` to one JSON object per line. Required fields are checked: a missing
-one is a bug and raises, so tests catch it.
+the field names, which is what :class:`JsonFormatter` emits. :func:`configure_logging` installs
+one stderr handler: one JSON object per line (``QMTL_LOG_FORMAT=json``, for operations) or one
+human sentence per warning or error (:class:`HumanFormatter`, the reason always shown).
+Required fields are checked: a missing one is a bug and raises, so tests catch it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
+
+from qmtl.runtime.sdk.timestamps import format_iso
 
 __all__ = [
     "ARTIFACT_PUBLISHED",
@@ -34,11 +37,13 @@ __all__ = [
     "DOMAIN_GATE_MISSING_AS_OF",
     "EVENT_FIELDS",
     "FINGERPRINT_PREVIEW_MISMATCH",
+    "LOG_FORMATS",
     "RATE_LIMIT_PENALTY",
     "RATE_LIMIT_REDIS_RESTORED",
     "RATE_LIMIT_REDIS_UNAVAILABLE",
     "SLA_DOWNGRADE",
     "SLA_PHASE_EXCEEDED",
+    "HumanFormatter",
     "JsonFormatter",
     "configure_logging",
     "log_event",
@@ -139,28 +144,143 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str, sort_keys=False)
 
 
-class _TextFormatter(logging.Formatter):
+class HumanFormatter(logging.Formatter):
+    """One line per record for people at a terminal: the event said in words, with the
+    reason always visible, e.g. ``backfill failed: ohlcv:binance:BTC/USDT:1m
+    [2024-01-01T00:00:00Z, 2024-01-01T15:00:00Z) after 5 attempts: ExchangeUnavailableError:
+    ...``. Events without a sentence of their own print as ``<event>: key=value, ...``; plain
+    records as ``<level>: <message>``. An exception is summarised on the same line (its
+    type and message), never as a traceback: tracebacks are for bugs, and bugs do not go
+    through logging. Formatting never raises (a log line must not take a command down)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = " ".join(
-            f"{n}={getattr(record, n, None)}" for n in getattr(record, "event_fields", ())
-        )
-        return f"{line} {fields}" if fields else line
+        try:
+            line = self._sentence(record)
+        except Exception:  # a malformed field: fall back to the generic form
+            line = _generic(record)
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            line += f": {type(exc).__name__}: {exc}"
+        return " ".join(line.splitlines())  # one line, whatever the fields held
+
+    @staticmethod
+    def _sentence(record: logging.LogRecord) -> str:
+        event = getattr(record, "event", None)
+        if event is None:
+            return f"{record.levelname.lower()}: {record.getMessage()}"
+        render = _SENTENCES.get(event)
+        return render(_Fields(record)) if render is not None else _generic(record)
 
 
-def configure_logging(fmt: str | None = None, *, level: int = logging.INFO) -> None:
-    """Install one stderr handler on the ``qmtl`` logger: JSON when ``fmt`` (or
-    ``QMTL_LOG_FORMAT``) is ``json``, else human text with ``key=value`` fields."""
-    chosen = (fmt or os.environ.get("QMTL_LOG_FORMAT") or "text").lower()
-    if chosen not in ("json", "text"):
-        raise ValueError(f"QMTL_LOG_FORMAT must be 'json' or 'text', got {chosen!r}")
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter()
-        if chosen == "json"
-        else _TextFormatter("%(asctime)s %(levelname)s %(message)s")
+class _Fields:
+    """Attribute access to a record's event fields (``"?"`` for an absent one)."""
+
+    def __init__(self, record: logging.LogRecord) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._record, name, "?")
+
+    def span(self) -> str:
+        return f"[{_iso(self.start)}, {_iso(self.end)})"
+
+
+def _iso(value: object) -> str:
+    return format_iso(value) if isinstance(value, int | float) else str(value)
+
+
+def _generic(record: logging.LogRecord) -> str:
+    fields = ", ".join(
+        f"{n}={getattr(record, n, None)}" for n in getattr(record, "event_fields", ())
     )
+    name = str(getattr(record, "event", record.getMessage())).removeprefix("seamless.")
+    return f"{name}: {fields}" if fields else name
+
+
+def _backfill_failed(f: _Fields) -> str:
+    if f.attempt == 0:  # the store was failing: the batch was never fetched
+        return f"backfill failed: {f.node_id} {f.span()}: {f.error}"
+    attempts = "1 attempt" if f.attempt == 1 else f"{f.attempt} attempts"
+    return f"backfill failed: {f.node_id} {f.span()} after {attempts}: {f.error}"
+
+
+_SENTENCES: Final[Mapping[str, Callable[[_Fields], str]]] = {
+    BACKFILL_ATTEMPT: lambda f: (
+        f"backfill attempt {f.attempt}/{f.max_attempts}: {f.node_id} {f.span()}"
+    ),
+    BACKFILL_SUCCEEDED: lambda f: (
+        f"backfill stored {f.rows} bars: {f.node_id} {f.span()} (attempt {f.attempt})"
+    ),
+    BACKFILL_RETRY: lambda f: (
+        f"backfill retry: {f.node_id} {f.span()} attempt {f.attempt}/{f.max_attempts} "
+        f"failed: {f.error}"
+    ),
+    BACKFILL_FAILED: _backfill_failed,
+    COORDINATOR_FAILED: lambda f: f"coordinator lease {f.lease_key} failed: {f.reason}",
+    COORDINATOR_CLAIM_FAILED: lambda f: f"coordinator claim of {f.lease_key} failed: {f.error}",
+    SLA_PHASE_EXCEEDED: lambda f: (
+        f"SLA phase {f.phase} over budget for {f.node_id}: {f.elapsed_ms:.0f} ms > "
+        f"{f.budget_ms:.0f} ms (on violation: {f.mode})"
+    ),
+    SLA_DOWNGRADE: lambda f: f"SLA downgrade: {f.node_id} served {f.mode} after {f.phase}",
+    DOMAIN_GATE_DOWNGRADE: lambda f: (
+        f"domain gate: {f.node_id} downgraded {f.from_mode} -> {f.to_mode}: {f.reason}"
+    ),
+    RATE_LIMIT_PENALTY: lambda f: (
+        f"rate limit: {f.key} got HTTP {f.status}, pausing the key {f.penalty_ms} ms"
+    ),
+    RATE_LIMIT_REDIS_UNAVAILABLE: lambda f: (
+        f"rate limiter: Redis unavailable for {f.key}, using a local bucket: {f.error}"
+    ),
+    RATE_LIMIT_REDIS_RESTORED: lambda f: f"rate limiter: Redis answers again for {f.key}",
+}
+
+#: The formats :func:`configure_logging` accepts (``seamless.observability.log_format``).
+LOG_FORMATS: Final = ("text", "json")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not to the stream of
+    the moment it was built: a progress display (rich) and test capture replace
+    ``sys.stderr`` for a while, and log lines must go through their replacement."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging(fmt: str | None = None, *, level: int | None = None) -> None:
+    """Install one stderr handler on the ``qmtl`` logger (replacing any earlier one).
+
+    ``fmt="json"``: :class:`JsonFormatter`, every event from INFO up (for operations);
+    ``"text"``: :class:`HumanFormatter`, warnings and errors only (for people). ``None``
+    takes ``seamless.observability.log_format`` as the configuration loader resolves it
+    (``QMTL_LOG_FORMAT``), so the environment is read in one place only. ``level``
+    overrides the level of the chosen format."""
+    if fmt is None:
+        from qmtl.runtime.sdk.config import load_config
+
+        fmt = load_config({}).seamless.observability.log_format
+    chosen = fmt.lower()
+    if chosen not in LOG_FORMATS:
+        raise ValueError(
+            f"log format (QMTL_LOG_FORMAT, seamless.observability.log_format) must be "
+            f"'json' or 'text', got {fmt!r}"
+        )
+    handler = _StderrHandler()
+    if chosen == "json":
+        handler.setFormatter(JsonFormatter())
+        chosen_level = logging.INFO if level is None else level
+    else:
+        handler.setFormatter(HumanFormatter())
+        chosen_level = logging.WARNING if level is None else level
+    # On the handler too: a caller that lowers the logger's level for its own handler (the
+    # demo counts INFO events) must not make the human output verbose.
+    handler.setLevel(chosen_level)
     root = logging.getLogger("qmtl")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(chosen_level)
     root.propagate = False
