@@ -84,9 +84,7 @@ async def _run(interval: int, years: int, limit_s: float | None) -> dict[str, An
             metrics = SeamlessMetrics(CollectorRegistry())
             fetcher = SyntheticFetcher()
             backfiller = DataFetcherAutoBackfiller(fetcher, storage, metrics=metrics)
-            provider = SeamlessDataProvider(
-                storage=storage, backfiller=backfiller, metrics=metrics
-            )
+            provider = SeamlessDataProvider(storage=storage, backfiller=backfiller, metrics=metrics)
             began = time.perf_counter()
             task = asyncio.create_task(
                 provider.ensure_data_available(START, end, node_id=node, interval=interval)
