@@ -26,8 +26,7 @@ SPEC_IO = {"EnhancedQuestDBProvider", "CcxtOHLCVFetcher", "CcxtBackfillConfig", 
 
 def _modules() -> list[types.ModuleType]:
     return [
-        importlib.import_module(info.name)
-        for info in pkgutil.walk_packages(qmtl.__path__, "qmtl.")
+        importlib.import_module(info.name) for info in pkgutil.walk_packages(qmtl.__path__, "qmtl.")
     ]
 
 
@@ -58,9 +57,7 @@ def _defined_names(path: Path) -> set[str]:
         elif isinstance(node, ast.Assign):
             for target in node.targets:
                 names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
-        elif isinstance(node, ast.AnnAssign | ast.AugAssign) and isinstance(
-            node.target, ast.Name
-        ):
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign) and isinstance(node.target, ast.Name):
             names.add(node.target.id)
     return names
 
@@ -73,8 +70,7 @@ def _private_sibling_names(module: types.ModuleType, path: Path) -> set[str]:
     return {
         alias.asname or alias.name
         for node in tree.body
-        if isinstance(node, ast.ImportFrom)
-        and (node.module or "").startswith(package + "._")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package + "._")
         for alias in node.names
     }
 
