@@ -299,3 +299,15 @@ async def test_partial_ok_false_refuses_partial_results(storage: HistoryStorage)
         await rig.fetch()
     assert info.value.missing_ranges == [Range(T0 + 10 * I, T0 + 20 * I)]
     assert len(await rig.fetch()) == 30  # the failure was transient: complete now
+
+
+async def test_auto_backfill_has_no_budget(storage: HistoryStorage) -> None:
+    """Regression: a complete AUTO_BACKFILL fetch under a tight SLA reported a downgrade
+    (``sla_backfill_wait``) although it serves only after the whole backfill."""
+    rig = Rig(storage, strategy=DataAvailabilityStrategy.AUTO_BACKFILL)
+    rig.provider.sla = SLAPolicy(max_wait_storage_ms=0, max_wait_backfill_ms=1, total_deadline_ms=1)
+    rig.fetcher.delay_s = 5.0
+    meta = (await rig.fetch()).metadata
+    assert meta.rows == 30 and not meta.partial
+    assert not meta.downgraded and meta.sla_violation is None and meta.downgrade_mode is None
+    assert meta.sla_phases_ms["backfill_wait"] >= 5000.0

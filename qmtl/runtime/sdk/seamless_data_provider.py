@@ -199,8 +199,7 @@ class SeamlessDataProvider:
             min_coverage=min_coverage,
             max_lag_seconds=max_lag_seconds,
         )
-        policy = self.sla or _UNBOUNDED_SLA
-        tracker = SLATracker(policy, node_id=node_id, clock=self.clock)
+        tracker = SLATracker(self._policy(), node_id=node_id, clock=self.clock)
         with tracker.phase(SLAPhase.STORAGE_WAIT):
             ledger = await self.storage.read_ledger(node_id, interval)
         outcome = _Outcome(compute_missing_ranges(ledger, window.start, window.end, interval))
@@ -257,6 +256,13 @@ class SeamlessDataProvider:
             previous = missing
             await self.backfiller.backfill(node_id, interval, missing)
 
+    def _policy(self) -> SLAPolicy:
+        """The budgets this fetch runs under: ``AUTO_BACKFILL`` backfills everything before
+        serving, so it has none (phases are still measured, never violated or downgraded)."""
+        if self.sla is None or self.strategy is DataAvailabilityStrategy.AUTO_BACKFILL:
+            return _UNBOUNDED_SLA
+        return self.sla
+
     def _window(self, start: InstantLike, end: InstantLike, interval: int) -> Range:
         """The aligned request, refused in one line when absurd (before the epoch, after
         year 9999, or more than ``backfill_config.max_range_bars`` bars)."""
@@ -302,7 +308,7 @@ class SeamlessDataProvider:
                 report = await self.backfiller.backfill(node_id, interval, outcome.missing)
             outcome.errors += report.errors
             return
-        policy = self.sla or _UNBOUNDED_SLA
+        policy = self._policy()
         sync = [r for r in outcome.missing if policy.allows_sync_fill(r.bars(interval))]
         deferred = [r for r in outcome.missing if not policy.allows_sync_fill(r.bars(interval))]
         if deferred:
