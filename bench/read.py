@@ -1,12 +1,12 @@
-"""Warm ``fetch`` of one year of 1m bars vs a raw DuckDB → pandas read of the same rows.
+"""Warm ``fetch`` of one year of 1m bars vs a raw DuckDB → Arrow → pandas read of the same rows.
 
     python bench/read.py [--bars 525600] [--repeat 5]
 
-Both read the same DuckDB file, warm (one untimed read first), best of ``--repeat``. The raw
-read is DuckDB's documented pandas exit (``.df()``); the Arrow exit, faster, is shown too
-(the store itself reads through Arrow). ``fetch``
-does everything a strategy gets: ledger read and gap math, the bars read, conformance,
-the dataset fingerprint and the metadata. Target: fetch ≤ 1.3 × the raw read.
+Both read the same DuckDB file, warm (one untimed read first), best of ``--repeat``. The
+baseline is the fastest raw exit we know, DuckDB → Arrow → pandas (what the store itself
+uses); DuckDB's documented pandas exit (``.df()``, slower) is shown too. ``fetch`` does
+everything a strategy gets: ledger read and gap math, the bars read, conformance, the
+dataset fingerprint and the metadata. Target: fetch ≤ 1.3 × the raw Arrow read.
 """
 
 from __future__ import annotations
@@ -95,14 +95,14 @@ async def main_async(bars: int, repeat: int) -> None:
             fetch_s = await best_of(repeat, fetch)
             result = await fetch()
     assert len(result) == rows == bars, (len(result), rows, bars)
-    ratio = fetch_s / raw_s
+    ratio = fetch_s / arrow_s
     verdict = "ok" if ratio <= 1.3 else "ABOVE TARGET 1.3"
     print(f"raw DuckDB .df()     {rows:,} rows: {raw_s * 1e3:7.1f} ms")
     print(f"raw DuckDB arrow->pd {rows:,} rows: {arrow_s * 1e3:7.1f} ms")
     print(f"warm fetch           {rows:,} rows: {fetch_s * 1e3:7.1f} ms "
           f"(phases {result.metadata.sla_phases_ms})")  # fmt: skip
-    print(f"fetch / raw .df() = {ratio:.2f} (target <= 1.3: {verdict}); "
-          f"fetch / raw arrow = {fetch_s / arrow_s:.2f}")  # fmt: skip
+    print(f"fetch / raw arrow = {ratio:.2f} (target <= 1.3: {verdict}); "
+          f"fetch / raw .df() = {fetch_s / raw_s:.2f}")  # fmt: skip
 
 
 def main() -> None:
