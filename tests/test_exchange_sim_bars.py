@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS
 from qmtl.runtime.sdk.node_id import TIMEFRAMES, alignment_origin
 from qmtl.services.exchange_sim.bars import E8, Bars, format_e8, forming_bar, generate_bars
 from qmtl.services.exchange_sim.klines_json import encode_klines, encode_pages
@@ -72,6 +73,28 @@ def test_unaligned_or_negative_open_times_are_refused() -> None:
         generate_bars(1, "BTC/USDT", 60, np.array([-60_000], np.int64))
     with pytest.raises(ValueError, match="interval"):
         generate_bars(1, "BTC/USDT", 0, np.array([0], np.int64))
+    week_ms = 604_800_000
+    for times in (
+        np.array([0], np.int64),  # a multiple of a week from the epoch: a Thursday
+        np.arange(3, dtype=np.int64) * week_ms + 1_700_006_400_000,  # contiguous, Wednesdays
+        np.array([345_600_000, 345_600_000 + 3 * week_ms + 1000], np.int64),  # one off by 1 s
+    ):
+        with pytest.raises(ValueError, match="multiples"):
+            generate_bars(1, "BTC/USDT", 604_800, times)
+    with pytest.raises(ValueError, match="multiples"):
+        generate_bars(1, "BTC/USDT", 1, np.array([T0_MS, T0_MS + 1500], np.int64))  # 1s bars
+    assert len(generate_bars(1, "BTC/USDT", 604_800, np.array([345_600_000], np.int64))) == 1
+
+
+def test_frame_is_canonical_and_equals_what_a_client_parses() -> None:
+    times = np.array([T0_MS, T0_MS + 120_000, T0_MS + 60_000], np.int64)
+    bars = generate_bars(4, "ETH/USDT", 60, times)
+    frame = bars.frame()
+    assert list(frame.columns) == list(CANONICAL_COLUMNS)
+    assert frame["ts"].dtype == np.int64 and frame["close"].dtype == np.float64
+    assert frame["ts"].tolist() == [t // 1000 for t in times.tolist()]  # order kept
+    parsed = [[float(v) for v in row[1:6]] for row in json.loads(encode_klines(bars))]
+    assert frame[list(CANONICAL_COLUMNS[1:])].to_numpy().tolist() == parsed
 
 
 def test_generating_1000_bars_is_well_under_a_millisecond() -> None:

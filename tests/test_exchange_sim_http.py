@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from multidict import CIMultiDictProxy
 
+from qmtl.cli.simulator_cmd import serve  # imported here: rich reads the cwd on import
 from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.node_id import TIMEFRAMES, alignment_origin
 from qmtl.services.exchange_sim import (
@@ -397,6 +398,70 @@ async def test_short_pages_and_duplicates(start: Start, http: aiohttp.ClientSess
     assert opens[-1] == dup[0] + 7 * 60  # the page still holds `limit` rows
 
 
+async def test_empty_pages_answer_an_empty_list_then_recover(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    span = (T0 - 7200, T0 - 7140)  # exactly one bar
+    sim = await start(
+        {
+            "symbols": {
+                "BTC/USDT": {
+                    "empty_pages": [{"start": span[0], "end": span[1], "requests": 2}],
+                    "outages": [{"next_requests": 1, "status": 503}],
+                }
+            }
+        }
+    )
+    q = "symbol=BTCUSDT&interval=1m&limit=10&startTime="
+    asking = q + str((span[0] - 9 * 60) * 1000)  # the span is the 10th slot asked
+    assert (await _get(http, sim, KLINES, asking))[0] == 503  # an outage answers first...
+    for _ in range(2):  # ...and leaves the empty-page count alone
+        status, body, headers = await _get(http, sim, KLINES, asking)
+        assert (status, body) == (200, [])
+        assert headers["Content-Type"].startswith("application/json")
+    # a window asked before the span is served whole, the span's own bar too once recovered
+    before = (await _get(http, sim, KLINES, q + str((span[0] - 10 * 60) * 1000)))[1]
+    assert [r[0] // 1000 for r in before] == list(range(span[0] - 600, span[0], 60))
+    page = (await _get(http, sim, KLINES, asking))[1]
+    times = np.arange(10, dtype=np.int64) * 60_000 + (span[0] - 540) * 1000
+    assert page == generate_bars(0, "BTC/USDT", 60, times).wire_rows()
+    records = [(k.status, k.rows, k.fault) for k in sim.request_log.klines]
+    assert records == [
+        (503, 0, "outage"),
+        (200, 0, "empty_page"),
+        (200, 0, "empty_page"),
+        (200, 10, None),
+        (200, 10, None),
+    ]
+
+
+async def test_empty_pages_hit_requests_by_window_asked_not_bars_served(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    listing = T0 - 3600
+    sim = await start(
+        {
+            "symbols": {
+                "BTC/USDT": {
+                    "listing": listing,  # the span lies before it: no bars there
+                    "empty_pages": [{"start": listing - 120, "end": listing - 60}],
+                }
+            }
+        }
+    )
+    q = "symbol=BTCUSDT&interval=1m&limit=5"
+    # without the fault this page would start later than asked, at the listing
+    asks_span = f"{q}&startTime={(listing - 180) * 1000}"
+    assert (await _get(http, sim, KLINES, asks_span))[1] == []
+    assert (await _get(http, sim, KLINES, asks_span))[1] == []  # no `requests`: always
+    after = (await _get(http, sim, KLINES, f"{q}&startTime={(listing - 60) * 1000}"))[1]
+    assert after[0][0] == listing * 1000
+    backward = (await _get(http, sim, KLINES, f"{q}&endTime={(listing - 1) * 1000}"))[1]
+    assert backward == []  # five slots back from endTime reach into the span
+    faults = [k.fault for k in sim.request_log.klines]
+    assert faults == ["empty_page", "empty_page", None, "empty_page"]
+
+
 async def test_forming_bar_changes_until_it_closes(
     start: Start, http: aiohttp.ClientSession
 ) -> None:
@@ -522,8 +587,6 @@ async def test_raw_bytes_on_the_wire_never_cause_a_500(start: Start, request_lin
 
 
 async def test_cli_serve_prints_urls_and_stops(capsys: pytest.CaptureFixture[str]) -> None:
-    from qmtl.cli.simulator_cmd import serve
-
     started, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
         serve(Scenario(), host="127.0.0.1", port=0, started=started, stop=stop)

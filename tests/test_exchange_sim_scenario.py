@@ -10,8 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qmtl.runtime.sdk.errors import ConfigError
-from qmtl.services.exchange_sim.klines import select_open_times
-from qmtl.services.exchange_sim.scenario import MarketScenario, Scenario, TimeSpan
+from qmtl.services.exchange_sim.klines import (
+    FaultCounters,
+    asked_window,
+    select_open_times,
+    take_empty_page,
+)
+from qmtl.services.exchange_sim.scenario import MarketScenario, PageFault, Scenario, TimeSpan
 from qmtl.services.exchange_sim.weights import WeightLimiter
 
 EXAMPLE = """
@@ -36,6 +41,7 @@ symbols:
       - {start: 1706745600, end: 1706749200, kind: truncated_json, requests: 1}
       - {start: 1706832000, end: 1706835600, kind: nan_strings}
     short_pages: [{start: 1706918400, end: 1706922000}]
+    empty_pages: [{start: "2024-02-04T00:00:00Z", end: 1707008400, requests: 2}]
     duplicates: [{start: 1707004800, end: 1707008400, requests: 3}]
     latency_ms: 20
   ETH/USDT: {}
@@ -56,6 +62,10 @@ def test_example_yaml_loads_into_frozen_objects(tmp_path: Path) -> None:
     assert btc.outages[1].next_requests == 2 and btc.outages[1].body == "json"
     assert btc.malformed[0].kind == "truncated_json" and btc.malformed[0].requests == 1
     assert btc.short_pages[0].requests is None
+    assert btc.empty_pages == (
+        PageFault(span=TimeSpan(start=1_707_004_800, end=1_707_008_400), requests=2),
+    )
+    assert scenario.market("ETHUSDT").empty_pages == ()  # type: ignore[union-attr]
     assert btc.latency_ms == 20
     assert scenario.market("NOPE") is None
     path = tmp_path / "scenario.yaml"
@@ -100,6 +110,27 @@ def test_defaults_and_list_form() -> None:
         (
             {"symbols": {"BTC/USDT": {"short_pages": [{"start": 0, "end": 9, "requests": 0}]}}},
             "short_pages[0].requests: must be an integer >= 1",
+        ),
+        (
+            {"symbols": {"BTC/USDT": {"empty_page": [{"start": 0, "end": 9}]}}},
+            "symbols.BTC/USDT.empty_page: unknown key (did you mean 'empty_pages'?)",
+        ),
+        ({"symbols": {"BTC/USDT": {"empty_pages": {"start": 0}}}}, "empty_pages: expected a list"),
+        (
+            {"symbols": {"BTC/USDT": {"empty_pages": [{"start": 0}]}}},
+            "empty_pages[0].end: required",
+        ),
+        (
+            {"symbols": {"BTC/USDT": {"empty_pages": [{"start": 9, "end": 9}]}}},
+            "symbols.BTC/USDT.empty_pages[0]: end must be > start",
+        ),
+        (
+            {"symbols": {"BTC/USDT": {"empty_pages": [{"start": 0, "end": 9, "requests": 0}]}}},
+            "symbols.BTC/USDT.empty_pages[0].requests: must be an integer >= 1",
+        ),
+        (
+            {"symbols": {"BTC/USDT": {"empty_pages": [{"start": 0, "end": 9, "request": 1}]}}},
+            "empty_pages[0].request: unknown key (did you mean 'requests'?)",
         ),
         ({"symbols": {"BTC/USDT": {"latency_ms": -1}}}, "symbols.BTC/USDT.latency_ms"),
         ({"now": -5}, "now: must be epoch milliseconds"),
@@ -274,3 +305,42 @@ def test_weekly_bars_start_at_the_first_monday_after_the_epoch() -> None:
         market, WEEK, start_time=None, end_time=345_599_999, limit=5, now_ms=10**12
     )
     assert early.size == 0  # nothing opens before the first Monday
+
+
+def test_asked_window_is_the_requested_bar_slots_whether_or_not_bars_exist() -> None:
+    now_ms = 2_000_000 * 1000
+
+    def asked(start: int | None, end: int | None, limit: int) -> tuple[int, int] | None:
+        found = asked_window(60, start_time=start, end_time=end, limit=limit, now_ms=now_ms)
+        return None if found is None else (found[0] // 1000, found[1] // 1000)
+
+    assert asked(1_000_021_000, None, 3) == (1_000_080, 1_000_260)  # from the next open
+    assert asked(1_000_080_000, 1_000_140_000, 10) == (1_000_080, 1_000_200)  # endTime cuts
+    assert asked(None, 1_000_140_000, 2) == (1_000_080, 1_000_200)  # back from endTime
+    assert asked(None, None, 2) == (1_999_920, 2_000_040)  # back from now: the forming bar
+    assert asked(1_999_950_000, None, 100) == (1_999_980, 2_000_040)  # now cuts
+    assert asked(1_999_990_000, None, 100) is None  # opens after now
+    assert asked(None, 60_000, 5) == (0, 120)  # nothing before the epoch
+    assert asked(5 * 10**12, None, 10) is None  # the future
+    week = asked_window(604_800, start_time=0, end_time=None, limit=2, now_ms=now_ms)
+    assert week == (345_600_000, 345_600_000 + 2 * 604_800_000)  # from the first Monday
+
+
+def test_empty_pages_match_the_asked_window_and_count_their_requests() -> None:
+    market = MarketScenario(
+        symbol="BTC/USDT",
+        empty_pages=(
+            PageFault(span=TimeSpan(start=1_000_200, end=1_000_260), requests=2),
+            PageFault(span=TimeSpan(start=5_000_000, end=5_000_060)),
+        ),
+    )
+    counters = FaultCounters()
+    first = market.empty_pages[0]
+    # [1_000_080, 1_000_200) ends where the span starts: not hit, nothing counted
+    assert take_empty_page(market, (1_000_080_000, 1_000_200_000), counters) is None
+    hits = [take_empty_page(market, (1_000_140_000, 1_000_260_000), counters) for _ in range(3)]
+    assert hits == [first, first, None]  # two requests, then served correctly
+    unlimited = market.empty_pages[1]
+    for _ in range(5):
+        assert take_empty_page(market, (4_999_000_000, 5_000_010_000), counters) is unlimited
+    assert take_empty_page(market, None, counters) is None

@@ -209,6 +209,9 @@ async def _klines(request: web.Request) -> web.Response:
     if outage is not None:
         record(outage.status, fault="outage")
         return _outage_response(outage)
+    if state.take_empty_page(market, params) is not None:
+        record(200, fault="empty_page")
+        return web.Response(body=b"[]", content_type="application/json")
     open_times = select_open_times(
         market,
         params.interval_s,

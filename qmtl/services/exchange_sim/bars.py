@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 
+from qmtl.runtime.sdk.bars import PRICE_COLUMNS, BarColumns, frame_from_columns, misaligned
 from qmtl.runtime.sdk.node_id import alignment_origin
 from qmtl.services.exchange_sim.hashing import (
     stable_key,
@@ -126,6 +128,16 @@ class Bars:
         for j, name in enumerate(("open", "high", "low", "close", "volume"), start=1):
             out[:, j] = getattr(self, name) / E8
         return out
+
+    def frame(self) -> pd.DataFrame:
+        """These bars as a canonical OHLCV frame (:mod:`qmtl.runtime.sdk.bars`: ``ts`` in
+        epoch seconds), valued exactly as a client parsing the wire rows gets them — what a
+        store holds after fetching them, for tests to compare with. Rows stay in this
+        object's order (duplicates included)."""
+        values = self.ohlcv()
+        columns: BarColumns = {"ts": self.open_time // 1000}
+        columns.update({name: values[:, j] for j, name in enumerate(PRICE_COLUMNS, start=1)})
+        return frame_from_columns(columns)
 
     def wire_rows(self) -> list[list[object]]:
         """Binance rows as Python values (reference encoder; slow, for tests and faults)."""
@@ -268,19 +280,20 @@ def generate_bars(seed: int, symbol: str, interval_s: int, open_time_ms: I64) ->
     open_time_ms = np.asarray(open_time_ms, dtype=np.int64)
     n = len(open_time_ms)
     contiguous = n > 0 and bool((np.diff(open_time_ms) == interval_ms).all())
-    if contiguous:
-        first = int(open_time_ms[0])
-        misaligned = first < 0 or (first - origin_ms) % interval_ms != 0
-    else:
-        rel = open_time_ms - origin_ms
-        misaligned = bool(np.any(rel % interval_ms)) or bool(np.any(open_time_ms < 0))
-    if misaligned:
+    # a contiguous window is aligned when its first bar is
+    checked = open_time_ms[:1] if contiguous else open_time_ms
+    if (
+        bool(np.any(checked < 0))
+        or bool(np.any(checked % 1000))
+        or bool(misaligned(checked // 1000, interval_s).any())
+    ):
         raise ValueError(
             "open times must be non-negative multiples of the interval from its "
             "alignment origin (ms)"
         )
     if contiguous:
         # n + 1 boundaries serve as opens and closes; one hash pass draws every stream
+        first = int(open_time_ms[0])
         i0 = (first - origin_ms) // interval_ms
         index: I64 = np.arange(i0, i0 + n + 1, dtype=np.int64)
         u = uniform_streams(s.salts, index)  # (6, n + 1)

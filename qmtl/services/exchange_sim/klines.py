@@ -30,7 +30,15 @@ from qmtl.services.exchange_sim.bars import Bars, forming_bar, generate_bars
 from qmtl.services.exchange_sim.klines_json import encode_klines
 from qmtl.services.exchange_sim.scenario import MalformedWindow, MarketScenario, PageFault
 
-__all__ = ["FaultCounters", "Page", "apply_page_faults", "build_page", "select_open_times"]
+__all__ = [
+    "FaultCounters",
+    "Page",
+    "apply_page_faults",
+    "asked_window",
+    "build_page",
+    "select_open_times",
+    "take_empty_page",
+]
 
 I64 = NDArray[np.int64]
 
@@ -69,6 +77,38 @@ def _runs(
     return runs
 
 
+def _slot_bounds(
+    interval_s: int, start_time: int | None, end_time: int | None, now_ms: int
+) -> tuple[int, int, int, int]:
+    """``(origin_ms, interval_ms, lo, hi)``: the bar indices ``[lo, hi]`` a request may
+    reach — open at or after ``startTime``, at or before ``endTime`` and "now" (``hi < lo``
+    when none can), whether or not the bars exist."""
+    interval_ms = interval_s * 1000
+    origin_ms = alignment_origin(interval_s) * 1000
+    upper = now_ms if end_time is None else min(end_time, now_ms)
+    lo = 0 if start_time is None else max(0, _ceil_div(start_time - origin_ms, interval_ms))
+    hi = (upper - origin_ms) // interval_ms  # negative before the first bar
+    return origin_ms, interval_ms, lo, hi
+
+
+def asked_window(
+    interval_s: int, *, start_time: int | None, end_time: int | None, limit: int, now_ms: int
+) -> tuple[int, int] | None:
+    """The bar time (epoch ms, half-open) a klines request asks about: its ``limit`` bar
+    slots from ``startTime`` forward, or back from ``endTime``/now without one, whether or
+    not bars exist there; ``None`` when it asks for nothing (the future, before the first
+    bar). ``empty_pages`` faults match on this, not on the bars served, because they answer
+    before any bar is chosen."""
+    origin_ms, interval_ms, lo, hi = _slot_bounds(interval_s, start_time, end_time, now_ms)
+    if start_time is not None:
+        hi = min(hi, lo + limit - 1)
+    else:
+        lo = max(lo, hi - limit + 1)
+    if hi < lo:
+        return None
+    return origin_ms + lo * interval_ms, origin_ms + (hi + 1) * interval_ms
+
+
 def select_open_times(
     market: MarketScenario,
     interval_s: int,
@@ -79,11 +119,7 @@ def select_open_times(
     now_ms: int,
 ) -> I64:
     """Open times (epoch ms, ascending) of the bars a klines request returns."""
-    interval_ms = interval_s * 1000
-    origin_ms = alignment_origin(interval_s) * 1000
-    upper = now_ms if end_time is None else min(end_time, now_ms)
-    lo = 0 if start_time is None else max(0, _ceil_div(start_time - origin_ms, interval_ms))
-    hi = (upper - origin_ms) // interval_ms  # negative before the first bar
+    origin_ms, interval_ms, lo, hi = _slot_bounds(interval_s, start_time, end_time, now_ms)
     if hi < lo:
         return np.empty(0, np.int64)
     runs = _runs(market, origin_ms, interval_ms, lo, hi)
@@ -146,6 +182,22 @@ def _hits(fault: PageFault, bars: Bars) -> NDArray[np.bool_]:
     """Which rows of the page lie in the fault's bar-time span."""
     start_ms, end_ms = fault.span.start * 1000, fault.span.end * 1000
     return (bars.open_time + bars.interval_ms > start_ms) & (bars.open_time < end_ms)
+
+
+def take_empty_page(
+    market: MarketScenario, window: tuple[int, int] | None, counters: FaultCounters
+) -> PageFault | None:
+    """The ``empty_pages`` fault that turns this request's answer into ``[]``, if any
+    (``window`` from :func:`asked_window`; counts the hit against the fault's
+    ``requests``)."""
+    if window is None:
+        return None
+    first_ms, end_ms = window
+    for i, fault in enumerate(market.empty_pages):
+        hit = fault.span.start * 1000 < end_ms and first_ms < fault.span.end * 1000
+        if hit and counters.take((market.exchange_symbol, "empty", i), fault.requests):
+            return fault
+    return None
 
 
 def _first_matching(

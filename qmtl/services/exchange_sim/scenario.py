@@ -4,10 +4,10 @@ Build one with keywords, :meth:`Scenario.from_dict` or :meth:`Scenario.from_yaml
 reject unknown keys (suggesting the nearest valid one) and name the key path of every error,
 e.g. ``symbols.BTC/USDT.halts[0]: end must be > start``.
 
-Time conventions: ``listing``, ``halts`` and malformed/short/duplicate windows are *bar time*
-(which bars exist / which pages break), as epoch **seconds** or ISO-8601 strings; outage spans
-are *wall time* of the simulator's clock, also in seconds; ``now`` is epoch **milliseconds**
-(Binance's unit) or an ISO string. Spans are half-open ``[start, end)``.
+Time conventions: ``listing``, ``halts`` and malformed/short/empty/duplicate windows are *bar
+time* (which bars exist / which pages break), as epoch **seconds** or ISO-8601 strings; outage
+spans are *wall time* of the simulator's clock, also in seconds; ``now`` is epoch
+**milliseconds** (Binance's unit) or an ISO string. Spans are half-open ``[start, end)``.
 """
 
 from __future__ import annotations
@@ -96,7 +96,14 @@ class PageFault:
 
     ``short_pages`` drop the page's newest bar (one bar fewer than asked); ``duplicates``
     repeat the first bar inside the span right after itself and trim the page back to
-    ``limit`` rows (so the newest bar moves to the next page)."""
+    ``limit`` rows (so the newest bar moves to the next page).
+
+    ``empty_pages`` answer HTTP 200 with ``[]`` when the *asked* window intersects the span
+    (:func:`~qmtl.services.exchange_sim.klines.asked_window`: the ``limit`` bar slots from
+    ``startTime``, or up to ``endTime``/now, whether or not bars exist there). Real
+    exchanges do this transiently (a lagging replica, a cache miss): an empty answer is not
+    proof that the window has no bars, and a client that records it as known-empty loses
+    those bars for good — the fault exists to test that clients ask again."""
 
     span: TimeSpan
     requests: int | None = None
@@ -128,7 +135,8 @@ class MalformedWindow(PageFault):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MarketScenario:
     """One symbol: ``listing`` (epoch s; ``None`` = listed since the epoch), halts with no
-    bars (known-empty), and the faults its klines requests suffer."""
+    bars (known-empty), and the faults its klines requests suffer (checked in this order:
+    outage, empty page, then short page, duplicates and malformed payload together)."""
 
     symbol: str
     listing: int | None = None
@@ -136,6 +144,7 @@ class MarketScenario:
     outages: tuple[Outage, ...] = ()
     malformed: tuple[MalformedWindow, ...] = ()
     short_pages: tuple[PageFault, ...] = ()
+    empty_pages: tuple[PageFault, ...] = ()
     duplicates: tuple[PageFault, ...] = ()
     latency_ms: float = 0.0
 
@@ -342,6 +351,7 @@ def _market(symbol: str, r: Reader) -> MarketScenario:
         outages=tuple(_outage(Reader.of(x, p)) for x, p in r.items("outages")),
         malformed=tuple(_malformed(Reader.of(x, p)) for x, p in r.items("malformed")),
         short_pages=tuple(_page_fault(Reader.of(x, p)) for x, p in r.items("short_pages")),
+        empty_pages=tuple(_page_fault(Reader.of(x, p)) for x, p in r.items("empty_pages")),
         duplicates=tuple(_page_fault(Reader.of(x, p)) for x, p in r.items("duplicates")),
         latency_ms=r.number("latency_ms", 0.0),
     )

@@ -12,10 +12,18 @@ from aiohttp import web
 from numpy.typing import NDArray
 
 from qmtl.runtime.sdk.clock import Clock
-from qmtl.services.exchange_sim.klines import FaultCounters, Page, apply_page_faults, build_page
+from qmtl.services.exchange_sim.klines import (
+    FaultCounters,
+    Page,
+    apply_page_faults,
+    asked_window,
+    build_page,
+    take_empty_page,
+)
 from qmtl.services.exchange_sim.pages import PageBodies
+from qmtl.services.exchange_sim.params import KlinesParams
 from qmtl.services.exchange_sim.request_log import RequestLog
-from qmtl.services.exchange_sim.scenario import MarketScenario, Outage, Scenario
+from qmtl.services.exchange_sim.scenario import MarketScenario, Outage, PageFault, Scenario
 from qmtl.services.exchange_sim.weights import WeightLimiter
 
 __all__ = ["STATE_KEY", "SimState"]
@@ -64,6 +72,19 @@ class SimState:
             elif self.faults.take((market.exchange_symbol, "outage", i), outage.next_requests):
                 return outage
         return None
+
+    def take_empty_page(self, market: MarketScenario, params: KlinesParams) -> PageFault | None:
+        """The ``empty_pages`` fault answering this klines request with ``[]``, if any."""
+        if not market.empty_pages:
+            return None
+        window = asked_window(
+            params.interval_s,
+            start_time=params.start_time,
+            end_time=params.end_time,
+            limit=params.limit,
+            now_ms=self.now_ms(),
+        )
+        return take_empty_page(market, window, self.faults)
 
     async def page(
         self, market: MarketScenario, interval_s: int, open_times: NDArray[np.int64], limit: int

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from qmtl.runtime.sdk.node_id import alignment_origin
+from qmtl.runtime.sdk.bars import bar_open_at
 from qmtl.services.exchange_sim.bars import Bars, format_e8
 from qmtl.services.exchange_sim.klines import build_page, select_open_times
 from qmtl.services.exchange_sim.params import INTERVALS
@@ -87,8 +87,8 @@ class _Subscription:
 
     def events(self, state: SimState, now_ms: int) -> list[dict[str, Any]]:
         interval_s = INTERVALS[self.interval]
-        interval_ms, origin_ms = interval_s * 1000, alignment_origin(interval_s) * 1000
-        current = origin_ms + (now_ms - origin_ms) // interval_ms * interval_ms
+        # bars open on whole seconds: the bar holding now_ms holds its whole second too
+        current = bar_open_at(now_ms // 1000, interval_s) * 1000
         due: list[tuple[int, bool]] = []
         if self.last_open is not None and self.last_open < current:
             due.append((self.last_open, True))
