@@ -17,7 +17,11 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller, retry_delay_s
+from qmtl.runtime.io.auto_backfiller import (
+    PLANNED_PER_SLOT,
+    DataFetcherAutoBackfiller,
+    retry_delay_s,
+)
 from qmtl.runtime.io.storage import open_storage
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.backfill_types import FetchWindowResult
@@ -269,7 +273,7 @@ async def test_a_failing_store_stops_the_exchange_traffic(storage: HistoryStorag
     assert all("StorageError" in (o.error or "") for o in report.outcomes)
     # Only the batches already planned when the first write failed reached the exchange,
     # each exactly once (the write was retried, never the download).
-    assert len(fetcher.calls) <= 2 * 2
+    assert len(fetcher.calls) <= PLANNED_PER_SLOT * 2
     assert len(set(fetcher.calls)) == len(fetcher.calls)
 
 
@@ -308,7 +312,8 @@ async def test_disjoint_batches_of_one_grid_cell_never_wait_on_each_other(
 
 async def test_batches_are_planned_lazily(storage: HistoryStorage) -> None:
     """Regression: every batch task was created up front (10 years of 1s bars: 2.4 GB).
-    Here 500 batches never have more than 2 x max_concurrent_requests batch tasks alive."""
+    Here 500 batches never have more than PLANNED_PER_SLOT x max_concurrent_requests batch
+    tasks alive."""
 
     class Counting(ScriptedFetcher):
         peak = 0
@@ -323,4 +328,5 @@ async def test_batches_are_planned_lazily(storage: HistoryStorage) -> None:
     backfiller, _, _ = make(storage, fetcher, max_concurrent_requests=4)
     report = await backfiller.backfill(NODE, I, [Range(T0, T0 + 5_000 * I)])
     assert report.ok and report.rows == 5_000 and len(report.outcomes) == 500
-    assert fetcher.peak <= 2 + 2 * 4 * 2  # test, commit writer + (wrapper, batch) per batch
+    # the test, the commit writer, and (wrapper, batch) per planned batch
+    assert fetcher.peak <= 2 + PLANNED_PER_SLOT * 4 * 2

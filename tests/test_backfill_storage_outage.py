@@ -2,10 +2,10 @@
 mid-run the backfill downloaded the same windows 2,313 times in 52 s).
 
 End to end: the real ccxt client against the simulator, a real PostgreSQL of this test's own
-that is stopped while the backfill runs. Exchange requests made after the stop are bounded by
-the batches already planned (2 x max_concurrent_requests); the backfill ends promptly with
-the StorageError as each unfinished batch's reason; once PostgreSQL is back, a second run
-fills the rest and the store equals the exchange's bars.
+that is stopped while the backfill runs. Exchange requests made after the stop are bounded
+by the batches already planned (PLANNED_PER_SLOT x max_concurrent_requests); the backfill
+ends promptly with the StorageError as each unfinished batch's reason; once PostgreSQL is
+back, a second run fills the rest and the store equals the exchange's bars.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from qmtl.runtime.io.auto_backfiller import PLANNED_PER_SLOT
 from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
@@ -89,7 +90,7 @@ async def test_a_stopped_store_costs_no_re_downloads(postgres: PostgresServer) -
                 for r in sim.request_log.requests
                 if r.path.endswith("/klines") and r.at_ms > stop_ms
             ]
-            assert len(after_stop) <= 2 * CONCURRENCY, len(after_stop)
+            assert len(after_stop) <= PLANNED_PER_SLOT * CONCURRENCY, len(after_stop)
             windows = [(k.start_time, k.limit) for k in sim.request_log.klines]
             assert len(windows) == len(set(windows))  # nothing was downloaded twice
             assert not report.ok and took_s < 30

@@ -3,7 +3,8 @@
 Missing ranges are cut on a fixed grid into batches of at most ``window_bars`` bars
 (``batch_id = "{node_id}:{interval}:{start}:{end}"``), created *lazily* and run with at most
 ``max_concurrent_requests`` fetches in flight, so memory stays bounded whatever the range
-(ten years of 1s bars are 350,000 batches; only a few exist at once). Each batch is tried up
+(ten years of 1s bars are 350,000 batches; at most ``PLANNED_PER_SLOT *
+max_concurrent_requests`` exist at once). Each batch is tried up
 to ``max_attempts`` times; the delay before attempt *n+1* is ``retry_backoff_ms * 2**(n-1) *
 (1 + u)``, ``u ~ U[0, jitter_ratio]``, never less than the exchange's ``Retry-After``.
 
@@ -76,11 +77,16 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk.backfill_types import DataFetcher
     from qmtl.runtime.sdk.history_storage import HistoryStorage
 
-__all__ = ["DataFetcherAutoBackfiller", "retry_delay_s"]
+__all__ = ["PLANNED_PER_SLOT", "DataFetcherAutoBackfiller", "retry_delay_s"]
 
 logger = logging.getLogger(__name__)
 
 _NodeKey = tuple[str, int]
+
+#: Batches planned ahead per fetch slot: enough that fetching never waits for commits
+#: (a batch that has fetched still holds its place while it is written), few enough that
+#: memory does not depend on the range.
+PLANNED_PER_SLOT = 4
 
 
 def retry_delay_s(
@@ -164,8 +170,7 @@ class DataFetcherAutoBackfiller:
         )
         outcomes: list[BatchOutcome] = []
         running: set[asyncio.Task[list[BatchOutcome]]] = set()
-        # Twice the fetch slots: the next batches are queued while others commit.
-        window = 2 * self.config.max_concurrent_requests
+        window = PLANNED_PER_SLOT * self.config.max_concurrent_requests
         try:
             for batch in batches:
                 while len(running) >= window:
