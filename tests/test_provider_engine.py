@@ -8,8 +8,11 @@ import logging
 import random
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
@@ -23,7 +26,7 @@ from qmtl.runtime.sdk.errors import (
 )
 from qmtl.runtime.sdk.fingerprint import compute_fingerprint
 from qmtl.runtime.sdk.history_coverage import Range
-from qmtl.runtime.sdk.history_storage import HistoryStorage
+from qmtl.runtime.sdk.history_storage import HistoryStorage, LedgerUpdate
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.runtime.sdk.seamless_data_provider import (
     DataAvailabilityStrategy,
@@ -311,3 +314,51 @@ async def test_auto_backfill_has_no_budget(storage: HistoryStorage) -> None:
     assert meta.rows == 30 and not meta.partial
     assert not meta.downgraded and meta.sla_violation is None and meta.downgrade_mode is None
     assert meta.sla_phases_ms["backfill_wait"] >= 5000.0
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("write"), st.integers(0, 29), st.integers(1, 10), st.floats(1, 9)),
+            st.tuples(st.just("fetch"), st.integers(0, 29), st.integers(1, 30), st.just(0.0)),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+async def test_served_fingerprint_is_always_the_served_frames(
+    storage: HistoryStorage, steps: list[tuple[str, int, int, float]]
+) -> None:
+    """Whatever writes land between fetches, a fetch's fingerprint is the fingerprint of
+    exactly the frame it serves, and the frame is what the store holds — the provider's
+    memo of stored windows (keyed by the store's revision) never serves a stale one."""
+    node = "ohlcv:binance:ETH/USDT:1m"
+    await storage.delete_node(node)
+    provider = SeamlessDataProvider(
+        storage=storage, strategy="FAIL_FAST", metrics=SeamlessMetrics(CollectorRegistry())
+    )
+    await storage.write_bars(
+        node, _bars(T0, 30, 1.0), ledger_update=LedgerUpdate(interval=I, data=(Range(T0, END),))
+    )
+    for kind, first, count, price in steps:
+        start = T0 + first * I
+        if kind == "write":
+            await storage.write_bars(node, _bars(start, min(count, 30 - first), price))
+            continue
+        end = min(END, start + count * I)
+        result = await provider.fetch(start, end, node_id=node, interval=I)
+        meta = {"node_id": node, "interval": I, "range": [start, end], "conformance_version": "v2"}
+        assert result.metadata.dataset_fingerprint == compute_fingerprint(result.frame, meta)
+        stored = await storage.read_range(node, start, end)
+        pd.testing.assert_frame_equal(result.frame, stored)
+
+
+def _bars(start: int, n: int, price: float) -> pd.DataFrame:
+    ts = np.arange(start, start + n * I, I, dtype=np.int64)
+    px = np.full(len(ts), price)
+    return pd.DataFrame(
+        {"ts": ts, "open": px, "high": px + 1, "low": px - 1, "close": px, "volume": px}
+    )

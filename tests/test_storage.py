@@ -510,3 +510,34 @@ def test_postgres_array_decoding_never_trusts_row_order() -> None:
     )
     assert_bars_equal(decode_bars(row), expected)
     assert_bars_equal(decode_bars((None,) * 6), bars([]))
+
+
+async def test_revision_changes_with_every_write_or_is_unknown(storage: HistoryStorage) -> None:
+    """``revision`` vouches that no write landed between two reads (the provider remembers
+    fingerprints of stored windows by it): every write or delete of a node changes it; a
+    backend that cannot tell says ``None``."""
+    first = await storage.revision(NODE)
+    if isinstance(storage, PostgresStorage):
+        assert first is None  # other processes write the same database
+        return
+    assert first is not None
+    await storage.write_bars(NODE, bars([0, 60]))
+    second = await storage.revision(NODE)
+    assert second != first
+    assert await storage.revision(NODE) == second  # reads change nothing
+    await storage.read_range(NODE, 0, 120)
+    assert await storage.revision(NODE) == second
+    await storage.write_bars("ohlcv:binance:ETH/USDT:1m", bars([0]))
+    assert await storage.revision(NODE) == second  # another node's write
+    await storage.delete_node(NODE)
+    assert await storage.revision(NODE) not in (first, second)
+
+
+async def test_reads_come_back_sorted_whatever_the_write_order(storage: HistoryStorage) -> None:
+    """Reads sort in numpy, not in SQL: bars written in scattered batches still read back
+    in ``ts`` order (the scan returns row groups in any order)."""
+    stamps = np.arange(0, 300_000 * 60, 60, dtype=np.int64)
+    chunks = np.array_split(stamps, 30)
+    for chunk in chunks[::2] + chunks[1::2]:
+        await storage.write_bars(NODE, bars(chunk.tolist()))
+    assert_bars_equal(await storage.read_range(NODE, 0, int(stamps[-1]) + 60), bars(stamps))

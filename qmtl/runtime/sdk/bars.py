@@ -32,6 +32,7 @@ __all__ = [
     "prepare_bars",
     "row_problem",
     "rows_to_block",
+    "sorted_columns",
 ]
 
 #: Canonical OHLCV column order (SPEC §3).
@@ -150,11 +151,24 @@ def prepare_bars(frame: pd.DataFrame) -> BarColumns:
     return {name: np.ascontiguousarray(arr[keep]) for name, arr in columns.items()}
 
 
-def frame_from_columns(columns: BarColumns) -> pd.DataFrame:
-    """A canonical frame (RangeIndex, exact dtypes) from per-column arrays."""
+def frame_from_columns(columns: BarColumns, *, copy: bool = True) -> pd.DataFrame:
+    """A canonical frame (RangeIndex, exact dtypes) from per-column arrays. ``copy=False``
+    adopts the arrays as they are (only for fresh, writable arrays nobody else holds: the
+    frame is the caller's to mutate)."""
     data = {"ts": np.asarray(columns["ts"], dtype=_I8)}
     data.update({n: np.asarray(columns[n], dtype=_F8) for n in PRICE_COLUMNS})
-    return pd.DataFrame(data, columns=list(CANONICAL_COLUMNS))
+    return pd.DataFrame(data, columns=list(CANONICAL_COLUMNS), copy=copy)
+
+
+def sorted_columns(columns: BarColumns) -> tuple[BarColumns, bool]:
+    """``columns`` in ``ts`` order (``ts`` assumed unique): as they are when already sorted,
+    else taken through a stable argsort — radix-fast on the nearly sorted runs a store's
+    parallel scan returns. The flag says whether the arrays are fresh copies."""
+    ts = columns["ts"]
+    if ts.size < 2 or bool(np.all(ts[1:] > ts[:-1])):
+        return columns, False
+    order = np.argsort(ts, kind="stable")
+    return {name: arr[order] for name, arr in columns.items()}, True
 
 
 def empty_frame() -> pd.DataFrame:

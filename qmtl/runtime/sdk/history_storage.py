@@ -114,6 +114,13 @@ class HistoryStorage(Protocol):
         """Remove every bar and ledger entry of ``node_id`` (all intervals) in one transaction."""
         ...
 
+    async def revision(self, node_id: str) -> int | None:
+        """A number that changes whenever ``node_id``'s bars may have changed in this store,
+        or ``None`` when the backend cannot tell. Two equal answers around a read prove that
+        no write landed in between, so what was computed from the first read's bars (their
+        fingerprint) holds for the second. Cheap: no I/O where the backend can avoid it."""
+        ...
+
     async def resolved_location(self) -> str:
         """Where the store is, for people (the CLI prints ``store: ...``): an absolute file
         path, ``:memory:``, or a server DSN with any password masked. Connects to nothing;

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Stored windows whose conformance and fingerprint a provider remembers (``_conform``).
+_MEMO_WINDOWS = 64
 #: ``ensure_data_available`` works through long ranges this many batches at a time.
 _ENSURE_SPAN_BATCHES = 1024
 #: What each constructor argument the SPEC already names waits for.
@@ -165,6 +168,9 @@ class SeamlessDataProvider:
             contextvars.ContextVar(f"qmtl_last_fetch_metadata_{id(self)}", default=None)
         )
         self._background: set[asyncio.Task[Any]] = set()
+        self._memo: OrderedDict[
+            tuple[str, Range, int, ConformancePipeline], tuple[ConformanceReport, str]
+        ] = OrderedDict()
 
     @property
     def last_fetch_metadata(self) -> SeamlessFetchMetadata | None:
@@ -208,7 +214,10 @@ class SeamlessDataProvider:
         if repaired:
             await self._repair(node_id, interval, tracker, outcome)
         with tracker.phase(SLAPhase.STORAGE_WAIT):
+            revision = await self.storage.revision(node_id)
             raw = await self.storage.read_range(node_id, window.start, window.end)
+            if revision is not None and revision != await self.storage.revision(node_id):
+                revision = None  # a write landed during the read
             if repaired:  # the ledger moved on: say what is missing *now*
                 ledger = await self.storage.read_ledger(node_id, interval)
                 outcome.missing = compute_missing_ranges(ledger, window.start, window.end, interval)
@@ -217,7 +226,9 @@ class SeamlessDataProvider:
             raw = await self._consult_live(node_id, interval, window, tracker, raw, outcome)
         if not self.partial_ok and outcome.missing:
             raise SeamlessCoverageError(node_id, merge_ranges(outcome.missing, interval))
-        frame, report, fingerprint = await self._conform(raw, node_id, interval, window)
+        if outcome.live_rows:
+            revision = None  # live bars are not the store's
+        frame, report, fingerprint = await self._conform(raw, node_id, interval, window, revision)
         return self._finish(
             node_id, interval, window, context, tracker, frame, report, fingerprint, outcome
         )
@@ -404,15 +415,24 @@ class SeamlessDataProvider:
     # -- result -----------------------------------------------------------------------------
 
     async def _conform(
-        self, raw: pd.DataFrame, node_id: str, interval: int, window: Range
+        self, raw: pd.DataFrame, node_id: str, interval: int, window: Range, revision: int | None
     ) -> tuple[pd.DataFrame, ConformanceReport, str]:
         """Conform the bars and fingerprint exactly the bars served.
 
-        The hot store returns canonical bars, which conformance leaves as they are; so the
-        fingerprint is computed on the raw bars *while* conformance runs (two threads: both
-        are numpy and hashlib work that releases the GIL). It is kept only when conformance
-        changed nothing (``ConformanceReport.unchanged``); otherwise it is computed again on
-        the conformed frame. Either way it is the fingerprint of the served frame."""
+        Both are pure functions of the bars. ``revision`` is the store's revision of the node
+        when ``raw`` is exactly what the store held for ``window`` then (``None``: unknown):
+        for such a read, a conformance that changed nothing and the fingerprint are
+        remembered (a small LRU keyed by node, window, revision and pipeline), and the next
+        read of the same window at the same revision — the store vouches no write landed,
+        so the same bars — is served with them, as read. Otherwise the fingerprint is
+        computed on the raw bars *while* conformance runs (two threads: numpy and hashlib
+        work that releases the GIL), kept only when conformance changed nothing
+        (``ConformanceReport.unchanged``), else computed again on the conformed frame."""
+        key = None if revision is None else (node_id, window, revision, self.conformance)
+        known = None if key is None else self._memo.get(key)
+        if key is not None and known is not None:
+            self._memo.move_to_end(key)
+            return raw, known[0], known[1]
         meta = FingerprintMetadata(
             node_id=node_id,
             interval=interval,
@@ -424,7 +444,11 @@ class SeamlessDataProvider:
             asyncio.to_thread(_fingerprint_if_canonical, raw, meta),
         )
         if early is None or not report.unchanged:
-            early = await asyncio.to_thread(compute_fingerprint, frame, meta)
+            return frame, report, await asyncio.to_thread(compute_fingerprint, frame, meta)
+        if key is not None:
+            self._memo[key] = (report, early)
+            while len(self._memo) > _MEMO_WINDOWS:
+                self._memo.popitem(last=False)
         return frame, report, early
 
     def _finish(

@@ -72,6 +72,7 @@ from qmtl.runtime.sdk.bars import (
     empty_frame,
     frame_from_columns,
     prepare_bars,
+    sorted_columns,
 )
 from qmtl.runtime.sdk.errors import StorageError
 from qmtl.runtime.sdk.history_coverage import CoverageSegment, Range, apply_backfill_outcome
@@ -147,6 +148,7 @@ class DuckDBStorage:
     def __init__(self, dsn: str = "duckdb:///:memory:", *, read_only: bool = False) -> None:
         self.path = duckdb_path_from_dsn(dsn)
         self.read_only = read_only
+        self._revisions: dict[str, int] = {}  # writes per node id (see revision())
         self._lock = threading.Lock()
         self._con: _Con | None = None
         self._closed = False
@@ -248,18 +250,17 @@ class DuckDBStorage:
             found = row.fetchone()
             if found is None:
                 return empty_frame()
-            sql = (
-                f"SELECT {_COLS} FROM qmtl_bars WHERE node_key = ?"
-                " AND ts >= ? AND ts < ? ORDER BY ts"
-            )
-            # Arrow is DuckDB's fast exit (about 2x its .df()/.fetchnumpy()); NOT NULL
-            # columns come back as one plain chunk each, taken as numpy without copies.
+            # No ORDER BY: DuckDB's parallel scan returns row groups out of order, and a
+            # stable numpy argsort of those sorted runs is faster than DuckDB's sort (26 vs
+            # 34-46 ms for a year of 1m). Arrow is DuckDB's fast exit (about 2x its
+            # .df()/.fetchnumpy()); NOT NULL columns come back as one plain chunk each.
+            sql = f"SELECT {_COLS} FROM qmtl_bars WHERE node_key = ? AND ts >= ? AND ts < ?"
             table = con.execute(sql, [found[0], s, e]).to_arrow_table()
-            return frame_from_columns(
-                cast(
-                    BarColumns, {name: table.column(name).to_numpy() for name in CANONICAL_COLUMNS}
-                )
+            raw = cast(
+                BarColumns, {name: table.column(name).to_numpy() for name in CANONICAL_COLUMNS}
             )
+            columns, fresh = sorted_columns(raw)
+            return frame_from_columns(columns, copy=not fresh)
 
         return await self._call("read_range", node_id, work, unstored=empty_frame)
 
@@ -275,6 +276,7 @@ class DuckDBStorage:
         rows = int(table.num_rows)
 
         def tx(con: _Con) -> int:
+            self._bump(node_id)  # under the store lock, before the bars can be seen
             node_key = _node_key_for_update(con, node_id)
             if rows:
                 con.register(_INCOMING, table)
@@ -331,11 +333,22 @@ class DuckDBStorage:
             return None
         return Range(int(row[0]), int(row[1]) + interval)
 
+    async def revision(self, node_id: str) -> int | None:
+        """This instance's count of writes to ``node_id`` (see the protocol). Sound because a
+        DuckDB file has one writer: this store (another process cannot write while it is
+        open, and one process uses one store per file). Bumped under the store lock, inside
+        the writing call, so a read never sees new bars under an old revision."""
+        return self._revisions.get(node_id, 0)
+
+    def _bump(self, node_id: str) -> None:
+        self._revisions[node_id] = self._revisions.get(node_id, 0) + 1
+
     async def delete_node(self, node_id: str) -> None:
         node_id = check_node_id(node_id)
         await self._refuse_if_read_only("delete_node")
 
         def tx(con: _Con) -> None:
+            self._bump(node_id)
             row = con.execute(
                 "SELECT node_key FROM qmtl_nodes WHERE node_hash = ?", [node_hash(node_id)]
             ).fetchone()

@@ -354,6 +354,12 @@ class PostgresStorage:
             return None
         return Range(int(row[0]), int(row[1]) + interval)
 
+    async def revision(self, node_id: str) -> int | None:
+        """``None``: other processes write the same database, and nothing here counts their
+        writes yet (see the protocol), so nothing computed from a read is reused."""
+        check_node_id(node_id)
+        return None
+
     async def delete_node(self, node_id: str) -> None:
         node_id = check_node_id(node_id)
         self._refuse_if_read_only("delete_node")
