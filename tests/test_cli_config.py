@@ -120,3 +120,20 @@ def test_as_a_process(tmp_path: Path) -> None:
 def test_config_without_subcommand_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_check(["config"]) == 2
     assert "check" in capsys.readouterr().err
+
+
+def test_pending_settings_a_file_sets_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A setting the SPEC names but no component reads yet is accepted, and config check
+    says it has no effect yet (never silently ignored)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("cache: {ttl_ms: 5}\nseamless: {artifact: {compression: snappy}}\n")
+    assert run_check(["config", "check", str(path), "--no-env"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("ok: ")
+    assert out[1:] == [
+        "note: seamless.artifact.compression: has no effect yet "
+        "(artifacts (immutable fingerprinted Parquet, as_of))",
+        "note: cache.ttl_ms: has no effect yet (the world-keyed result cache)",
+    ]

@@ -18,6 +18,7 @@ from qmtl.cli._common import usage_handler
 from qmtl.runtime.io.composition import check_runtime
 from qmtl.runtime.sdk.config import load_config
 from qmtl.runtime.sdk.errors import ConfigError
+from qmtl.runtime.sdk.pending_settings import pending_settings_in_use
 
 __all__ = ["register"]
 
@@ -62,4 +63,6 @@ def _check(args: argparse.Namespace) -> int:
         f"storage: {config.seamless.storage.dsn.partition('://')[0]}, "
         f"artifacts: {config.seamless.artifact.object_store_uri.partition('://')[0]}"
     )
+    for note in pending_settings_in_use(config):  # valid, but nothing reads them yet
+        print(f"note: {note}")
     return 0
