@@ -24,7 +24,9 @@ from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.seamless_data_provider import DataAvailabilityStrategy, SeamlessDataProvider
 
 if TYPE_CHECKING:
+    from qmtl.runtime.sdk.artifact_publisher import ArtifactPublisher
     from qmtl.runtime.sdk.backfill_config import BackfillConfig
+    from qmtl.runtime.sdk.backfill_coordinator import BackfillCoordinator
     from qmtl.runtime.sdk.clock import Clock
     from qmtl.runtime.sdk.conformance import ConformancePipeline
     from qmtl.runtime.sdk.live_feed import LiveDataFeed
@@ -71,8 +73,8 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
         sla: SLAPolicy | None = None,
         conformance: ConformancePipeline | None = None,
         partial_ok: bool = True,
-        registrar: Any = None,
-        coordinator: Any = None,
+        registrar: ArtifactPublisher | None = None,
+        coordinator: BackfillCoordinator | None = None,
         config: QMTLConfig | None = None,
         backfill_config: BackfillConfig | None = None,
         live_feed: LiveDataFeed | None = None,

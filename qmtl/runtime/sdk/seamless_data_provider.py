@@ -59,6 +59,8 @@ from qmtl.runtime.sdk.timestamps import InstantLike, check_span_bounds, format_i
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from qmtl.runtime.sdk.artifact_publisher import ArtifactPublisher
+    from qmtl.runtime.sdk.backfill_coordinator import BackfillCoordinator
     from qmtl.runtime.sdk.backfill_types import Backfiller
     from qmtl.runtime.sdk.history_storage import HistoryStorage
     from qmtl.runtime.sdk.live_feed import LiveDataFeed
@@ -129,9 +131,9 @@ class SeamlessDataProvider:
         conformance: ConformancePipeline | None = None,
         sla: SLAPolicy | None = None,
         partial_ok: bool = True,
-        registrar: Any = None,
+        registrar: ArtifactPublisher | None = None,
         backfill_config: BackfillConfig | None = None,
-        coordinator: Any = None,
+        coordinator: BackfillCoordinator | None = None,
         cache: Any = None,
         publish_fingerprint: bool = True,
         early_fingerprint: bool = False,
