@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -42,8 +41,8 @@ from qmtl.runtime.sdk.compute_context import ComputeContext
 from qmtl.runtime.sdk.conformance import ConformancePipeline, ConformanceReport
 from qmtl.runtime.sdk.errors import SeamlessCoverageError
 from qmtl.runtime.sdk.events import SLA_DOWNGRADE, SLA_PHASE_EXCEEDED, log_event
+from qmtl.runtime.sdk.fetch_metrics import observe_fetch
 from qmtl.runtime.sdk.fetch_result import SeamlessFetchMetadata, SeamlessFetchResult
-from qmtl.runtime.sdk.fingerprint import FingerprintMetadata, compute_fingerprint
 from qmtl.runtime.sdk.history_coverage import (
     CoverageSegment,
     Range,
@@ -53,6 +52,7 @@ from qmtl.runtime.sdk.history_coverage import (
 )
 from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
 from qmtl.runtime.sdk.node_id import check_interval
+from qmtl.runtime.sdk.served_bars import ServedBars
 from qmtl.runtime.sdk.sla import SLAPhase, SLAPolicy, SLATracker
 from qmtl.runtime.sdk.timestamps import InstantLike, check_span_bounds, format_iso
 
@@ -72,8 +72,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Stored windows whose conformance and fingerprint a provider remembers (``_conform``).
-_MEMO_WINDOWS = 64
 #: ``ensure_data_available`` works through long ranges this many batches at a time.
 _ENSURE_SPAN_BATCHES = 1024
 #: What each constructor argument the SPEC already names waits for.
@@ -89,14 +87,6 @@ _UNBOUNDED_SLA = SLAPolicy(
     max_wait_live_ms=None,
     total_deadline_ms=None,
 )
-
-
-def _fingerprint_if_canonical(frame: pd.DataFrame, meta: FingerprintMetadata) -> str | None:
-    """The fingerprint of ``frame`` if it is already canonical enough to have one."""
-    try:
-        return compute_fingerprint(frame, meta)
-    except (TypeError, ValueError):
-        return None
 
 
 class DataAvailabilityStrategy(StrEnum):
@@ -170,9 +160,7 @@ class SeamlessDataProvider:
             contextvars.ContextVar(f"qmtl_last_fetch_metadata_{id(self)}", default=None)
         )
         self._background: set[asyncio.Task[Any]] = set()
-        self._memo: OrderedDict[
-            tuple[str, Range, int, ConformancePipeline], tuple[ConformanceReport, str]
-        ] = OrderedDict()
+        self._served = ServedBars(self.conformance)
 
     @property
     def last_fetch_metadata(self) -> SeamlessFetchMetadata | None:
@@ -230,7 +218,9 @@ class SeamlessDataProvider:
             raise SeamlessCoverageError(node_id, merge_ranges(outcome.missing, interval))
         if outcome.live_rows:
             revision = None  # live bars are not the store's
-        frame, report, fingerprint = await self._conform(raw, node_id, interval, window, revision)
+        frame, report, fingerprint = await self._served.conform(
+            raw, node_id, interval, window, revision
+        )
         return self._finish(
             node_id, interval, window, context, tracker, frame, report, fingerprint, outcome
         )
@@ -416,43 +406,6 @@ class SeamlessDataProvider:
 
     # -- result -----------------------------------------------------------------------------
 
-    async def _conform(
-        self, raw: pd.DataFrame, node_id: str, interval: int, window: Range, revision: int | None
-    ) -> tuple[pd.DataFrame, ConformanceReport, str]:
-        """Conform the bars and fingerprint exactly the bars served.
-
-        Both are pure functions of the bars. ``revision`` is the store's revision of the node
-        when ``raw`` is exactly what the store held for ``window`` then (``None``: unknown):
-        for such a read, a conformance that changed nothing and the fingerprint are
-        remembered (a small LRU keyed by node, window, revision and pipeline), and the next
-        read of the same window at the same revision — the store vouches no write landed,
-        so the same bars — is served with them, as read. Otherwise the fingerprint is
-        computed on the raw bars *while* conformance runs (two threads: numpy and hashlib
-        work that releases the GIL), kept only when conformance changed nothing
-        (``ConformanceReport.unchanged``), else computed again on the conformed frame."""
-        key = None if revision is None else (node_id, window, revision, self.conformance)
-        known = None if key is None else self._memo.get(key)
-        if key is not None and known is not None:
-            self._memo.move_to_end(key)
-            return raw, known[0], known[1]
-        meta = FingerprintMetadata(
-            node_id=node_id,
-            interval=interval,
-            range=(window.start, window.end),
-            conformance_version=self.conformance.version,
-        )
-        (frame, report), early = await asyncio.gather(
-            asyncio.to_thread(self.conformance.normalize, raw, interval),
-            asyncio.to_thread(_fingerprint_if_canonical, raw, meta),
-        )
-        if early is None or not report.unchanged:
-            return frame, report, await asyncio.to_thread(compute_fingerprint, frame, meta)
-        if key is not None:
-            self._memo[key] = (report, early)
-            while len(self._memo) > _MEMO_WINDOWS:
-                self._memo.popitem(last=False)
-        return frame, report, early
-
     def _finish(
         self,
         node_id: str,
@@ -522,44 +475,6 @@ class SeamlessDataProvider:
             backfill_errors=tuple(outcome.errors),
             live_rows=outcome.live_rows,
         )
-        self._observe(metadata, report)
+        observe_fetch(self.metrics, metadata, report)
         self._last_metadata.set(metadata)
         return SeamlessFetchResult(frame, metadata)
-
-    def _observe(self, meta: SeamlessFetchMetadata, report: ConformanceReport) -> None:
-        labels = {
-            "node_id": meta.node_id,
-            "interval": str(meta.interval),
-            "world_id": meta.world_id or "",
-        }
-        m = self.metrics
-        phases = {
-            "storage_wait": m.storage_wait_ms,
-            "backfill_wait": m.backfill_wait_ms,
-            "live_wait": m.live_wait_ms,
-            "total": m.total_ms,
-        }
-        for phase, elapsed in meta.sla_phases_ms.items():
-            phases[phase].labels(**labels).observe(elapsed)
-        # In seconds, one series per phase: the whole fetch as phase="total", then each phase.
-        phase_ms = {"total": 0.0, **meta.sla_phases_ms}
-        for phase, elapsed in phase_ms.items():
-            m.sla_deadline_seconds.labels(**labels, phase=phase).observe(elapsed / 1000.0)
-        for flag, count in report.flags.items():
-            if count:
-                m.conformance_flags.labels(**labels, flag_type=flag).inc(count)
-        if report.warnings:
-            m.conformance_warnings.labels(**labels).inc(len(report.warnings))
-        m.coverage_ratio.labels(**labels).set(meta.coverage_ratio)
-        if meta.downgrade_mode == "PARTIAL_FILL" and meta.downgrade_reason:
-            m.partial_fill_returns.labels(
-                node_id=meta.node_id, world_id=labels["world_id"], reason=meta.downgrade_reason
-            ).inc()
-        elif meta.downgrade_mode == "HOLD" and meta.downgrade_reason:
-            m.domain_gate_holds.labels(
-                node_id=meta.node_id, world_id=labels["world_id"], reason=meta.downgrade_reason
-            ).inc()
-        if meta.staleness_ms is not None:
-            m.live_staleness_seconds.labels(node_id=meta.node_id, world_id=labels["world_id"]).set(
-                meta.staleness_ms / 1000.0
-            )

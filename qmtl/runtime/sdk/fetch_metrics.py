@@ -1,0 +1,52 @@
+"""What a fetch emits to Prometheus (SPEC §11): the SLA phase histograms, the deadline by
+phase, conformance flags and warnings, coverage, downgrades, staleness — all derived from the
+fetch's metadata and conformance report, so metrics and the returned value never disagree."""
+
+from __future__ import annotations
+
+from qmtl.runtime.sdk.conformance import ConformanceReport
+from qmtl.runtime.sdk.fetch_result import SeamlessFetchMetadata
+from qmtl.runtime.sdk.metrics import SeamlessMetrics
+
+__all__ = ["observe_fetch"]
+
+
+def observe_fetch(
+    m: SeamlessMetrics, meta: SeamlessFetchMetadata, report: ConformanceReport
+) -> None:
+    """Every metric one fetch feeds, from its metadata and conformance report."""
+    labels = {
+        "node_id": meta.node_id,
+        "interval": str(meta.interval),
+        "world_id": meta.world_id or "",
+    }
+    phases = {
+        "storage_wait": m.storage_wait_ms,
+        "backfill_wait": m.backfill_wait_ms,
+        "live_wait": m.live_wait_ms,
+        "total": m.total_ms,
+    }
+    for phase, elapsed in meta.sla_phases_ms.items():
+        phases[phase].labels(**labels).observe(elapsed)
+    # In seconds, one series per phase: the whole fetch as phase="total", then each phase.
+    phase_ms = {"total": 0.0, **meta.sla_phases_ms}
+    for phase, elapsed in phase_ms.items():
+        m.sla_deadline_seconds.labels(**labels, phase=phase).observe(elapsed / 1000.0)
+    for flag, count in report.flags.items():
+        if count:
+            m.conformance_flags.labels(**labels, flag_type=flag).inc(count)
+    if report.warnings:
+        m.conformance_warnings.labels(**labels).inc(len(report.warnings))
+    m.coverage_ratio.labels(**labels).set(meta.coverage_ratio)
+    if meta.downgrade_mode == "PARTIAL_FILL" and meta.downgrade_reason:
+        m.partial_fill_returns.labels(
+            node_id=meta.node_id, world_id=labels["world_id"], reason=meta.downgrade_reason
+        ).inc()
+    elif meta.downgrade_mode == "HOLD" and meta.downgrade_reason:
+        m.domain_gate_holds.labels(
+            node_id=meta.node_id, world_id=labels["world_id"], reason=meta.downgrade_reason
+        ).inc()
+    if meta.staleness_ms is not None:
+        m.live_staleness_seconds.labels(node_id=meta.node_id, world_id=labels["world_id"]).set(
+            meta.staleness_ms / 1000.0
+        )
