@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -163,27 +162,30 @@ class DataFetcherAutoBackfiller:
     ) -> BackfillReport:
         """Backfill ``ranges`` (merged and cut into batches) and report every batch."""
         started = self.clock.monotonic()
-        batches: Iterator[Range] = (
-            batch
-            for r in merge_ranges(ranges, interval)
-            for batch in iter_batches(r, interval, self.config.window_bars)
-        )
+        merged = merge_ranges(ranges, interval)
         outcomes: list[BatchOutcome] = []
         running: set[asyncio.Task[list[BatchOutcome]]] = set()
         window = PLANNED_PER_SLOT * self.config.max_concurrent_requests
+        stopped = False
         try:
-            for batch in batches:
-                while len(running) >= window:
-                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                    outcomes += [o for task in done for o in task.result()]
-                if self._storage_failure is not None and not await self._storage_answers(
-                    node_id, interval
-                ):
-                    outcomes.append(self._not_fetched(node_id, interval, batch))
-                    continue
-                running.add(
-                    asyncio.create_task(self._single_flight(node_id, interval, batch, started))
-                )
+            for index, whole in enumerate(merged):
+                for batch in iter_batches(whole, interval, self.config.window_bars):
+                    while len(running) >= window:
+                        done, running = await asyncio.wait(
+                            running, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        outcomes += [o for task in done for o in task.result()]
+                    if self._storage_failure is not None and not await self._storage_answers(
+                        node_id, interval
+                    ):  # stop planning: the rest is one outcome per range, never fetched
+                        rest = [Range(batch.start, whole.end), *merged[index + 1 :]]
+                        outcomes += [self._not_fetched(node_id, interval, r) for r in rest]
+                        stopped = True
+                        break
+                    flight = self._single_flight(node_id, interval, batch, started)
+                    running.add(asyncio.create_task(flight))
+                if stopped:
+                    break
             for group in await asyncio.gather(*running):
                 outcomes += group
         finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from qmtl.runtime.sdk.history_coverage import Range, merge_ranges
+from qmtl.runtime.sdk.history_coverage import Range, merge_ranges, subtract_ranges
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -81,8 +81,17 @@ class BackfillReport:
 
     @property
     def failed(self) -> list[Range]:
-        """Batches that failed for good: still missing."""
-        return merge_ranges([o.batch for o in self.outcomes if not o.ok], self.interval)
+        """What failed batches left missing: each failed batch less what it did establish
+        (a batch answered in part keeps that part)."""
+        return merge_ranges(
+            [
+                part
+                for o in self.outcomes
+                if not o.ok
+                for part in subtract_ranges([o.batch], [*o.data, *o.empty])
+            ],
+            self.interval,
+        )
 
     @property
     def errors(self) -> list[str]:
