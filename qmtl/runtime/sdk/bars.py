@@ -28,6 +28,7 @@ __all__ = [
     "empty_frame",
     "frame_from_columns",
     "keep_last",
+    "keep_last_with_keys",
     "misaligned",
     "prepare_bars",
     "row_problem",
@@ -51,12 +52,19 @@ _I8 = np.dtype(np.int64)
 def keep_last(keys: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
     """Positions of the rows to keep, in ascending key order: one per distinct key, the
     *last* occurrence in input order (a stable sort keeps equal keys in input order)."""
+    return keep_last_with_keys(keys)[0]
+
+
+def keep_last_with_keys(
+    keys: npt.NDArray[Any],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[Any]]:
+    """:func:`keep_last` and the kept keys, ascending (no second gather of the keys)."""
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     last_of_run = np.ones(sorted_keys.size, dtype=bool)
     last_of_run[:-1] = sorted_keys[1:] != sorted_keys[:-1]
     kept: npt.NDArray[np.intp] = order[last_of_run]
-    return kept
+    return kept, sorted_keys[last_of_run]
 
 
 def misaligned(ts: npt.NDArray[Any], interval: int) -> npt.NDArray[np.bool_]:

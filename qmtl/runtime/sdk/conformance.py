@@ -66,7 +66,12 @@ import pandas as pd
 import pyarrow as pa
 
 from qmtl.runtime.sdk._conformance_timestamps import parse_timestamps, read_as_seconds
-from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS, PRICE_COLUMNS, keep_last, misaligned
+from qmtl.runtime.sdk.bars import (
+    CANONICAL_COLUMNS,
+    PRICE_COLUMNS,
+    keep_last_with_keys,
+    misaligned,
+)
 from qmtl.runtime.sdk.errors import ConformanceError
 
 __all__ = [
@@ -219,8 +224,8 @@ class ConformancePipeline:
             )
 
         candidates = np.flatnonzero(ok)  # input positions, last row per ts wins (bars.py)
-        rows = candidates[keep_last(stamps.seconds[candidates])]
-        ts = stamps.seconds[rows]
+        kept, ts = keep_last_with_keys(stamps.seconds[candidates])
+        rows = candidates[kept]
         flags["duplicate_ts"] = int(np.count_nonzero(ok)) - len(rows)
 
         # One (5, n) float64 block: the frame is built around it without consolidation copies.
