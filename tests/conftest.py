@@ -60,6 +60,15 @@ def postgres_server() -> Iterator[PostgresServer]:
     server.close()
 
 
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of the test module's own, for tests that stop it (stopping the shared
+    session server would break every other test). Tests start it again if they need it."""
+    server = _start(PostgresServer)
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
     """A fresh database of its own for each test, dropped afterwards."""

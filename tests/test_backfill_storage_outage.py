@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import numpy as np
-import pytest
 from prometheus_client import CollectorRegistry
 
 from qmtl.runtime.io.auto_backfiller import PLANNED_PER_SLOT
@@ -27,7 +25,7 @@ from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 from qmtl.services.exchange_sim import Scenario, generate_bars, run_simulator
-from qmtl.testing.servers import PostgresServer, ServerUnavailable
+from qmtl.testing.servers import PostgresServer
 
 NODE = "ohlcv:binance:BTC/USDT:1m"
 I = 60
@@ -36,17 +34,8 @@ BATCHES = 60
 CONCURRENCY = 4
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    try:
-        server = PostgresServer().start()
-    except ServerUnavailable as exc:
-        pytest.fail(f"PostgresServer: {exc}", pytrace=False)
-    yield server
-    server.close()
-
-
-async def test_a_stopped_store_costs_no_re_downloads(postgres: PostgresServer) -> None:
+async def test_a_stopped_store_costs_no_re_downloads(own_postgres: PostgresServer) -> None:
+    postgres = own_postgres
     dsn = postgres.create_database(f"outage_{time.monotonic_ns()}")
     end = START + BATCHES * 900 * I
     scenario = Scenario.from_dict({"seed": 5, "symbols": ["BTC/USDT"], "latency_ms": 20})

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -17,7 +16,7 @@ from obstore.exceptions import AlreadyExistsError, PreconditionError
 from obstore.store import S3Store
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from qmtl.testing.servers import PostgresServer, RedisServer, ServerUnavailable
+from qmtl.testing.servers import PostgresServer, RedisServer
 from tests.conftest import S3Bucket
 
 
@@ -65,17 +64,6 @@ async def test_postgres_database_is_fresh_per_test(postgres_dsn: str, round_: in
         assert str(await conn.fetchval("SHOW server_version")).startswith(("15", "16", "17", "18"))
     finally:
         await conn.close()
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL of this test's own: stopping the shared session one would break others."""
-    try:
-        server = PostgresServer().start()
-    except ServerUnavailable as exc:
-        pytest.fail(f"PostgresServer: {exc}", pytrace=False)
-    yield server
-    server.close()
 
 
 async def test_postgres_can_be_stopped_and_restarted_with_its_data(

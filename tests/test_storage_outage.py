@@ -19,20 +19,10 @@ import pytest
 
 from qmtl.runtime.io.storage import HistoryStorage, LedgerUpdate, StorageError, open_storage
 from qmtl.runtime.sdk.history_coverage import Range
-from qmtl.testing.servers import PostgresServer, ServerUnavailable
+from qmtl.testing.servers import PostgresServer
 from tests.test_storage import NODE, I, bars
 
 FAST_S = 5.0  # "fast": well under any command timeout, far from a hang
-
-
-@pytest.fixture(scope="module")
-def own_postgres() -> Iterator[PostgresServer]:
-    try:
-        server = PostgresServer().start()
-    except ServerUnavailable as exc:
-        pytest.fail(f"PostgresServer: {exc}", pytrace=False)
-    yield server
-    server.close()
 
 
 @pytest.fixture
