@@ -4,72 +4,23 @@ scripted fetcher, fake clock, a fresh metrics registry per test)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-from collections.abc import AsyncIterator
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
-from qmtl.runtime.io.storage import open_storage
-from qmtl.runtime.sdk.backfill_config import BackfillConfig
-from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.errors import SeamlessSLAExceeded
-from qmtl.runtime.sdk.fetch_result import SeamlessFetchResult
 from qmtl.runtime.sdk.history_storage import HistoryStorage
-from qmtl.runtime.sdk.metrics import SeamlessMetrics
-from qmtl.runtime.sdk.seamless_data_provider import SeamlessDataProvider
 from qmtl.runtime.sdk.sla import SLAPolicy, SLAViolationMode
-from tests.fetchers import ScriptedFetcher
+from tests.engine_rig import NODE, Rig, storage
 
-NODE = "ohlcv:binance:BTC/USDT:1m"
-I = 60
-T0 = 1_700_000_400
-END = T0 + 30 * I
-NOW = T0 + 10_000 * I
+__all__ = ["storage"]  # the fixture, used by name
+
 LABELS = {"node_id": NODE, "interval": "60", "world_id": ""}
 
 
-@pytest.fixture
-async def storage() -> AsyncIterator[HistoryStorage]:
-    async with open_storage("duckdb:///:memory:") as store:
-        yield store
-
-
-class Rig:
-    def __init__(
-        self, storage: HistoryStorage, sla: SLAPolicy | None, *, delay_s: float = 0.0
-    ) -> None:
-        self.clock = FakeClock(start=NOW)
-        self.registry = CollectorRegistry()
-        metrics = SeamlessMetrics(self.registry)
-        backfiller = DataFetcherAutoBackfiller(
-            ScriptedFetcher(clock=self.clock, delay_s=delay_s),
-            storage,
-            config=BackfillConfig(window_bars=10, max_attempts=2, retry_backoff_ms=100),
-            clock=self.clock,
-            metrics=metrics,
-            rng=random.Random(1),
-        )
-        self.provider = SeamlessDataProvider(
-            strategy="SEAMLESS",
-            storage=storage,
-            backfiller=backfiller,
-            sla=sla,
-            clock=self.clock,
-            metrics=metrics,
-        )
-
-    async def fetch(self) -> SeamlessFetchResult:
-        task = asyncio.create_task(self.provider.fetch(T0, END, node_id=NODE, interval=I))
-        await self.clock.run_until(task.done)
-        return task.result()
-
-    async def settle(self) -> None:
-        task = asyncio.create_task(self.provider.wait_background())
-        await self.clock.run_until(task.done)
+class SlaRig(Rig):
+    def __init__(self, storage: HistoryStorage, sla: SLAPolicy, *, delay_s: float = 0.0) -> None:
+        super().__init__(storage, sla=sla, delay_s=delay_s)
 
     def deadline(self, suffix: str, phase: str) -> float | None:
         return self.registry.get_sample_value(
@@ -84,7 +35,7 @@ async def test_backfill_cut_short_by_the_total_deadline_is_a_total_violation(
     # a thread, during which FakeClock.run_until may jump to the background fetcher's wakeup:
     # no storage budget here, so that only the total and the backfill wait are judged.)
     policy = SLAPolicy(max_wait_storage_ms=None, total_deadline_ms=200)
-    rig = Rig(storage, policy, delay_s=5.0)
+    rig = SlaRig(storage, policy, delay_s=5.0)
     with caplog.at_level(logging.INFO, logger="qmtl"):
         meta = (await rig.fetch()).metadata
     assert meta.sla_violation == "total" and meta.downgrade_reason == "sla_total"
@@ -101,7 +52,7 @@ async def test_fail_fast_on_the_total_deadline_raises_total(storage: HistoryStor
     policy = SLAPolicy(
         max_wait_storage_ms=None, total_deadline_ms=200, on_violation=SLAViolationMode.FAIL_FAST
     )
-    rig = Rig(storage, policy, delay_s=5.0)
+    rig = SlaRig(storage, policy, delay_s=5.0)
     with pytest.raises(SeamlessSLAExceeded) as info:
         await rig.fetch()
     assert (info.value.phase, info.value.budget_ms) == ("total", 200.0)
@@ -109,7 +60,7 @@ async def test_fail_fast_on_the_total_deadline_raises_total(storage: HistoryStor
 
 
 async def test_sla_deadline_seconds_has_one_series_per_phase(storage: HistoryStorage) -> None:
-    rig = Rig(storage, SLAPolicy(total_deadline_ms=None, max_wait_backfill_ms=None), delay_s=2.0)
+    rig = SlaRig(storage, SLAPolicy(total_deadline_ms=None, max_wait_backfill_ms=None), delay_s=2.0)
     meta = (await rig.fetch()).metadata
     assert set(meta.sla_phases_ms) == {"storage_wait", "backfill_wait", "total"}
     assert meta.sla_phases_ms["backfill_wait"] > 0
