@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         config_cmd,
         coverage_cmd,
         demo_cmd,
+        exchanges_cmd,
         fetch_cmd,
         simulator_cmd,
     )
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (demo_cmd, fetch_cmd, coverage_cmd, backfill_cmd, config_cmd, simulator_cmd):
+    commands = (demo_cmd, fetch_cmd, coverage_cmd, backfill_cmd, config_cmd, exchanges_cmd)
+    for module in (*commands, simulator_cmd):
         module.register(subparsers)
     return parser
 

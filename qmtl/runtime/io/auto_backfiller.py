@@ -106,17 +106,19 @@ def _retryable(exc: BaseException) -> bool:
     partial answer, a network error of a custom fetcher. Not a bad request, a conformance
     failure, a store that kept failing its writes (already retried without re-fetching), or a
     bug."""
-    if isinstance(exc, ExchangeError):
+    if isinstance(exc, ExchangeError | _Incomplete):
         return exc.retryable
-    return isinstance(exc, _Incomplete | OSError | TimeoutError)
+    return isinstance(exc, OSError | TimeoutError)
 
 
 class _Incomplete(Exception):
-    """An attempt vouched for part of its batch only; ``rest`` is worth asking again."""
+    """An attempt vouched for part of its batch only; ``rest`` is worth asking again unless
+    ``retryable`` is false (the exchange cannot serve it, e.g. beyond its history depth)."""
 
     def __init__(self, reason: str, rest: Range, rows: int, data: tuple[Range, ...],
-                 empty: tuple[Range, ...]) -> None:  # fmt: skip
+                 empty: tuple[Range, ...], *, retryable: bool = True) -> None:  # fmt: skip
         super().__init__(reason)
+        self.retryable = retryable
         self.rest = rest
         self.rows = rows
         self.data = data
@@ -328,8 +330,22 @@ class DataFetcherAutoBackfiller:
         inside = (ts >= vouched.start) & (ts < vouched.end)
         if not bool(np.all(inside)):
             frame = frame.loc[inside].reset_index(drop=True)
-        empty = tuple(r for e in result.empty if (r := e.intersect(vouched)) is not None)
-        data = tuple(subtract_ranges([vouched], empty)) if not vouched.empty else ()
+        unavailable = [r for u in result.unavailable if (r := u.intersect(batch)) is not None]
+        empty = tuple(
+            part
+            for e in result.empty
+            if (r := e.intersect(vouched)) is not None
+            for part in subtract_ranges([r], unavailable)
+        )
+        data = (
+            tuple(subtract_ranges([vouched], [*empty, *unavailable])) if not vouched.empty else ()
+        )
+        if unavailable:
+            ts = frame["ts"].to_numpy()
+            keep = np.ones(len(ts), dtype=bool)
+            for r in unavailable:
+                keep &= (ts < r.start) | (ts >= r.end)
+            frame = frame.loc[keep].reset_index(drop=True)
         update = LedgerUpdate(
             interval=interval,
             data=data,
@@ -342,6 +358,9 @@ class DataFetcherAutoBackfiller:
         if result.missing_reason is not None and vouched.end < batch.end:
             raise _Incomplete(result.missing_reason, Range(vouched.end, batch.end), rows, data,
                               empty)  # fmt: skip
+        if unavailable:
+            reason = result.unavailable_reason or "the exchange does not serve this window"
+            raise _Incomplete(reason, unavailable[0], rows, data, empty, retryable=False)
         return BatchOutcome(
             batch, attempts=attempt, rows=rows, data=data, empty=empty, conformance=report
         )

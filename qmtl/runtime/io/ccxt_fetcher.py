@@ -32,9 +32,12 @@ What it guarantees (the backfiller relies on every point):
   usage header (Binance ``X-MBX-USED-WEIGHT-1m``) is handed to ``limiter.observe_usage``
   through the exchange's ``qmtl_on_response`` hook, and a request's call returns only once
   that resync is done, so the next request sees it.
-- **Page size** is the one with the most bars per unit of weight from the exchange's limit
-  tiers (Binance spot: 1000 bars for weight 2; Binance USDⓈ-M futures: the 499 tier), unless
-  ``page_limit`` says otherwise.
+- **Page size and weights** come from the exchange's :class:`ExchangeProfile`: the page with
+  the most bars per unit of weight (Binance spot: 1000 bars for weight 2; Binance USDⓈ-M
+  futures: the 499 tier; OKX: 100), unless ``page_limit`` or ``profile`` says otherwise.
+- **History depth**: on an exchange that serves only its newest N bars, the part of a window
+  older than that is not asked for and never recorded known-empty: it is reported
+  ``unavailable`` ("beyond the exchange's history depth") and stays missing.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -55,6 +58,7 @@ from qmtl.runtime.io.ccxt_exchange import (
     retry_after_of,
 )
 from qmtl.runtime.io.ccxt_rate_limiter import shared_limiter
+from qmtl.runtime.io.exchange_profiles import ExchangeProfile, profile_for
 from qmtl.runtime.io.exchange_usage import UsageRelay
 from qmtl.runtime.sdk._config_models import ExchangeAccess, ExchangeUrls
 from qmtl.runtime.sdk.backfill_types import FetchWindowResult
@@ -83,52 +87,15 @@ __all__ = [
     "RATE_LIMIT_STATUSES",
     "CcxtBackfillConfig",
     "CcxtOHLCVFetcher",
-    "PagePlan",
-    "page_plan",
     "translate_ccxt_error",
 ]
 
 #: HTTP statuses that mean "slow down" (429) or "banned" (418), whatever ccxt raised for them.
 RATE_LIMIT_STATUSES = frozenset({418, 429})
 
+
 #: (max bars, weight) tiers of the klines endpoint, ascending. Binance spot charges 2 for
 #: any limit up to 1000; USDⓈ-M / COIN-M futures charge by limit.
-_BINANCE_FUTURES_TIERS = ((99, 1), (499, 2), (1000, 5), (1500, 10))
-KLINE_TIERS: dict[tuple[str, str], tuple[tuple[int, int], ...]] = {
-    ("binance", "spot"): ((1000, 2),),
-    ("binance", "swap"): _BINANCE_FUTURES_TIERS,
-    ("binance", "future"): _BINANCE_FUTURES_TIERS,
-    ("binanceusdm", "swap"): _BINANCE_FUTURES_TIERS,
-    ("binancecoinm", "swap"): _BINANCE_FUTURES_TIERS,
-}
-#: Weight of loading markets (``exchangeInfo`` on Binance spot: 20).
-MARKETS_WEIGHT: dict[str, int] = {"binance": 20, "binanceusdm": 1, "binancecoinm": 1}
-_DEFAULT_TIERS = ((500, 1),)
-
-
-@dataclass(frozen=True, slots=True)
-class PagePlan:
-    """Bars per request and the weight each request costs."""
-
-    limit: int
-    weight: int
-
-
-def page_plan(exchange_id: str, market_type: str, page_limit: int | None = None) -> PagePlan:
-    """The page size with the most bars per unit of weight (or ``page_limit``'s tier)."""
-    tiers = KLINE_TIERS.get((exchange_id, market_type), _DEFAULT_TIERS)
-    if page_limit is not None:
-        for max_bars, weight in tiers:
-            if page_limit <= max_bars:
-                return PagePlan(page_limit, weight)
-        raise ValueError(
-            f"page_limit: {page_limit} is more than {exchange_id} {market_type} serves per "
-            f"request ({tiers[-1][0]})"
-        )
-    best = max(tiers, key=lambda tier: (tier[0] / tier[1], tier[0]))
-    return PagePlan(best[0], best[1])
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CcxtBackfillConfig(ExchangeAccess):
     """One exchange's fetcher settings: :class:`ExchangeAccess` (the fields shared with the
@@ -150,7 +117,27 @@ class CcxtBackfillConfig(ExchangeAccess):
         if isinstance(self.urls, ExchangeUrls):
             given = {"rest": self.urls.rest, "ws": self.urls.ws}
             object.__setattr__(self, "urls", {k: v for k, v in given.items() if v is not None})
-        page_plan(self.exchange_id, self.market_type, self.page_limit)
+        self.exchange_profile()  # refuses a page_limit or profile the exchange cannot serve
+
+    def exchange_profile(self) -> ExchangeProfile:
+        """The exchange's :class:`ExchangeProfile`, with ``profile`` overrides and
+        ``page_limit`` (a shortcut for ``profile.page_limit``) applied."""
+        overrides = dict(self.profile)
+        if self.page_limit is not None:
+            overrides["page_limit"] = self.page_limit
+        return profile_for(self.exchange_id, self.market_type, overrides)
+
+    def effective_rate_limiter(self) -> RateLimiterConfig:
+        """``rate_limiter``, except that a budget left at the library's defaults takes the
+        exchange's own default budget from its profile (the README rule under its published
+        limit: Binance spot 5880 + 120 weight a minute, OKX 19 + 1 requests per 2 s...).
+        Everything else in ``rate_limiter`` (key, Redis, slots, penalties) is kept."""
+        budget = ("tokens_per_interval", "interval_ms", "burst_tokens")
+        defaults = RateLimiterConfig()
+        if any(getattr(self.rate_limiter, n) != getattr(defaults, n) for n in budget):
+            return self.rate_limiter
+        own = self.exchange_profile().default_budget()
+        return replace(self.rate_limiter, **{n: getattr(own, n) for n in budget})
 
     @property
     def url_map(self) -> Mapping[str, str] | None:
@@ -217,7 +204,7 @@ class CcxtOHLCVFetcher:
         self.metrics = metrics
         self._limiter = limiter
         self._owns_limiter = limiter is None
-        self.plan = page_plan(config.exchange_id, config.market_type, config.page_limit)
+        self.profile = config.exchange_profile()
         self.stabilization_bars = stabilization_bars
         self._exchange = exchange
         self._usage = UsageRelay(self._current_limiter, self.clock)
@@ -232,7 +219,7 @@ class CcxtOHLCVFetcher:
         """The limiter every request of this fetcher goes through (see the class doc)."""
         if self._limiter is None:
             self._limiter = shared_limiter(
-                self.config.rate_limiter,
+                self.config.effective_rate_limiter(),
                 self.config.exchange_id,
                 self.config.account,
                 clock=self.clock,
@@ -275,7 +262,7 @@ class CcxtOHLCVFetcher:
         async with self._markets_lock:
             if self._markets_loaded:
                 return
-            weight = MARKETS_WEIGHT.get(self.config.exchange_id, 1)
+            weight = self.profile.markets_weight
             await self._call(weight, self.exchange.load_markets, node_id=None, window=None)
             self._markets_loaded = True
 
@@ -308,9 +295,15 @@ class CcxtOHLCVFetcher:
         warnings: list[str] = []
         missing_reason: str | None = None
         cursor = window.start
+        unavailable: tuple[Range, ...] = ()
+        depth = self.profile.history_depth_bars
+        if depth is not None and window.start < forming_start - depth * interval:
+            oldest = forming_start - depth * interval  # the oldest bar the exchange serves
+            unavailable = (Range(window.start, min(window.end, oldest)),)
+            cursor = min(window.end, oldest)
         requests = 0
         while cursor < horizon:
-            limit = min(self.plan.limit, math.ceil((horizon - cursor) / interval))
+            limit = min(self.profile.bars_per_page, math.ceil((horizon - cursor) / interval))
             page = await self._page(node, market, cursor, limit, interval, window, warnings)
             requests += 1
             if len(page) == 0:
@@ -341,6 +334,10 @@ class CcxtOHLCVFetcher:
             requests,
             missing_reason=missing_reason,
             warnings=tuple(warnings),
+            unavailable=unavailable,
+            unavailable_reason=(
+                f"beyond the exchange's history depth ({depth} bars)" if unavailable else None
+            ),
         )
 
     # -- internals ------------------------------------------------------------------------
@@ -373,7 +370,7 @@ class CcxtOHLCVFetcher:
     ) -> np.ndarray[Any, np.dtype[np.float64]]:
         where = (window.start, window.end)
         rows = await self._call(
-            self.plan.weight,
+            self.profile.page_weight,
             self.exchange.fetch_ohlcv,
             market["symbol"],
             node.timeframe,

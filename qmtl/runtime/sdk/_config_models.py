@@ -321,7 +321,8 @@ class ExchangeAccess:
     ``CcxtBackfillConfig`` share (defined once; the composition root passes them on as they
     are). ``page_limit``: bars per request (``None``: the exchange's most bars per unit of
     weight); ``account`` fills ``{account}`` in the limiter key; ``ccxt_options`` go to the
-    ccxt constructor as they are."""
+    ccxt constructor as they are; ``profile`` overrides fields of the exchange's profile
+    (page tiers, published limit, history depth...: ``qmtl-seamless exchanges`` shows them)."""
 
     symbols: tuple[str, ...] = ()
     market_type: MarketType = "spot"
@@ -329,10 +330,12 @@ class ExchangeAccess:
     sandbox: bool = False
     account: str | None = None
     ccxt_options: Mapping[str, object] = field(default_factory=dict)
+    profile: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "symbols", tuple(self.symbols))
         object.__setattr__(self, "ccxt_options", MappingProxyType(dict(self.ccxt_options or {})))
+        object.__setattr__(self, "profile", MappingProxyType(dict(self.profile or {})))
         if self.page_limit is not None and (
             isinstance(self.page_limit, bool)
             or not isinstance(self.page_limit, int)

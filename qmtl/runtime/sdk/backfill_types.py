@@ -7,8 +7,11 @@ is either in ``frame`` or inside one of the ``empty`` ranges (the exchange showe
 bar there, on evidence a fault cannot produce). Bars after ``covered_until`` (the
 still-forming bar, the future, or what the exchange did not answer) are not vouched for and
 stay *missing*; when that part lies in the settled past, ``missing_reason`` says why it is
-worth asking again (the backfiller retries it). Failures are raised as
-:class:`~qmtl.runtime.sdk.errors.ExchangeError` subclasses, never returned as partial frames.
+worth asking again (the backfiller retries it). ``unavailable`` ranges inside the window are
+not vouched for either, and asking again cannot help (``unavailable_reason``: e.g. beyond
+the exchange's history depth): they stay missing with that reason, never known-empty.
+Failures are raised as :class:`~qmtl.runtime.sdk.errors.ExchangeError` subclasses, never
+returned as partial frames.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class FetchWindowResult:
     requests: int = 0
     missing_reason: str | None = None
     warnings: tuple[str, ...] = ()
+    unavailable: tuple[Range, ...] = ()
+    unavailable_reason: str | None = None
 
 
 @runtime_checkable
