@@ -82,3 +82,32 @@ async def test_bars_before_the_start_are_dropped_with_a_warning_not_the_page() -
     labels = {"node_id": NODE, "interval": "60", "world_id": ""}
     assert metrics.registry.get_sample_value("seamless_conformance_warning_total", labels) == 1
     await fetcher.aclose()
+
+
+class ListedExchange(EarlyBarsExchange):
+    """A window-paging exchange (every window before the listing answers empty) whose market
+    metadata carries the listing time, as OKX's ``listTime`` does."""
+
+    listed_ms = (T0 + 25 * I) * 1000 + 1  # one ms after a bar opens: that bar is not listed
+
+    def market(self, symbol: str) -> dict[str, Any]:
+        return {"symbol": symbol, "info": {"listTime": str(self.listed_ms)}}
+
+    async def fetch_ohlcv(self, symbol: str, timeframe: str, since: int, limit: int) -> Any:
+        first = max(since, (T0 + 26 * I) * 1000)
+        stop = since + limit * 60_000
+        return [[t, 1.0, 2.0, 0.5, 1.5, 3.0] for t in range(first, stop, 60_000)]
+
+
+async def test_the_listing_date_of_the_market_metadata_is_known_empty_evidence() -> None:
+    clock = FakeClock(start=T0 + 86_400.0)
+    fetcher = CcxtOHLCVFetcher(
+        CcxtBackfillConfig(exchange_id="binance", profile={"listing_field": "listTime"}),
+        clock=clock,
+        exchange=ListedExchange(),
+    )
+    result = await fetcher.fetch_window(T0, T0 + 40 * I, node_id=NODE, interval=I)
+    assert result.empty == (Range(T0, T0 + 26 * I),)
+    assert result.frame["ts"].tolist() == list(range(T0 + 26 * I, T0 + 40 * I, I))
+    assert result.missing_reason is None and result.requests == 1  # nothing asked before it
+    await fetcher.aclose()

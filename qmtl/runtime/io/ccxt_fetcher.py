@@ -301,6 +301,10 @@ class CcxtOHLCVFetcher:
             oldest = forming_start - depth * interval  # the oldest bar the exchange serves
             unavailable = (Range(window.start, min(window.end, oldest)),)
             cursor = min(window.end, oldest)
+        listed = self._listing_bar(market, interval)
+        if listed is not None and cursor < listed:  # the exchange's own listing date says so
+            empty.append(Range(cursor, min(listed, horizon)))
+            cursor = max(cursor, min(listed, horizon))
         requests = 0
         while cursor < horizon:
             limit = min(self.profile.bars_per_page, math.ceil((horizon - cursor) / interval))
@@ -357,6 +361,24 @@ class CcxtOHLCVFetcher:
         except ccxt.BaseError as exc:  # BadSymbol for a symbol the exchange does not list
             where = (window.start, window.end)
             raise translate_ccxt_error(exc, node_id=str(node), window=where) from exc
+
+    def _listing_bar(self, market: Any, interval: int) -> int | None:
+        """Open time of the first bar at or after the market's listing, from the field of the
+        exchange's market metadata the profile names (OKX ``listTime``, Binance futures
+        ``onboardDate``, epoch ms) — evidence no page fault can fake: before it there is
+        nothing to fetch, even on an exchange whose empty windows prove nothing."""
+        name = self.profile.listing_field
+        info = market.get("info") if isinstance(market, dict) else None
+        raw = info.get(name) if name and isinstance(info, dict) else None
+        try:
+            listed_ms = int(raw) if raw not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+        if listed_ms is None or listed_ms <= 0:
+            return None
+        listed = -(-listed_ms // 1000)  # ceil: a bar opening before the listing has no data
+        start = bar_open_at(listed, interval)
+        return start if start == listed else start + interval
 
     async def _page(
         self,

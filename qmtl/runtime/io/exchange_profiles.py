@@ -20,6 +20,9 @@ an exchange that only serves recent history for one that has none. The profile s
 - **history depth**: an exchange that serves only its newest N bars (Kraken: 720) — older
   windows are never recorded as known-empty (they stay missing: "beyond the exchange's
   history depth");
+- the **listing field** of the exchange's market metadata (OKX ``listTime``, Binance futures
+  ``onboardDate``): bars before it are known-empty on the exchange's own word — the only
+  proof of "before listing" on an exchange whose empty windows prove nothing;
 - how a rate limit is signalled: the HTTP statuses (429, and 418 for Binance's IP ban).
 
 Any field can be overridden per exchange (``exchanges.<id>.profile`` in the configuration).
@@ -64,6 +67,7 @@ class ExchangeProfile:
     usage_header: str | None = None
     paging: Paging = "forward"
     history_depth_bars: int | None = None
+    listing_field: str | None = None
     rate_limit_statuses: tuple[int, ...] = (429,)
     ban_statuses: tuple[int, ...] = ()
     source: str = "ccxt metadata"
@@ -159,6 +163,7 @@ class ExchangeProfile:
             "usage_header": self.usage_header,
             "paging": self.paging,
             "history_depth_bars": self.history_depth_bars,
+            "listing_field": self.listing_field,
             "rate_limit_statuses": list(self.rate_limit_statuses),
             "ban_statuses": list(self.ban_statuses),
             "source": self.source,
@@ -199,6 +204,7 @@ PUBLISHED: Mapping[tuple[str, str], Mapping[str, Any]] = {
             "markets_weight": 1,
             "limit": 2400,
             "limit_interval_ms": 60_000,
+            "listing_field": "onboardDate",
             "notes": ("klines weight by limit: <100: 1, <500: 2, <=1000: 5, more: 10",),
         }
         for key in (
@@ -216,6 +222,7 @@ PUBLISHED: Mapping[tuple[str, str], Mapping[str, Any]] = {
             "limit": 20,
             "limit_interval_ms": 2_000,
             "paging": "window",
+            "listing_field": "listTime",
             "source": "published (OKX docs: history-candles)",
             "notes": ("429 body code 50011; ccxt raises ExchangeNotAvailable for it",),
         }
