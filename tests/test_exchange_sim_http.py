@@ -248,9 +248,11 @@ async def test_random_garbage_never_causes_a_500(start: Start, http: aiohttp.Cli
 
 async def test_unknown_paths_are_404_json(start: Start, http: aiohttp.ClientSession) -> None:
     sim = await start()
-    for path in ("/api/v3/nope", "/fapi/v1/exchangeInfo", "/", "/api/v3/klines/../x"):
+    for path in ("/api/v3/nope", "/fapi/v1/nope", "/dapi/v1/klines", "/", "/api/v3/klines/../x"):
         status, body, _ = await _get(http, sim, path)
         assert status == 404 and body["code"] == -1000
+    status, body, _ = await _get(http, sim, "/api/v5/market/nope")  # OKX's envelope
+    assert status == 404 and body["code"] == "50000" and body["data"] == []
     async with http.post(f"{sim.base_url}{KLINES}") as resp:
         assert resp.status == 404 and (await resp.json())["code"] == -1000
 

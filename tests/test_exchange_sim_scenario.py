@@ -344,3 +344,252 @@ def test_empty_pages_match_the_asked_window_and_count_their_requests() -> None:
     for _ in range(5):
         assert take_empty_page(market, (4_999_000_000, 5_000_010_000), counters) is unlimited
     assert take_empty_page(market, None, counters) is None
+
+
+VENUES_EXAMPLE = """
+seed: 7
+latency_ms: 5
+symbols:
+  BTC/USDT: {listing: 2024-01-01, history_depth_bars: 2000}
+  ETH/USDT: {}
+  ETH/BTC: {}
+venues:
+  binance: {weight_limit_per_minute: 1200, retry_after_s: 9, history_depth_bars: 720}
+  binanceusdm:
+    weight_limit_per_minute: 2400
+    ban_seconds: 60
+    latency_ms: 0
+    symbols:
+      BTC/USDT:USDT: {listing: 2019-09-08}
+      DOGE/USDC:USDC: {history_depth_bars: 99}
+  okx:
+    rate_limits: {candles: 30, history_candles: 10}
+    recent_candles: 1000
+    history_candles_max_limit: 300
+    latency_ms: 30
+"""
+
+
+def test_venues_shape_loads_with_defaults_from_the_top_level() -> None:
+    scenario = Scenario.from_yaml(VENUES_EXAMPLE)
+    assert (scenario.weight_limit_per_minute, scenario.retry_after_s) == (1200, 9)  # spot
+    usdm, okx = scenario.venues.binanceusdm, scenario.venues.okx
+    assert (usdm.weight_limit_per_minute, usdm.ban_seconds, usdm.ban_after_violations) == (
+        2400,
+        60,
+        3,
+    )
+    assert (okx.rate_limits.candles, okx.rate_limits.history_candles) == (30, 10)
+    assert (okx.rate_limits.instruments, okx.rate_limits.time) == (20, 10)  # defaults
+    assert (okx.recent_candles, okx.history_candles_max_limit, okx.candles_max_limit) == (
+        1000,
+        300,
+        300,
+    )
+    spot = scenario.venue_markets("binance")
+    assert [(m.symbol, m.history_depth_bars) for m in spot] == [
+        ("BTC/USDT", 2000),  # the symbol's own depth wins ...
+        ("ETH/USDT", 720),  # ... over the venue's default
+        ("ETH/BTC", 720),
+    ]
+    assert [m.history_depth_bars for m in scenario.venue_markets("okx")] == [2000, None, None]
+    perps = scenario.venue_markets("binanceusdm")
+    assert [(m.symbol, m.exchange_symbol, m.settle) for m in perps] == [
+        ("BTC/USDT:USDT", "BTCUSDT", "USDT"),
+        ("DOGE/USDC:USDC", "DOGEUSDC", "USDC"),
+    ]
+    assert scenario.market("BTC-USDT", "okx") is scenario.venue_markets("okx")[0]
+    assert scenario.market("BTCUSDT", "binanceusdm") is perps[0]
+    assert scenario.market("BTC-USDT") is None  # Binance spot ids have no dash
+    assert [scenario.venue_latency_ms(v) for v in ("binance", "binanceusdm", "okx")] == [5, 0, 30]
+
+
+def test_perpetuals_default_to_the_usdt_and_usdc_symbols() -> None:
+    scenario = Scenario.from_dict(
+        {"symbols": {"BTC/USDT": {"halts": [[10, 20]]}, "ETH/BTC": {}, "SOL/USDC": {}}}
+    )
+    perps = scenario.venue_markets("binanceusdm")
+    assert [m.symbol for m in perps] == ["BTC/USDT:USDT", "SOL/USDC:USDC"]
+    assert perps[0].halts == scenario.markets[0].halts  # same listing, halts and faults
+    assert Scenario().venue_markets("okx") == Scenario().markets
+    assert Scenario.from_dict({"symbols": ["ETH/BTC"]}).venue_markets("binanceusdm") == ()
+
+
+def test_keyword_construction_of_venues() -> None:
+    from qmtl.services.exchange_sim import BinanceUsdmSettings, OkxRateLimits, OkxSettings, Venues
+
+    scenario = Scenario(
+        venues=Venues(
+            binanceusdm=BinanceUsdmSettings(weight_limit_per_minute=100),
+            okx=OkxSettings(rate_limits=OkxRateLimits(candles=2), history_depth_bars=10),
+        )
+    )
+    assert scenario.venues.binanceusdm.weight_limit_per_minute == 100
+    assert [m.history_depth_bars for m in scenario.venue_markets("okx")] == [10, 10]
+    assert scenario == Scenario.from_dict(
+        {
+            "venues": {
+                "binanceusdm": {"weight_limit_per_minute": 100},
+                "okx": {"rate_limits": {"candles": 2}, "history_depth_bars": 10},
+            }
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"venue": {}}, "venue: unknown key (did you mean 'venues'?)"),
+        ({"venues": {"okc": {}}}, "venues.okc: unknown key (did you mean 'okx'?)"),
+        ({"venues": []}, "venues: expected a mapping"),
+        (
+            {"venues": {"okx": {"rate_limits": {"candels": 5}}}},
+            "venues.okx.rate_limits.candels: unknown key (did you mean 'candles'?)",
+        ),
+        (
+            {"venues": {"okx": {"rate_limits": {"candles": 0}}}},
+            "venues.okx.rate_limits.candles: must be an integer >= 1",
+        ),
+        (
+            {"venues": {"okx": {"weight_limit_per_minute": 5}}},
+            "venues.okx.weight_limit_per_minute: unknown key",
+        ),
+        (
+            {"venues": {"binanceusdm": {"rate_limits": {}}}},
+            "venues.binanceusdm.rate_limits: unknown key",
+        ),
+        (
+            {"venues": {"binance": {"weight_limit_per_minut": 5}}},
+            "venues.binance.weight_limit_per_minut: unknown key (did you mean "
+            "'weight_limit_per_minute'?)",
+        ),
+        (
+            {"venues": {"binance": {"weight_limit_per_minute": 0}}},
+            "venues.binance.weight_limit_per_minute: must be an integer >= 1",
+        ),
+        (
+            {"venues": {"binance": {"ban_seconds": "x"}}},
+            "venues.binance.ban_seconds: must be an integer",
+        ),
+        (
+            {"ban_seconds": 5, "venues": {"binance": {"ban_seconds": 6}}},
+            "venues.binance.ban_seconds: also given at the top level (ban_seconds)",
+        ),
+        (
+            {"venues": {"binanceusdm": {"weight_limit_per_minute": -1}}},
+            "venues.binanceusdm.weight_limit_per_minute: must be an integer >= 1",
+        ),
+        (
+            {"venues": {"binanceusdm": {"symbols": ["BTC/USDT"]}}},
+            "venues.binanceusdm.symbols: USD-M markets are linear perpetuals",
+        ),
+        (
+            {"venues": {"binanceusdm": {"symbols": ["BTC/USDT:BTC"]}}},
+            "venues.binanceusdm.symbols: USD-M markets are linear perpetuals",
+        ),
+        (
+            {"venues": {"okx": {"symbols": {"BTC/USDT:USDT": {}}}}},
+            "venues.okx.symbols: spot venues take spot symbols",
+        ),
+        (
+            {"venues": {"okx": {"symbols": {"BTC/USDT": {"listng": 1}}}}},
+            "venues.okx.symbols.BTC/USDT.listng: unknown key (did you mean 'listing'?)",
+        ),
+        ({"venues": {"okx": {"symbols": []}}}, "venues.okx.symbols: give at least one"),
+        ({"venues": {"okx": {"latency_ms": 70_000}}}, "venues.okx.latency_ms: must be within"),
+        ({"venues": {"okx": {"recent_candles": 0}}}, "venues.okx.recent_candles: must be"),
+        (
+            {"venues": {"binanceusdm": {"history_depth_bars": 0}}},
+            "venues.binanceusdm.history_depth_bars: must be an integer >= 1",
+        ),
+        (
+            {"symbols": {"BTC/USDT": {"history_depth_bars": "deep"}}},
+            "symbols.BTC/USDT.history_depth_bars: must be an integer",
+        ),
+        (
+            {"symbols": {"BTC/USDT": {"history_depth_bar": 5}}},
+            "symbols.BTC/USDT.history_depth_bar: unknown key (did you mean 'history_depth_bars'?)",
+        ),
+        ({"symbols": ["BTC/USDT:USDT"]}, "symbols: top-level symbols are spot symbols"),
+        (
+            {"venues": {"binanceusdm": {"symbols": ["BTC/USDT:USDT", "BTC/USDT:USDT"]}}},
+            "venues.binanceusdm.symbols: duplicate exchange symbols ['BTCUSDT']",
+        ),
+    ],
+)
+def test_bad_venue_settings_name_the_key_path(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Scenario.from_dict(data)
+    assert message in str(info.value)
+
+
+MINUTE = 60
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.integers(1_000_000, 1_010_000),
+    width=st.integers(0, 4_000),
+    limit=st.integers(1, 60),
+    forward=st.booleans(),
+    depth=st.none() | st.integers(1, 200),
+    recent=st.none() | st.integers(1, 200),
+)
+def test_selection_with_depth_matches_a_brute_force_model(
+    start: int,
+    width: int,
+    limit: int,
+    forward: bool,
+    depth: int | None,
+    recent: int | None,
+) -> None:
+    """Depth cuts at ``now - depth`` bar slots (``recent``: the newest ``recent`` slots); a
+    forward page asked from before the cut covers only its own slots."""
+    now_s = 1_006_000 + 37
+    market = MarketScenario(
+        symbol="BTC/USDT",
+        listing=MARKET.listing,
+        halts=MARKET.halts,
+        history_depth_bars=depth,
+    )
+    now_open = now_s // MINUTE * MINUTE
+    floors = [now_open - depth * MINUTE] if depth else []
+    floors += [now_open - (recent - 1) * MINUTE] if recent else []
+    floor = max(floors, default=0)
+    end = start + width
+    existing = [
+        t
+        for t in range(0, now_s + 1, MINUTE)
+        if t + MINUTE > MARKET.listing  # type: ignore[operator]
+        and not (t >= 1_000_200 and t + MINUTE <= 1_000_500)
+    ]
+    if forward:
+        first_slot = -(-start // MINUTE) * MINUTE
+        in_range = [t for t in existing if start <= t <= end and t >= floor]
+        if first_slot < floor:
+            in_range = [t for t in in_range if t < first_slot + limit * MINUTE]
+        expected = in_range[:limit]
+    else:
+        expected = [t for t in existing if floor <= t <= end][-limit:]
+    got = select_open_times(
+        market,
+        MINUTE,
+        start_time=start * 1000 if forward else None,
+        end_time=end * 1000,
+        limit=limit,
+        now_ms=now_s * 1000,
+        recent_bars=recent,
+    )
+    assert (np.asarray(got) // 1000).tolist() == expected
+
+
+def test_the_documented_example_loads() -> None:
+    import textwrap
+
+    from qmtl.services.exchange_sim import scenario as module
+
+    assert module.__doc__ is not None
+    block = module.__doc__.split("::\n", 1)[1].split("\nTime conventions")[0]
+    scenario = Scenario.from_yaml(textwrap.dedent(block))
+    assert scenario.venue_markets("binanceusdm")[0].symbol == "BTC/USDT:USDT"
+    assert scenario.venues.okx.history_candles_max_limit == 100

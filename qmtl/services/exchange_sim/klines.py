@@ -13,7 +13,12 @@ interval):
 - the first bar is the one *containing* the listing instant (as on Binance);
 - a halt ``[s, e)`` removes the bars lying entirely inside it (a 1d bar with a one-hour halt
   still exists);
-- the newest bar is the one containing "now"; it is still forming (:func:`build_page`).
+- the newest bar is the one containing "now"; it is still forming (:func:`build_page`);
+- with ``history_depth_bars = N`` (or a venue's ``recent_bars`` window) bars older than the
+  N closed bars before the forming one are not served. A forward page asked from before that
+  floor covers only its own ``limit`` slots (empty when they are all older): a shallow
+  exchange does not skip ahead to its oldest bar the way it skips a listing gap, so an
+  answer never makes unserved history look like known-empty history.
 """
 
 from __future__ import annotations
@@ -32,12 +37,16 @@ from qmtl.services.exchange_sim.scenario import MalformedWindow, MarketScenario,
 
 __all__ = [
     "FaultCounters",
+    "FaultedBars",
     "Page",
     "apply_page_faults",
     "asked_window",
+    "break_rows",
     "build_page",
+    "fault_bars",
     "select_open_times",
     "take_empty_page",
+    "truncate",
 ]
 
 I64 = NDArray[np.int64]
@@ -109,6 +118,19 @@ def asked_window(
     return origin_ms + lo * interval_ms, origin_ms + (hi + 1) * interval_ms
 
 
+def _floor_index(
+    market: MarketScenario, origin_ms: int, interval_ms: int, now_ms: int, recent_bars: int | None
+) -> int | None:
+    """Index of the oldest bar served under the market's depth and ``recent_bars``."""
+    now_index = (now_ms - origin_ms) // interval_ms
+    floors = []
+    if market.history_depth_bars is not None:
+        floors.append(now_index - market.history_depth_bars)
+    if recent_bars is not None:
+        floors.append(now_index - recent_bars + 1)
+    return max(floors) if floors else None
+
+
 def select_open_times(
     market: MarketScenario,
     interval_s: int,
@@ -117,9 +139,20 @@ def select_open_times(
     end_time: int | None,
     limit: int,
     now_ms: int,
+    recent_bars: int | None = None,
 ) -> I64:
-    """Open times (epoch ms, ascending) of the bars a klines request returns."""
+    """Open times (epoch ms, ascending) of the bars a klines request returns.
+
+    ``recent_bars`` limits the answer to the newest that many bar slots, the forming one
+    included (OKX's ``market/candles`` serves 1440), on top of the market's
+    ``history_depth_bars``."""
     origin_ms, interval_ms, lo, hi = _slot_bounds(interval_s, start_time, end_time, now_ms)
+    if recent_bars is not None or market.history_depth_bars is not None:
+        floor = _floor_index(market, origin_ms, interval_ms, now_ms, recent_bars)
+        if floor is not None and lo < floor:
+            if start_time is not None:
+                hi = min(hi, lo + limit - 1)  # only the slots asked for, no skipping ahead
+            lo = floor
     if hi < lo:
         return np.empty(0, np.int64)
     runs = _runs(market, origin_ms, interval_ms, lo, hi)
@@ -214,11 +247,9 @@ def _first_matching(
     return None
 
 
-def _broken_body(kind: str, bars: Bars, rows: NDArray[np.bool_]) -> bytes:
-    if kind == "truncated_json":
-        body = encode_klines(bars)
-        return body[: max(1, len(body) // 2)]
-    wire: list[Any] = list(bars.wire_rows())
+def break_rows(kind: str, wire: list[Any], rows: NDArray[np.bool_]) -> list[Any]:
+    """``wire`` rows (any venue's: columns 0..4 are time, open, high, low, close) with the
+    rows selected by ``rows`` broken as ``nan_strings`` or ``wrong_types`` (in place)."""
     selected = np.flatnonzero(rows).tolist()
     for n, i in enumerate(selected):
         row = wire[i]
@@ -228,13 +259,40 @@ def _broken_body(kind: str, bars: Bars, rows: NDArray[np.bool_]) -> bytes:
             wire[i] = {"t": row[0], "o": row[1], "h": row[2], "l": row[3], "c": row[4]}
         else:  # ... or a list where a number belongs
             row[1] = [row[1]]
-    return json.dumps(wire, separators=(",", ":")).encode()
+    return wire
 
 
-def apply_page_faults(
+def truncate(body: bytes) -> bytes:
+    """A body cut in half (never empty): not parseable, as a dropped connection leaves it."""
+    return body[: max(1, len(body) // 2)]
+
+
+def _broken_body(kind: str, bars: Bars, rows: NDArray[np.bool_]) -> bytes:
+    if kind == "truncated_json":
+        return truncate(encode_klines(bars))
+    wire: list[Any] = list(bars.wire_rows())
+    return json.dumps(break_rows(kind, wire, rows), separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class FaultedBars:
+    """A page's bars after short-page and duplicate faults, the malformed fault still to be
+    rendered (``broken``: its kind and which rows lie in its span) and the faults applied —
+    shared by every venue, each rendering the result in its own wire format."""
+
+    bars: Bars
+    broken: tuple[str, NDArray[np.bool_]] | None
+    applied: tuple[str, ...]
+
+    @property
+    def fault(self) -> str | None:
+        return ",".join(self.applied) or None
+
+
+def fault_bars(
     market: MarketScenario, bars: Bars, *, limit: int, counters: FaultCounters
-) -> Page:
-    """Short page, duplicate bars, then malformed payload, as the scenario asks."""
+) -> FaultedBars:
+    """Short page, duplicate bars, then which malformed fault applies, as the scenario asks."""
     applied: list[str] = []
     if len(bars) and _first_matching(market.short_pages, "short", market, bars, counters):
         bars = bars.take(np.arange(len(bars) - 1))
@@ -245,10 +303,22 @@ def apply_page_faults(
         index = np.insert(np.arange(len(bars)), first + 1, first)[:limit]
         bars = bars.take(index)
         applied.append("duplicates")
-    broken = _first_matching(market.malformed, "malformed", market, bars, counters)
-    if broken is not None:
-        fault, rows = broken
-        kind = fault.kind if isinstance(fault, MalformedWindow) else "truncated_json"
-        applied.append(kind)
-        return Page(_broken_body(kind, bars, rows), bars.open_time, ",".join(applied))
-    return Page(encode_klines(bars), bars.open_time, ",".join(applied) or None)
+    found = _first_matching(market.malformed, "malformed", market, bars, counters)
+    if found is None:
+        return FaultedBars(bars, None, tuple(applied))
+    fault, rows = found
+    kind = fault.kind if isinstance(fault, MalformedWindow) else "truncated_json"
+    return FaultedBars(bars, (kind, rows), (*applied, kind))
+
+
+def apply_page_faults(
+    market: MarketScenario, bars: Bars, *, limit: int, counters: FaultCounters
+) -> Page:
+    """:func:`fault_bars`, rendered as Binance klines."""
+    faulted = fault_bars(market, bars, limit=limit, counters=counters)
+    if faulted.broken is not None:
+        kind, rows = faulted.broken
+        body = _broken_body(kind, faulted.bars, rows)
+    else:
+        body = encode_klines(faulted.bars)
+    return Page(body, faulted.bars.open_time, faulted.fault)

@@ -5,7 +5,8 @@ Every refusal is a :class:`BinanceError` carrying the HTTP status and Binance's 
 ``-1101``, ``-1102``, ``-1104``, ``-1120``, ``-1128``, ``-1130``, ``-1023`` → ``BadRequest``).
 Hostile input (huge, non-numeric, negative, NUL, non-ASCII, repeated keys) is refused here,
 before any arithmetic, so no request can end in a 500. Where Binance's behaviour is unclear
-the simulator is the stricter one (``limit`` outside ``[1, 1000]`` is an error, not clamped).
+the simulator is the stricter one (``limit`` outside ``[1, 1000]`` — ``[1, 1500]`` on USD-M
+futures — is an error, not clamped).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qmtl.runtime.sdk.node_id import TIMEFRAMES
+from qmtl.services.exchange_sim.venue_errors import VenueError
 
 __all__ = [
     "INTERVALS",
@@ -35,7 +37,7 @@ _DIGITS_RE = re.compile(r"[0-9]{1,20}")
 _KLINES_KEYS = ("symbol", "interval", "startTime", "endTime", "limit")
 
 
-class BinanceError(Exception):
+class BinanceError(VenueError):
     """A refusal: ``status`` (HTTP), ``code`` and ``msg`` as Binance sends them."""
 
     def __init__(self, status: int, code: int, msg: str) -> None:
@@ -46,6 +48,10 @@ class BinanceError(Exception):
 
     def body(self) -> bytes:
         return json.dumps({"code": self.code, "msg": self.msg}).encode()
+
+    @property
+    def fault(self) -> str:
+        return f"code {self.code}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +128,11 @@ def _number(values: dict[str, str], key: str, maximum: int) -> int | None:
     return number
 
 
-def parse_klines_params(pairs: Iterable[tuple[str, str]]) -> KlinesParams:
-    """Validate ``GET /api/v3/klines`` query pairs (symbol existence is checked later)."""
+def parse_klines_params(
+    pairs: Iterable[tuple[str, str]], *, default_limit: int = 500, max_limit: int = 1000
+) -> KlinesParams:
+    """Validate ``GET /api/v3/klines`` (or ``/fapi/v1/klines``: ``max_limit=1500``) query
+    pairs (symbol existence is checked later)."""
     values = _single(pairs, _KLINES_KEYS)
     symbol = _symbol(_mandatory(values, "symbol"))
     interval = _mandatory(values, "interval")
@@ -133,8 +142,8 @@ def parse_klines_params(pairs: Iterable[tuple[str, str]]) -> KlinesParams:
     end = _number(values, "endTime", _MAX_TIME_MS)
     limit = _number(values, "limit", 10**9)
     if limit is None:
-        limit = 500
-    if not 1 <= limit <= 1000:
+        limit = default_limit
+    if not 1 <= limit <= max_limit:
         raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
     if start is not None and end is not None and start > end:
         raise BinanceError(400, -1023, "Start time is greater than end time.")

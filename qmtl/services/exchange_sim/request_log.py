@@ -1,34 +1,47 @@
 """What the simulator was asked and what it answered, for tests to assert on.
 
-Every REST request under ``/api/`` is recorded (rejected and failed ones included); klines
-requests also record their parameters and the bar window served, so a test can say "this
-window was fetched exactly once" or "no 429 happened". Debug routes (``/_sim/...``) and the
-websocket are not recorded. Times are the simulator clock in epoch milliseconds.
+Every REST request of every venue is recorded (rejected and failed ones included) with the
+venue that answered it (``binance``, ``binanceusdm``, ``okx`` — told apart by path); candles
+requests (Binance ``klines``, OKX ``candles``/``history-candles``) also record their
+parameters and the bar window served, so a test can say "this window was fetched exactly
+once" or "no 429 happened on OKX". Debug routes (``/_sim/...``) and the websocket are not
+recorded. Times are the simulator clock in epoch milliseconds.
+
+Records are named tuples rather than frozen dataclasses: two of them are built for every
+klines request, and a frozen dataclass pays an ``object.__setattr__`` call per field — on
+the simulator's hottest path, for no behaviour a tuple lacks.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 __all__ = ["KlinesRecord", "RequestLog", "RequestRecord"]
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
-    """One REST request: path, HTTP status, weight charged (0 when rejected), time (ms)."""
+class RequestRecord(NamedTuple):
+    """One REST request: path, HTTP status, cost charged (Binance weight; 1 per request on
+    OKX; 0 when rejected or not limited), time (ms), venue and the raw query string (what a
+    client really sent: ``instType=SPOT``)."""
 
     path: str
     status: int
     weight: int
     at_ms: int
+    venue: str = "binance"
+    query: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class KlinesRecord:
-    """One klines request as sent (``None`` = parameter absent or unparseable) and the bars
+class KlinesRecord(NamedTuple):
+    """One candles request as sent (``None`` = parameter absent or unparseable) and the bars
     served: ``first_open_ms``/``last_open_ms``/``rows`` (``rows == 0`` and ``None`` bounds for
-    an empty page or an error)."""
+    an empty page or an error).
+
+    ``symbol`` and ``interval`` are the venue's own (``BTCUSDT``/``1m`` on Binance,
+    ``BTC-USDT``/``1m`` or ``1Dutc`` on OKX). ``start_time``/``end_time`` are the time bounds
+    as sent: Binance's inclusive ``startTime``/``endTime``; OKX's exclusive ``before``/
+    ``after`` (bars newer than ``before``, older than ``after``)."""
 
     symbol: str | None
     interval: str | None
@@ -40,10 +53,13 @@ class KlinesRecord:
     first_open_ms: int | None = None
     last_open_ms: int | None = None
     fault: str | None = None
+    venue: str = "binance"
+    path: str = "/api/v3/klines"
 
 
 class RequestLog:
-    """Append-only log with query helpers. Not thread-safe (one event loop)."""
+    """Append-only log with query helpers (``venue=None`` means every venue). Not
+    thread-safe (one event loop)."""
 
     def __init__(self) -> None:
         self.requests: list[RequestRecord] = []
@@ -59,19 +75,23 @@ class RequestLog:
         self.requests.clear()
         self.klines.clear()
 
-    def count(self, path: str | None = None, *, status: int | None = None) -> int:
+    def count(
+        self, path: str | None = None, *, status: int | None = None, venue: str | None = None
+    ) -> int:
         """Requests to ``path`` (any path when ``None``), optionally with that ``status``."""
         return sum(
             1
             for r in self.requests
-            if (path is None or r.path == path) and (status is None or r.status == status)
+            if (path is None or r.path == path)
+            and (status is None or r.status == status)
+            and (venue is None or r.venue == venue)
         )
 
-    def by_path(self) -> Counter[str]:
-        return Counter(r.path for r in self.requests)
+    def by_path(self, venue: str | None = None) -> Counter[str]:
+        return Counter(r.path for r in self.requests if venue is None or r.venue == venue)
 
-    def statuses(self) -> Counter[int]:
-        return Counter(r.status for r in self.requests)
+    def statuses(self, venue: str | None = None) -> Counter[int]:
+        return Counter(r.status for r in self.requests if venue is None or r.venue == venue)
 
     def klines_count(
         self,
@@ -81,8 +101,9 @@ class RequestLog:
         start_time: int | None = None,
         end_time: int | None = None,
         limit: int | None = None,
+        venue: str | None = None,
     ) -> int:
-        """Klines requests with exactly these parameters (``None`` here = any value)."""
+        """Candles requests with exactly these parameters (``None`` here = any value)."""
         return sum(
             1
             for k in self.klines
@@ -91,18 +112,21 @@ class RequestLog:
             and (start_time is None or k.start_time == start_time)
             and (end_time is None or k.end_time == end_time)
             and (limit is None or k.limit == limit)
+            and (venue is None or k.venue == venue)
         )
 
     def klines_by_params(
-        self,
+        self, venue: str | None = None
     ) -> Counter[tuple[str | None, str | None, int | None, int | None, int | None]]:
-        """How often each ``(symbol, interval, startTime, endTime, limit)`` was asked."""
+        """How often each ``(symbol, interval, start, end, limit)`` was asked."""
         return Counter(
-            (k.symbol, k.interval, k.start_time, k.end_time, k.limit) for k in self.klines
+            (k.symbol, k.interval, k.start_time, k.end_time, k.limit)
+            for k in self.klines
+            if venue is None or k.venue == venue
         )
 
     def served_windows(
-        self, symbol: str | None = None, interval: str | None = None
+        self, symbol: str | None = None, interval: str | None = None, *, venue: str | None = None
     ) -> list[tuple[int, int]]:
         """``(first_open_ms, last_open_ms)`` of every successful non-empty page, in order."""
         return [
@@ -113,6 +137,7 @@ class RequestLog:
             and k.last_open_ms is not None
             and (symbol is None or k.symbol == symbol)
             and (interval is None or k.interval == interval)
+            and (venue is None or k.venue == venue)
         ]
 
     def to_json(self) -> dict[str, object]:
@@ -120,6 +145,6 @@ class RequestLog:
         return {
             "by_path": dict(self.by_path()),
             "statuses": {str(k): v for k, v in self.statuses().items()},
-            "requests": [asdict(r) for r in self.requests],
-            "klines": [asdict(k) for k in self.klines],
+            "requests": [r._asdict() for r in self.requests],
+            "klines": [k._asdict() for k in self.klines],
         }

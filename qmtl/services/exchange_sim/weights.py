@@ -12,7 +12,8 @@ Decisions, written down:
   is refused while ``ban_after_violations`` violations already happened in the window, the
   client is **banned** for ``ban_seconds``: that and every request until the ban ends get 418
   with ``Retry-After`` = whole seconds left. The ban end clears the counters.
-- One budget for the whole simulator (Binance limits per IP; tests all come from loopback).
+- One budget per venue (Binance counts spot and USD-M futures weight apart, per IP; tests
+  all come from loopback): spot and futures each get a :class:`WeightLimiter`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ENDPOINT_WEIGHTS", "Admission", "WeightLimiter"]
+__all__ = [
+    "ENDPOINT_WEIGHTS",
+    "FUTURES_ENDPOINT_WEIGHTS",
+    "FUTURES_KLINES_PATH",
+    "Admission",
+    "WeightLimiter",
+    "futures_klines_weight",
+    "futures_klines_weight_of",
+]
 
 #: Request weight per REST path (Binance spot values); other paths weigh 1.
 ENDPOINT_WEIGHTS: dict[str, int] = {
@@ -29,7 +38,37 @@ ENDPOINT_WEIGHTS: dict[str, int] = {
     "/api/v3/exchangeInfo": 20,
     "/api/v3/klines": 2,
 }
+#: Binance USD-M futures weights other than klines (whose weight depends on ``limit``).
+FUTURES_ENDPOINT_WEIGHTS: dict[str, int] = {
+    "/fapi/v1/ping": 1,
+    "/fapi/v1/time": 1,
+    "/fapi/v1/exchangeInfo": 1,
+}
+FUTURES_KLINES_PATH = "/fapi/v1/klines"
+_FUTURES_DEFAULT_LIMIT = 500
 _WINDOW_S = 60
+
+
+def futures_klines_weight(limit: int) -> int:
+    """Binance USD-M klines weight by ``limit``: [1, 100) → 1, [100, 500) → 2,
+    [500, 1000] → 5, above → 10 (ccxt's ``byLimit`` tiers say the same)."""
+    if limit < 100:
+        return 1
+    if limit < 500:
+        return 2
+    if limit <= 1000:
+        return 5
+    return 10
+
+
+def futures_klines_weight_of(limit_text: str | None) -> int:
+    """The weight of a ``/fapi/v1/klines`` request sending ``limit=limit_text``. A limit
+    that does not parse weighs as the default one (the request is refused after being
+    charged, as on Binance)."""
+    limit = _FUTURES_DEFAULT_LIMIT
+    if limit_text is not None and limit_text.isascii() and limit_text.isdigit():
+        limit = int(limit_text[:12])
+    return futures_klines_weight(limit)
 
 
 @dataclass(frozen=True, slots=True)
