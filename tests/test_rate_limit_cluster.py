@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
 from qmtl.runtime.io.ccxt_rate_limiter import LocalRateLimiter
 from qmtl.runtime.sdk.clock import FakeClock
-from qmtl.runtime.sdk.errors import ExchangeRateLimitError
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 from qmtl.services.exchange_sim import RequestRecord, Scenario, SimulatorServer, run_simulator
@@ -203,11 +202,9 @@ async def _fetch_with_others_spending(*, hook: bool) -> tuple[SimulatorServer, A
             del fetcher.exchange.qmtl_on_response
         start = minute - 50 * 60_000  # 50 pages of 1000 bars, all closed
         try:
-            result: Any = await fetcher.fetch(
+            result: Any = await fetcher.fetch_window(
                 start, minute, node_id="ohlcv:binance:BTC/USDT:1m", interval=60
             )
-        except ExchangeRateLimitError as exc:
-            result = exc
         finally:
             await fetcher.aclose()
         return sim, result
@@ -216,7 +213,9 @@ async def _fetch_with_others_spending(*, hook: bool) -> tuple[SimulatorServer, A
 async def test_without_the_usage_header_a_fresh_limiter_overshoots() -> None:
     """The control: a full bucket knows nothing of the 200 others spent."""
     sim, result = await _fetch_with_others_spending(hook=False)
-    assert isinstance(result, ExchangeRateLimitError)
+    # The pages answered before the 429 are kept; the rest is missing, the 429 says why.
+    assert "ExchangeRateLimitError" in result.missing_reason
+    assert 0 < len(result.frame) < 50 * 1000
     assert sim.request_log.statuses()[429] == 1
 
 
@@ -226,4 +225,4 @@ async def test_usage_header_keeps_a_fresh_limiter_within_what_others_left() -> N
     exceeded and the whole range arrives without a 429."""
     sim, result = await _fetch_with_others_spending(hook=True)
     assert sim.request_log.statuses()[429] == 0
-    assert len(result) == 50 * 1000
+    assert len(result.frame) == 50 * 1000 and result.missing_reason is None

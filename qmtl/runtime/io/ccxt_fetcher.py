@@ -22,7 +22,9 @@ What it guarantees (the backfiller relies on every point):
   kept.
 - **Malformed payloads** (truncated JSON, wrong types, NaN prices, misaligned or out-of-window
   timestamps) raise :class:`ExchangeDataError` with the node id and window; nothing from a
-  bad page is returned, so nothing is stored.
+  bad page is returned, so nothing is stored. A retryable failure (5xx, 429, a malformed
+  page) *after* some pages of the window were answered keeps those pages: the result
+  vouches for them and gives the error as ``missing_reason`` for the rest.
 - **Rate limits**: ccxt's own throttle is off; every request — market loading included —
   goes through the process's one limiter for the key (:func:`shared_limiter`), charged its
   weight in the exchange's units. A 429/418 — told by the HTTP status the adapter attaches,
@@ -308,7 +310,16 @@ class CcxtOHLCVFetcher:
         requests = 0
         while cursor < horizon:
             limit = min(self.profile.bars_per_page, math.ceil((horizon - cursor) / interval))
-            page = await self._page(node, market, cursor, limit, interval, window, warnings)
+            try:
+                page = await self._page(node, market, cursor, limit, interval, window, warnings)
+            except ExchangeError as error:
+                if not error.retryable or not chunks:
+                    raise
+                # Keep the pages already answered (a window cut by a 429 or a 5xx must not
+                # lose them); the rest is missing, with this error as why, and asked again.
+                missing_reason = f"{type(error).__name__}: {error}"
+                requests += 1
+                break
             requests += 1
             if len(page) == 0:
                 if cursor < settled:
