@@ -18,6 +18,13 @@ simulator, over the same symbols × days:
 
 Prints candles/s, the ratio to the ceiling (target ≥ 0.97, zero 429s) and ours ÷ ccxt
 (target ≥ 1.15).
+
+``--exchange binanceusdm|okx`` runs the same against the simulator's Binance USD-M futures or
+OKX v5 format, with the exchange's profile: its page size (USD-M: 499 bars for weight 2;
+OKX: 100 bars a request), its published limit (USD-M 2400 weight/min; OKX history-candles 20
+requests / 2 s) and the default budget the README rule gives under it. It prints the bars per
+unit of weight of the profile's page against the default page a plain client would ask for,
+and ours against that exchange's ceiling (no plain-ccxt run).
 """
 
 from __future__ import annotations
@@ -66,24 +73,38 @@ def statuses(base_url: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in payload["statuses"].items()}
 
 
-async def run_ours(base_url: str, symbols: list[str], start: int, end: int) -> tuple[int, float]:
-    fetcher = CcxtOHLCVFetcher(
-        CcxtBackfillConfig(
-            exchange_id="binance",
-            urls={"rest": base_url},
-            rate_limiter=RateLimiterConfig(
-                tokens_per_interval=5880, interval_ms=60_000, burst_tokens=100, local_semaphore=32
-            ),
+VENUES = {  # exchange -> (market type, symbol suffix)
+    "binance": ("spot", ""),
+    "binanceusdm": ("swap", ":USDT"),
+    "okx": ("spot", ""),
+}
+
+
+async def run_ours(
+    base_url: str, symbols: list[str], start: int, end: int, exchange: str = "binance"
+) -> tuple[int, float]:
+    market_type, suffix = VENUES[exchange]
+    if exchange == "binance":  # the README rule with session 1's 100-weight burst
+        budget = RateLimiterConfig(
+            tokens_per_interval=5880, interval_ms=60_000, burst_tokens=100, local_semaphore=32
         )
+    else:  # the profile's own default budget
+        budget = RateLimiterConfig(local_semaphore=32)
+    config = CcxtBackfillConfig(
+        exchange_id=exchange, market_type=market_type, urls={"rest": base_url}, rate_limiter=budget
     )
+    fetcher = CcxtOHLCVFetcher(config)
+    page = config.exchange_profile().bars_per_page
     with tempfile.TemporaryDirectory() as tmp:
         provider = EnhancedQuestDBProvider(
             f"duckdb:///{tmp}/bench.duckdb",
             fetcher=fetcher,
-            backfill_config=BackfillConfig(window_bars=BARS_PER_PAGE, max_concurrent_requests=32),
+            backfill_config=BackfillConfig(
+                window_bars=page * max(1, 1000 // page), max_concurrent_requests=32
+            ),
         )
         async with provider:
-            nodes = [f"ohlcv:binance:{s}:1m" for s in symbols]
+            nodes = [f"ohlcv:{exchange}:{s}{suffix}:1m" for s in symbols]
             began = time.perf_counter()
             await asyncio.gather(
                 *(provider.ensure_data_available(start, end, node_id=n, interval=60) for n in nodes)
@@ -109,6 +130,36 @@ async def run_ccxt(base_url: str, symbols: list[str], start: int, end: int) -> t
     finally:
         await exchange.close()
     return sum(len({row[0] for row in rows if row[0] < end * 1000}) for rows in pages), seconds
+
+
+def venue_compare(symbol_count: int, args: argparse.Namespace) -> None:
+    """``--exchange binanceusdm|okx``: ours against that exchange's ceiling."""
+    from qmtl.runtime.io.exchange_profiles import profile_for
+
+    exchange = args.exchange
+    market_type, _ = VENUES[exchange]
+    profile = profile_for(exchange, market_type)
+    plain_page = {"binanceusdm": 500, "okx": 100}[exchange]  # what ccxt asks without a limit
+    plain_weight = next(w for b, w in profile.page_tiers if plain_page <= b)
+    symbols = [f"S{i:03d}/USDT" for i in range(symbol_count)]
+    scenario: dict[str, Any] = {"seed": 1, "symbols": symbols, "latency_ms": args.latency_ms}
+    end = int(time.time()) // DAY * DAY
+    start = end - args.days * DAY
+    budget = profile.default_budget()
+    ceiling = profile.ceiling_bars_per_s(budget)
+    print(f"-- {exchange} {market_type}: {symbol_count} symbol(s) x {args.days} days of 1m; "
+          f"latency {args.latency_ms} ms; limit {profile.limit} per {profile.limit_interval_ms} "
+          f"ms; budget {budget.tokens_per_interval} + {budget.burst_tokens}; ceiling "
+          f"{ceiling:,.0f} candles/s")  # fmt: skip
+    ours_per_weight = profile.bars_per_page / profile.page_weight
+    plain_per_weight = plain_page / plain_weight
+    print(f"page: {profile.bars_per_page} bars for weight {profile.page_weight} = "
+          f"{ours_per_weight:.1f} bars/weight; a plain client's {plain_page}-bar page: "
+          f"{plain_per_weight:.1f} bars/weight "
+          f"(x{ours_per_weight / plain_per_weight:.2f})")  # fmt: skip
+    ours, ours_429 = measure("ours", scenario, run_ours, symbols, start, end, exchange)
+    verdict = "ok" if ours / ceiling >= 0.97 and ours_429 == 0 else "BELOW TARGET"
+    print(f"ours / ceiling = {ours / ceiling:.3f} (target >= 0.97, zero 429s: {verdict})")
 
 
 def measure(name: str, scenario: dict[str, Any], runner: Any, *args: Any) -> tuple[float, int]:
@@ -161,9 +212,10 @@ def main() -> None:
     )
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--weight-limit", type=int, default=6000)
+    parser.add_argument("--exchange", choices=sorted(VENUES), default="binance")
     args = parser.parse_args()
     for count in args.symbols:
-        compare(count, args)
+        (compare if args.exchange == "binance" else venue_compare)(count, args)
 
 
 if __name__ == "__main__":
