@@ -88,7 +88,7 @@ class ListedExchange(EarlyBarsExchange):
     """A window-paging exchange (every window before the listing answers empty) whose market
     metadata carries the listing time, as OKX's ``listTime`` does."""
 
-    listed_ms = (T0 + 25 * I) * 1000 + 1  # one ms after a bar opens: that bar is not listed
+    listed_ms = (T0 + 26 * I) * 1000 + 30_000  # mid-bar: the bar holding it is listed
 
     def market(self, symbol: str) -> dict[str, Any]:
         return {"symbol": symbol, "info": {"listTime": str(self.listed_ms)}}

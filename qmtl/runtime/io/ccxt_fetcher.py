@@ -374,10 +374,10 @@ class CcxtOHLCVFetcher:
             raise translate_ccxt_error(exc, node_id=str(node), window=where) from exc
 
     def _listing_bar(self, market: Any, interval: int) -> int | None:
-        """Open time of the first bar at or after the market's listing, from the field of the
+        """Open time of the bar holding the market's listing instant, from the field of the
         exchange's market metadata the profile names (OKX ``listTime``, Binance futures
-        ``onboardDate``, epoch ms) — evidence no page fault can fake: before it there is
-        nothing to fetch, even on an exchange whose empty windows prove nothing."""
+        ``onboardDate``, epoch ms) — evidence no page fault can fake: before that bar there
+        is nothing to fetch, even on an exchange whose empty windows prove nothing."""
         name = self.profile.listing_field
         info = market.get("info") if isinstance(market, dict) else None
         raw = info.get(name) if name and isinstance(info, dict) else None
@@ -387,9 +387,7 @@ class CcxtOHLCVFetcher:
             return None
         if listed_ms is None or listed_ms <= 0:
             return None
-        listed = -(-listed_ms // 1000)  # ceil: a bar opening before the listing has no data
-        start = bar_open_at(listed, interval)
-        return start if start == listed else start + interval
+        return bar_open_at(listed_ms // 1000, interval)
 
     async def _page(
         self,
