@@ -53,7 +53,9 @@ async def rig(venue: str, market_type: str, tmp_path: Any) -> AsyncIterator[Open
     async with AsyncExitStack() as stack:
 
         async def open_(
-            extra: dict[str, Any] | None = None, **market: Any
+            extra: dict[str, Any] | None = None,
+            profile: dict[str, Any] | None = None,
+            **market: Any,
         ) -> tuple[EnhancedQuestDBProvider, SimulatorServer, SeamlessMetrics]:
             clock = FakeClock(start=float(NOW), auto_advance=True)
             scenario = {
@@ -70,6 +72,7 @@ async def rig(venue: str, market_type: str, tmp_path: Any) -> AsyncIterator[Open
                     exchange_id=venue,
                     market_type=market_type,
                     urls={"rest": sim.base_url},
+                    profile=profile or {},
                     rate_limiter=RateLimiterConfig(
                         tokens_per_interval=100_000, interval_ms=1000, burst_tokens=1000
                     ),
@@ -146,3 +149,32 @@ async def test_a_429_pauses_the_key_in_every_format(
         "seamless_rl_penalty_total", {"key": key, "status": "429"}
     )
     assert penalties is not None and penalties >= 1
+
+
+async def test_a_permanent_outage_stays_missing_with_its_reason(
+    rig: Open, venue: str, market_type: str, symbol: str
+) -> None:
+    provider, _, _ = await rig(outages=[{"status": 503, "next_requests": 10_000}])
+    start, end = LISTING + 5 * DAY, LISTING + 5 * DAY + 300 * I
+    result = await provider.fetch(start, end, node_id=node(venue, symbol), interval=I)
+    assert result.frame.empty and result.metadata.partial
+    assert [(r.start, r.end) for r in result.metadata.missing_ranges] == [(start, end)]
+    assert result.metadata.backfill_errors
+    ledger = await provider.coverage(node_id=node(venue, symbol), interval=I)
+    assert not [s for s in ledger if s.start < end and s.end > start]  # nothing claimed
+
+
+async def test_history_beyond_the_depth_is_never_known_empty(
+    rig: Open, venue: str, market_type: str, symbol: str
+) -> None:
+    """The exchange serves only its newest 500 bars and the profile says so: the older part
+    of a window is not asked for and stays missing with the reason; the rest is exact."""
+    provider, _, _ = await rig(history_depth_bars=500, profile={"history_depth_bars": 500})
+    forming = NOW - NOW % I
+    start, end = forming - 800 * I, forming - 10 * I
+    result = await provider.fetch(start, end, node_id=node(venue, symbol), interval=I)
+    oldest = forming - 500 * I
+    assert result.frame["ts"].tolist() == expected(symbol, oldest, end)
+    assert any("history depth (500 bars)" in e for e in result.metadata.backfill_errors)
+    ledger = await provider.coverage(node_id=node(venue, symbol), interval=I)
+    assert not [s for s in ledger if s.kind is SegmentKind.EMPTY and s.start < oldest]
