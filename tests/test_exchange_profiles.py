@@ -139,3 +139,28 @@ def test_exchanges_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[0]["ceiling_bars_per_s"] == pytest.approx(2352 / 2 / 60 * 499)
     assert main(["exchanges", "nosuchex"]) == 2
     assert "not a ccxt exchange" in capsys.readouterr().err
+
+
+def test_the_published_table_agrees_with_ccxts_own_tiers() -> None:
+    """Derive, then check against the exchange's numbers: ccxt's ``byLimit`` tiers of the
+    USD-M klines endpoint have our tier boundaries, in the same 1:2:5:10 proportion."""
+    import ccxt
+
+    by_limit = ccxt.binanceusdm().api["fapiPublic"]["get"]["klines"]["byLimit"]
+    ours = profile_for("binanceusdm", "swap").page_tiers
+    assert [b for b, _ in by_limit[:3]] == [b for b, _ in ours[:3]]
+    base = by_limit[0][1]
+    assert [w / base for _, w in by_limit] == [w for _, w in ours]
+
+
+def test_rate_limit_statuses_come_from_ccxts_http_exceptions() -> None:
+    import ccxt
+
+    from qmtl.runtime.io.exchange_profiles import rate_limit_statuses
+
+    assert 429 in rate_limit_statuses(ccxt.bitget().httpExceptions)
+    assert rate_limit_statuses({"418": ccxt.DDoSProtection, "500": ccxt.ExchangeError}) == (
+        418,
+        429,
+    )
+    assert profile_for("bitget", "spot").rate_limit_statuses[-1] >= 429

@@ -148,15 +148,21 @@ class CcxtBackfillConfig(ExchangeAccess):
 
 
 def translate_ccxt_error(
-    exc: BaseException, *, node_id: str | None, window: tuple[int, int] | None
+    exc: BaseException,
+    *,
+    node_id: str | None,
+    window: tuple[int, int] | None,
+    rate_limit_statuses: frozenset[int] = RATE_LIMIT_STATUSES,
 ) -> ExchangeError:
-    """Map a ccxt error onto the project's error tree (retryable or not, with status)."""
+    """Map a ccxt error onto the project's error tree (retryable or not, with status). A
+    status in ``rate_limit_statuses`` (the exchange profile's) is a rate limit whatever
+    exception class ccxt chose."""
     import ccxt
 
     status = http_status_of(exc)
     retry_after = retry_after_of(exc)
     kind: type[ExchangeError]
-    if status in RATE_LIMIT_STATUSES or isinstance(exc, ccxt.DDoSProtection):
+    if status in rate_limit_statuses or isinstance(exc, ccxt.DDoSProtection):
         kind = ExchangeRateLimitError
         status = status or 429
     elif isinstance(
@@ -427,9 +433,15 @@ class CcxtOHLCVFetcher:
                 result = await method(*args)
         except ccxt.BaseError as exc:
             await self._usage.drain()
-            error = translate_ccxt_error(exc, node_id=node_id, window=window)
+            statuses = RATE_LIMIT_STATUSES | set(self.profile.rate_limit_statuses)
+            error = translate_ccxt_error(
+                exc, node_id=node_id, window=window, rate_limit_statuses=statuses
+            )
             if isinstance(error, ExchangeRateLimitError):
-                await self.limiter.penalize(error.http_status or 429, error.retry_after_s)
+                status = error.http_status or 429
+                # An exchange's own ban status pauses the key like Binance's 418 (an IP ban).
+                ban = status in self.profile.ban_statuses
+                await self.limiter.penalize(418 if ban else status, error.retry_after_s)
             raise error from exc
         await self._usage.drain()
         return result

@@ -44,6 +44,7 @@ __all__ = [
     "ExchangeProfile",
     "best_page",
     "profile_for",
+    "rate_limit_statuses",
 ]
 
 Paging = Literal["forward", "window"]
@@ -270,8 +271,22 @@ def _from_ccxt(exchange_id: str, market_type: str) -> dict[str, Any]:
         "page_tiers": ((int(page) if page else 500, 1),),
         "limit": per_minute,
         "limit_interval_ms": 60_000,
+        "rate_limit_statuses": rate_limit_statuses(instance.httpExceptions),
         "source": "ccxt metadata",
     }
+
+
+def rate_limit_statuses(http_exceptions: Mapping[str, Any]) -> tuple[int, ...]:
+    """The HTTP statuses ccxt's ``httpExceptions`` maps to its rate-limit family
+    (``DDoSProtection``, ``RateLimitExceeded``), with 429 always among them — whatever
+    class ccxt raises, the fetcher penalizes by status."""
+    import ccxt
+
+    statuses = {429}
+    for code, kind in http_exceptions.items():
+        if isinstance(kind, type) and issubclass(kind, ccxt.DDoSProtection) and code.isdigit():
+            statuses.add(int(code))
+    return tuple(sorted(statuses))
 
 
 def profile_for(
