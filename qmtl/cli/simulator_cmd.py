@@ -27,7 +27,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     serve_parser = commands.add_parser(
         "serve",
         help="serve the exchange simulator until interrupted",
-        description="Serve Binance spot REST + kline websocket with deterministic bars.",
+        description=(
+            "Serve deterministic bars in Binance spot (REST + kline websocket), Binance USD-M "
+            "futures (/fapi/v1) and OKX v5 (/api/v5) wire formats on one port."
+        ),
     )
     serve_parser.add_argument("--host", default="127.0.0.1", help="bind address")
     serve_parser.add_argument(
