@@ -7,8 +7,6 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from datetime import time as dt_time
 from typing import Any
@@ -17,7 +15,6 @@ from urllib.parse import quote
 import aiohttp
 import numpy as np
 import pytest
-from multidict import CIMultiDictProxy
 
 from qmtl.cli.simulator_cmd import serve  # imported here: rich reads the cwd on import
 from qmtl.runtime.sdk.clock import FakeClock
@@ -25,49 +22,14 @@ from qmtl.runtime.sdk.node_id import TIMEFRAMES, alignment_origin
 from qmtl.services.exchange_sim import (
     USED_WEIGHT_HEADER,
     Scenario,
-    SimulatorServer,
     generate_bars,
-    run_simulator,
 )
+from tests.sim_http import T0, Start, http, start
+from tests.sim_http import get as _get
 
-T0 = 1_700_000_040  # a minute boundary, epoch seconds
 KLINES = "/api/v3/klines"
-Start = Callable[..., Awaitable[SimulatorServer]]
 
-
-@pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    async with AsyncExitStack() as stack:
-
-        async def _start(
-            scenario: Scenario | dict[str, Any] | None = None, clock: FakeClock | None = None
-        ) -> SimulatorServer:
-            if isinstance(scenario, dict):
-                scenario = Scenario.from_dict(scenario)
-            return await stack.enter_async_context(
-                run_simulator(scenario, clock=clock or FakeClock(T0 + 0.0))
-            )
-
-        yield _start
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def _get(
-    http: aiohttp.ClientSession, sim: SimulatorServer, path: str, query: str = ""
-) -> tuple[int, Any, CIMultiDictProxy[str]]:
-    url = f"{sim.base_url}{path}{'?' + query if query else ''}"
-    async with http.get(url) as resp:
-        text = await resp.text()
-        try:
-            body: Any = json.loads(text)
-        except ValueError:
-            body = text
-        return resp.status, body, resp.headers
+__all__ = ["http", "start"]  # the shared fixtures, used by name
 
 
 async def test_ping_time_and_exchange_info(start: Start, http: aiohttp.ClientSession) -> None:

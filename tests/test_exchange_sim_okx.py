@@ -6,59 +6,23 @@ representation. The real ccxt ``okx`` client against it is in
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
-from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDictProxy
 
 from qmtl.runtime.sdk.clock import FakeClock
-from qmtl.services.exchange_sim import Scenario, SimulatorServer, forming_bar, generate_bars
+from qmtl.services.exchange_sim import SimulatorServer, forming_bar, generate_bars
 from qmtl.services.exchange_sim.bars import E8, Bars
+from tests.sim_http import T0, Start, http, start
+from tests.sim_http import get as _get
 
-T0 = 1_700_000_040  # Tuesday 2023-11-14T22:14:00Z, a minute boundary (and an even second)
 CANDLES = "/api/v5/market/candles"
 HISTORY = "/api/v5/market/history-candles"
-Start = Callable[..., Awaitable[SimulatorServer]]
 
-
-@pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    async with AsyncExitStack() as stack:
-
-        async def _start(
-            scenario: dict[str, Any] | None = None, clock: FakeClock | None = None
-        ) -> SimulatorServer:
-            from qmtl.services.exchange_sim import run_simulator
-
-            return await stack.enter_async_context(
-                run_simulator(Scenario.from_dict(scenario or {}), clock=clock or FakeClock(T0))
-            )
-
-        yield _start
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def _get(
-    http: aiohttp.ClientSession, sim: SimulatorServer, path: str, query: str = ""
-) -> tuple[int, Any, CIMultiDictProxy[str]]:
-    async with http.get(f"{sim.base_url}{path}{'?' + query if query else ''}") as resp:
-        text = await resp.text()
-        try:
-            body: Any = json.loads(text)
-        except ValueError:
-            body = text
-        return resp.status, body, resp.headers
+__all__ = ["http", "start"]  # the shared fixtures, used by name
 
 
 def _parsed(rows: list[list[str]]) -> list[tuple[int, float, float, float, float, float, str]]:

@@ -6,59 +6,22 @@ the request log)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
-from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
-from multidict import CIMultiDictProxy
 
 from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.services.exchange_sim import (
     USED_WEIGHT_HEADER,
-    Scenario,
-    SimulatorServer,
     generate_bars,
-    run_simulator,
 )
+from tests.sim_http import T0, Start, http, start
+from tests.sim_http import get as _get
 
-T0 = 1_700_000_040  # a minute boundary
 FAPI_KLINES = "/fapi/v1/klines"
-Start = Callable[..., Awaitable[SimulatorServer]]
 
-
-@pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    async with AsyncExitStack() as stack:
-
-        async def _start(
-            scenario: dict[str, Any] | None = None, clock: FakeClock | None = None
-        ) -> SimulatorServer:
-            return await stack.enter_async_context(
-                run_simulator(Scenario.from_dict(scenario or {}), clock=clock or FakeClock(T0))
-            )
-
-        yield _start
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def _get(
-    http: aiohttp.ClientSession, sim: SimulatorServer, path: str, query: str = ""
-) -> tuple[int, Any, CIMultiDictProxy[str]]:
-    async with http.get(f"{sim.base_url}{path}{'?' + query if query else ''}") as resp:
-        text = await resp.text()
-        try:
-            body: Any = json.loads(text)
-        except ValueError:
-            body = text
-        return resp.status, body, resp.headers
+__all__ = ["http", "start"]  # the shared fixtures, used by name
 
 
 async def test_ping_time_and_perpetuals_exchange_info(
