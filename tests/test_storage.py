@@ -360,8 +360,9 @@ async def test_concurrent_tasks_never_block_the_event_loop(storage: HistoryStora
         node = f"ohlcv:binance:C{k}/USDT:1m"
         frame = bars(range(0, 100_000 * I, I), version=k)
         await storage.write_bars(node, frame, ledger_update=LedgerUpdate(interval=I))
-        for _ in range(3):
-            assert_bars_equal(await storage.read_range(node, 0, 100_000 * I), frame)
+        for _ in range(3):  # the comparison itself runs off the loop: only storage is timed
+            read = await storage.read_range(node, 0, 100_000 * I)
+            await asyncio.to_thread(assert_bars_equal, read, frame)
 
     tick = asyncio.create_task(ticker())
     # The autouse ``blockbuster`` fixture (conftest) raises on any blocking call qmtl code
@@ -369,9 +370,11 @@ async def test_concurrent_tasks_never_block_the_event_loop(storage: HistoryStora
     await asyncio.gather(*(worker(k) for k in range(2)))
     stop.set()
     await tick
-    # Offloaded, the worst tick gap is ~20-40 ms; a 100k-row DuckDB write run on the loop
-    # stalls it ~0.5 s (checked by hand), which blockbuster cannot see (C code) but this can.
-    assert max(gaps) < 0.1, f"event loop stalled for {max(gaps):.3f} s"
+    # Offloaded, the worst tick gap is ~20-40 ms (up to ~100 ms when the machine's two cores
+    # are busy with other tests: threads holding the GIL); a 100k-row DuckDB write run on the
+    # loop stalls it ~0.5 s (checked by hand), which blockbuster cannot see (C code) but this
+    # can. 0.25 s tells the two apart without failing on a loaded machine.
+    assert max(gaps) < 0.25, f"event loop stalled for {max(gaps):.3f} s"
 
 
 # -- lifecycle and errors ---------------------------------------------------------------------
