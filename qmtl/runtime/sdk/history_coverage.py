@@ -38,6 +38,7 @@ __all__ = [
     "Range",
     "SegmentKind",
     "apply_backfill_outcome",
+    "check_bar_interval",
     "compute_missing_ranges",
     "coverage_ratio",
     "grid_cell",
@@ -56,7 +57,9 @@ DEFAULT_STABILIZATION_BARS = 2
 _get_bounds = operator.attrgetter("start", "end")
 
 
-def _check_interval(interval: int) -> int:
+def check_bar_interval(interval: object) -> int:
+    """A bar interval: a positive ``int`` number of seconds (``ValueError`` otherwise). The
+    one check every layer uses (coverage math, the ledger update, the stores)."""
     if isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0:
         raise ValueError(f"interval must be a positive int number of seconds, got {interval!r}")
     return interval
@@ -85,7 +88,7 @@ class Range:
     @classmethod
     def aligned(cls, start: InstantLike, end: InstantLike, interval: int) -> Range:
         """Normalize user bounds: parse, then ceil-align both (same bars, see module doc)."""
-        _check_interval(interval)
+        check_bar_interval(interval)
         s = to_epoch_seconds(start, name="start")
         e = to_epoch_seconds(end, name="end")
         if s > e:
@@ -194,7 +197,7 @@ def _to_ranges(starts: _I64, ends: _I64) -> list[Range]:
 
 def merge_ranges(ranges: Iterable[Range | CoverageSegment], interval: int) -> list[Range]:
     """Sorted, aligned union of ``ranges``: overlapping or adjacent ones coalesce."""
-    _check_interval(interval)
+    check_bar_interval(interval)
     return _to_ranges(*_union(*_bounds(ranges, interval)))
 
 
@@ -254,7 +257,7 @@ def iter_batches(window: Range, interval: int, max_bars: int) -> Iterator[Range]
     origin, so two requests that overlap cut their common part into the *same* batches —
     which is what lets concurrent fetches share one backfill per batch (single flight).
     """
-    _check_interval(interval)
+    check_bar_interval(interval)
     if isinstance(max_bars, bool) or not isinstance(max_bars, int) or max_bars <= 0:
         raise ValueError(f"max_bars must be a positive int, got {max_bars!r}")
     step = max_bars * interval
@@ -291,7 +294,7 @@ def apply_backfill_outcome(
     asked again later. Adjacent segments of the same kind and source coalesce (keeping the
     newest ``fetched_at``), so the ledger stays O(distinct stretches).
     """
-    _check_interval(interval)
+    check_bar_interval(interval)
     new_data = merge_ranges(data, interval)
     empty_ranges = merge_ranges(empty, interval)
     if fetched_at is not None:

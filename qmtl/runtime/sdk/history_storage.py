@@ -28,7 +28,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
-from qmtl.runtime.sdk.history_coverage import DEFAULT_STABILIZATION_BARS, CoverageSegment, Range
+from qmtl.runtime.sdk.history_coverage import (
+    DEFAULT_STABILIZATION_BARS,
+    CoverageSegment,
+    Range,
+    check_bar_interval,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,14 +62,7 @@ class LedgerUpdate:
     stabilization_bars: int = DEFAULT_STABILIZATION_BARS
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.interval, bool)
-            or not isinstance(self.interval, int)
-            or self.interval <= 0
-        ):
-            raise ValueError(
-                f"interval must be a positive int number of seconds, got {self.interval!r}"
-            )
+        check_bar_interval(self.interval)
         for name in ("data", "empty"):
             ranges = tuple(getattr(self, name))
             if not all(isinstance(r, Range) for r in ranges):

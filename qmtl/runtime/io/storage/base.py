@@ -62,7 +62,6 @@ __all__ = [
     "STORE_COLUMNS",
     "SUPPORTED_SCHEMES",
     "SchemaState",
-    "check_interval",
     "check_ledger_update",
     "check_migrations",
     "check_node_id",
@@ -95,13 +94,6 @@ def check_node_id(node_id: object) -> str:
     except UnicodeEncodeError:
         raise ValueError("node id is not valid Unicode (lone surrogate)") from None
     return node_id
-
-
-def check_interval(interval: object) -> int:
-    """A bar interval: a positive ``int`` number of seconds."""
-    if isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0:
-        raise ValueError(f"interval must be a positive int number of seconds, got {interval!r}")
-    return interval
 
 
 def check_ledger_update(update: object) -> LedgerUpdate:

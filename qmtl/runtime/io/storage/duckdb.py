@@ -54,7 +54,6 @@ from qmtl.runtime.io.storage.base import (
     META_TABLE,
     STORE_COLUMNS,
     SchemaState,
-    check_interval,
     check_ledger_update,
     check_migrations,
     check_node_id,
@@ -75,7 +74,12 @@ from qmtl.runtime.sdk.bars import (
     sorted_columns,
 )
 from qmtl.runtime.sdk.errors import StorageError
-from qmtl.runtime.sdk.history_coverage import CoverageSegment, Range, apply_backfill_outcome
+from qmtl.runtime.sdk.history_coverage import (
+    CoverageSegment,
+    Range,
+    apply_backfill_outcome,
+    check_bar_interval,
+)
 from qmtl.runtime.sdk.history_storage import LedgerUpdate
 from qmtl.runtime.sdk.timestamps import InstantLike
 
@@ -296,7 +300,7 @@ class DuckDBStorage:
 
     async def read_ledger(self, node_id: str, interval: int) -> list[CoverageSegment]:
         node_id = check_node_id(node_id)
-        interval = check_interval(interval)
+        interval = check_bar_interval(interval)
         key = node_hash(node_id)
 
         def work(con: _Con) -> list[CoverageSegment]:
@@ -321,7 +325,7 @@ class DuckDBStorage:
 
     async def coverage_bounds(self, node_id: str, interval: int) -> Range | None:
         node_id = check_node_id(node_id)
-        interval = check_interval(interval)
+        interval = check_bar_interval(interval)
         key = node_hash(node_id)
 
         def work(con: _Con) -> tuple[Any, ...] | None:

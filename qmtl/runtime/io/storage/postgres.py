@@ -52,7 +52,6 @@ from qmtl.runtime.io.storage.base import (
     META_TABLE,
     STORE_COLUMNS,
     SchemaState,
-    check_interval,
     check_ledger_update,
     check_migrations,
     check_node_id,
@@ -71,7 +70,12 @@ from qmtl.runtime.sdk.bars import (
     empty_frame,
 )
 from qmtl.runtime.sdk.errors import StorageError
-from qmtl.runtime.sdk.history_coverage import CoverageSegment, Range, apply_backfill_outcome
+from qmtl.runtime.sdk.history_coverage import (
+    CoverageSegment,
+    Range,
+    apply_backfill_outcome,
+    check_bar_interval,
+)
 from qmtl.runtime.sdk.history_storage import LedgerUpdate
 from qmtl.runtime.sdk.timestamps import InstantLike
 
@@ -321,7 +325,7 @@ class PostgresStorage:
 
     async def read_ledger(self, node_id: str, interval: int) -> list[CoverageSegment]:
         node_id = check_node_id(node_id)
-        interval = check_interval(interval)
+        interval = check_bar_interval(interval)
 
         async def work(conn: _Conn) -> list[Any]:
             sql = _READ_LEDGER.format(key=_NODE_KEY)
@@ -343,7 +347,7 @@ class PostgresStorage:
 
     async def coverage_bounds(self, node_id: str, interval: int) -> Range | None:
         node_id = check_node_id(node_id)
-        interval = check_interval(interval)
+        interval = check_bar_interval(interval)
 
         async def work(conn: _Conn) -> Any:
             sql = f"SELECT min(ts), max(ts) FROM qmtl_bars WHERE node_key = {_NODE_KEY}"
