@@ -326,11 +326,13 @@ class DataFetcherAutoBackfiller:
         self._count_conformance(node_id, interval, report.flags, report.warnings)
         covered_until = batch.end if result.covered_until is None else result.covered_until
         vouched = Range(batch.start, max(batch.start, min(batch.end, covered_until)))
-        ts = frame["ts"].to_numpy()
-        inside = (ts >= vouched.start) & (ts < vouched.end)
-        if not bool(np.all(inside)):
-            frame = frame.loc[inside].reset_index(drop=True)
         unavailable = [r for u in result.unavailable if (r := u.intersect(batch)) is not None]
+        ts = frame["ts"].to_numpy()
+        keep = (ts >= vouched.start) & (ts < vouched.end)  # only vouched, servable bars
+        for r in unavailable:
+            keep &= (ts < r.start) | (ts >= r.end)
+        if not bool(np.all(keep)):
+            frame = frame.loc[keep].reset_index(drop=True)
         empty = tuple(
             part
             for e in result.empty
@@ -340,12 +342,6 @@ class DataFetcherAutoBackfiller:
         data = (
             tuple(subtract_ranges([vouched], [*empty, *unavailable])) if not vouched.empty else ()
         )
-        if unavailable:
-            ts = frame["ts"].to_numpy()
-            keep = np.ones(len(ts), dtype=bool)
-            for r in unavailable:
-                keep &= (ts < r.start) | (ts >= r.end)
-            frame = frame.loc[keep].reset_index(drop=True)
         update = LedgerUpdate(
             interval=interval,
             data=data,
