@@ -31,6 +31,7 @@ Deriving reads ccxt's class attributes only: no exchange is contacted.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -295,7 +296,14 @@ def profile_for(
     """The profile of ``exchange_id``/``market_type``: the published table where it has the
     exchange, else ccxt's metadata; then ``overrides``. ``ValueError`` for an unknown id."""
     check_exchange_id(exchange_id)
+    profile = _base_profile(exchange_id, market_type)
+    return profile.with_overrides(overrides) if overrides else profile
+
+
+@functools.cache
+def _base_profile(exchange_id: str, market_type: str) -> ExchangeProfile:
+    """The profile before overrides, built once per process: deriving it instantiates a
+    ccxt exchange class, and every fetcher config asks (validation, pages, budget)."""
     known = PUBLISHED.get((exchange_id, market_type))
     values = dict(known) if known is not None else _from_ccxt(exchange_id, market_type)
-    profile = ExchangeProfile(exchange_id=exchange_id, market_type=market_type, **values)
-    return profile.with_overrides(overrides) if overrides else profile
+    return ExchangeProfile(exchange_id=exchange_id, market_type=market_type, **values)
