@@ -28,16 +28,17 @@ from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 
-from qmtl.runtime.io.limiter_base import DEFAULT_BAN_MS, penalty_ms_for
+# DEFAULT_BAN_MS, penalty_ms_for, LocalRateLimiter and RateLimiter stay importable from the
+# SPEC's path (explicit re-exports; each is defined in its own module).
+from qmtl.runtime.io.limiter_base import DEFAULT_BAN_MS as DEFAULT_BAN_MS
+from qmtl.runtime.io.limiter_base import penalty_ms_for as penalty_ms_for
 from qmtl.runtime.io.local_rate_limiter import LocalRateLimiter
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.config import redis_dsn_from_env
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
-from qmtl.runtime.sdk.rate_limiter import USAGE_WINDOW_MS, RateLimiter
+from qmtl.runtime.sdk.rate_limiter import USAGE_WINDOW_MS
+from qmtl.runtime.sdk.rate_limiter import RateLimiter as RateLimiter
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig, render_key
-
-# Names the SPEC places at this path (imported, defined in their own modules).
-_SPEC_PATH_NAMES = (DEFAULT_BAN_MS, LocalRateLimiter, RateLimiter, penalty_ms_for)
 
 __all__ = ["SharedLimiter", "get_limiter", "shared_limiter"]
 
@@ -71,6 +72,10 @@ def _with_env_dsn(config: RateLimiterConfig, env: Mapping[str, str] | None) -> R
     return config if dsn == config.redis_dsn else replace(config, redis_dsn=dsn)
 
 
+#: A registry slot: the rendered key and the clock's identity (see ``_clock_token``).
+_Slot = tuple[str, object]
+
+
 @dataclass(slots=True)
 class _Entry:
     limiter: RateLimiter
@@ -79,7 +84,7 @@ class _Entry:
 
 
 #: event loop -> (key, clock token) -> the shared limiter of that key.
-_REGISTRY: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, object], _Entry]]
+_REGISTRY: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_Slot, _Entry]]
 _REGISTRY = weakref.WeakKeyDictionary()
 
 
@@ -92,7 +97,7 @@ class SharedLimiter:
     """One holder's handle on the process's limiter for a key (see the module docstring).
     Everything is delegated; :meth:`aclose` releases this holder only."""
 
-    def __init__(self, entry: _Entry, table: dict[tuple[str, object], _Entry], slot: object):
+    def __init__(self, entry: _Entry, table: dict[_Slot, _Entry], slot: _Slot) -> None:
         self._entry = entry
         self._table = table
         self._slot = slot
@@ -122,8 +127,8 @@ class SharedLimiter:
         self._entry.holders -= 1
         if self._entry.holders > 0:
             return
-        if self._table.get(self._slot) is self._entry:  # type: ignore[call-overload]
-            del self._table[self._slot]  # type: ignore[arg-type]
+        if self._table.get(self._slot) is self._entry:
+            del self._table[self._slot]
         await self._entry.limiter.aclose()
 
 
