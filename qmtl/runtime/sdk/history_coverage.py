@@ -41,7 +41,6 @@ __all__ = [
     "check_bar_interval",
     "compute_missing_ranges",
     "coverage_ratio",
-    "grid_cell",
     "iter_batches",
     "merge_ranges",
     "split_range",
@@ -268,11 +267,6 @@ def iter_batches(window: Range, interval: int, max_bars: int) -> Iterator[Range]
         stop = min(cut, end)
         yield Range(start, stop)
         start, cut = stop, cut + step
-
-
-def grid_cell(ts: int, interval: int, max_bars: int) -> int:
-    """Index of the :func:`split_range` grid cell holding the bar that opens at ``ts``."""
-    return (ts - alignment_origin(interval)) // (max_bars * interval)
 
 
 def apply_backfill_outcome(
