@@ -23,6 +23,7 @@ import pytest
 
 from qmtl.cli.main import main
 from qmtl.testing.servers import free_port
+from tests.terminal import progress_lines, terminal  # noqa: F401  (fixture)
 
 NODE = "ohlcv:binance:BTC/USDT:1m"
 DAY = ["--start", "2024-02-01", "--end", "2024-02-02"]
@@ -242,12 +243,12 @@ def test_log_format_json_from_the_config_file(
 
 
 def test_backfill_counts_failed_batches_and_reports_why_ranges_are_missing(
-    btc_down_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    btc_down_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], terminal: None
 ) -> None:
     config = write_config(tmp_path, rest=btc_down_url, symbols="[BTC/USDT, ETH/USDT]")
     assert main(["backfill", "--config", str(config), *DAY]) == 1  # ETH stored: served, partly
     out, err = capsys.readouterr()
-    progress = [line for line in err.splitlines() if line.startswith("backfill ━")]
+    progress = progress_lines(err, "backfill")
     assert progress, err
     assert "1440/2880 bars" in progress[-1]  # only the bars that were stored
     assert "failed 2 batches (1,440 bars)" in progress[-1]

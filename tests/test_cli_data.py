@@ -109,7 +109,7 @@ def test_backfill_command_fills_every_configured_node(
         (["fetch", "ohlcv:binance:BTC/USDT:7m", "--days", "1"], "unknown timeframe '7m'"),
         (["fetch", NODE, "--start", "2024-01-02", "--end", "2024-01-01"], "is not before"),
         (["fetch", NODE, "--days", "1", "--out", "x.xlsx"], "--out must end in"),
-        (["fetch", NODE, "--start", "yesterday"], "not an ISO-8601 timestamp"),
+        (["fetch", NODE, "--start", "yesterday"], "is not a date or time; accepted: ISO-8601"),
         (["coverage", NODE, "--dsn", "mysql://x"], "supported"),
         (["demo", "--days", "0"], "--days must be within"),
         (["backfill", "--config", "/nonexistent.yaml"], "nonexistent.yaml"),

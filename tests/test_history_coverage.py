@@ -71,10 +71,10 @@ def test_inputs_accept_datetimes_and_iso_strings() -> None:
     ("start", "end", "message"),
     [
         (datetime(2024, 1, 1), 0, "naive datetime"),
-        ("yesterday", 0, "not an ISO-8601 timestamp"),
-        ("2024-01-01T00:00:00", 0, "naive datetime"),
+        ("yesterday", 0, "is not a date or time; accepted: ISO-8601"),
+        ("2024-01-01T00:00:00", 0, "has no timezone"),
         (600, 0, "is after end"),
-        (1.5, 60, "expected int seconds"),
+        (1.5, 60, "got float"),
         (True, 60, "got bool"),
     ],
 )

@@ -24,8 +24,8 @@ def test_accepted_forms() -> None:
     ("value", "message"),
     [
         ("2024-01-01T00:00:00.5Z", "fractional seconds"),
-        ("", "not an ISO-8601"),
-        ("\x00", "not an ISO-8601"),
+        ("", "is not a date or time"),
+        ("\x00", "is not a date or time"),
         (None, "got NoneType"),
         (12.0, "got float"),
     ],

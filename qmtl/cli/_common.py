@@ -16,6 +16,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -26,16 +27,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from qmtl.runtime.sdk.coverage_report import CoverageReport, build_coverage_report
 from qmtl.runtime.sdk.errors import ConfigError, StorageError
-from qmtl.runtime.sdk.history_coverage import (
-    CoverageSegment,
-    Range,
-    SegmentKind,
-    compute_missing_ranges,
-    subtract_ranges,
-)
+from qmtl.runtime.sdk.history_coverage import Range, subtract_ranges
 from qmtl.runtime.sdk.node_id import parse_node_id
-from qmtl.runtime.sdk.timestamps import LAST_INSTANT, format_iso, to_epoch_seconds
+from qmtl.runtime.sdk.timestamps import LAST_INSTANT, format_iso, parse_instant
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -50,8 +46,8 @@ __all__ = [
     "add_exchange_options",
     "add_store_options",
     "add_window_options",
+    "build_coverage_report",
     "console",
-    "coverage_report",
     "coverage_table",
     "err_console",
     "gap_lines",
@@ -64,6 +60,7 @@ __all__ = [
     "show_store",
     "store_dsn",
     "usage_handler",
+    "window_bounds",
     "window_from_args",
 ]
 
@@ -73,9 +70,6 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 _DAY = 86_400
-#: Longest epoch-seconds text worth parsing: year 9999 has 12 digits, so anything longer is
-#: refused without echoing it (a 4,000-digit argument is a typo, not an instant).
-_MAX_EPOCH_DIGITS = 15
 
 
 def add_store_options(parser: argparse.ArgumentParser, *, config_required: bool = False) -> None:
@@ -98,12 +92,6 @@ def add_exchange_options(parser: argparse.ArgumentParser) -> None:
         help="REST root replacing the exchange's hosts (overrides exchanges.<id>.urls.rest), "
         "e.g. the simulator http://127.0.0.1:8080",
     )
-
-
-def add_window_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--start", help="range start: ISO-8601 with offset, date, or epoch s")
-    parser.add_argument("--end", help="range end (exclusive); default: now")
-    parser.add_argument("--days", type=float, help="instead of --start: the last N days")
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -178,58 +166,99 @@ def show_store(location: str) -> None:
 
 # -- time windows -----------------------------------------------------------------------------
 
+#: freqtrade's ``--timerange``: ``START-END`` with ``YYYYMMDD`` or epoch-second sides, either
+#: side may be left open.
+_TIMERANGE = re.compile(r"(\d*)-(\d*)")
 
-def _instant(text: str, name: str) -> int:
-    digits = text.strip().lstrip("-")
-    if digits.isdigit():
-        if len(digits) > _MAX_EPOCH_DIGITS:
-            raise ValueError(f"{name}: {text[:20]}... is not an epoch time in seconds")
-        return int(text)
-    return to_epoch_seconds(text, name=name)
+
+def add_window_options(parser: argparse.ArgumentParser, *, open_start: str | None = None) -> None:
+    """``--start/--end``, ``--timerange`` and ``--days``: the forms traders write (see
+    :mod:`qmtl.runtime.sdk.timestamps`). ``open_start`` says what an open start
+    (``--timerange -END``) means for the command; ``None`` refuses it."""
+    forms = "ISO-8601 (2024-01-01, 2024-01-01T00:00:00Z), YYYYMMDD, epoch s or ms"
+    parser.add_argument("--start", help=f"range start: {forms}")
+    parser.add_argument("--end", help="range end, exclusive (same forms); default: now")
+    parser.add_argument(
+        "--timerange",
+        metavar="START-END",
+        help="freqtrade's form: 20240101-20240201, 20240101- (to now)"
+        + (f", -20240201 ({open_start})" if open_start else ""),
+    )
+    parser.add_argument("--days", type=float, help="instead of --start: the last N days")
+    parser.set_defaults(open_start=open_start)
 
 
 def _check_bound(name: str, value: int) -> None:
     if not 0 <= value <= LAST_INSTANT:
         raise ValueError(
             f"{name} {value} is outside the supported time span "
-            f"[{format_iso(0)}, {format_iso(LAST_INSTANT)}] (epoch seconds; milliseconds are "
-            "not seconds)"
+            f"[{format_iso(0)}, {format_iso(LAST_INSTANT)}]"
         )
+
+
+def _timerange(text: str) -> tuple[str | None, str | None]:
+    match = _TIMERANGE.fullmatch(text.strip())
+    if match is None or not any(match.groups()):
+        raise ValueError(
+            f"--timerange: expected START-END with YYYYMMDD or epoch-second sides "
+            f"(20240101-20240201, 20240101-, -20240201), got {text[:40]!r}"
+        )
+    return match.group(1) or None, match.group(2) or None
+
+
+def window_bounds(
+    args: argparse.Namespace, *, default_days: float | None = None, interval: int = 60
+) -> tuple[int | None, int]:
+    """``(start, end)`` epoch seconds from ``--start/--end``, ``--timerange`` or ``--days``;
+    ``start`` is ``None`` for an open start the command allows (``add_window_options``).
+    ``--end`` defaults to the open of the still-forming bar of ``interval`` (closed bars
+    only). Checked here, before anything is built or contacted: one way of giving each
+    bound, both within the epoch to year 9999, ``--days`` finite and > 0, start < end."""
+    start_text, end_text = getattr(args, "start", None), getattr(args, "end", None)
+    timerange = getattr(args, "timerange", None)
+    days = getattr(args, "days", None)
+    if timerange is not None:
+        if start_text or end_text:
+            raise ValueError("give --timerange or --start/--end, not both")
+        start_text, end_text = _timerange(timerange)
+        if start_text is None and days is None and not getattr(args, "open_start", None):
+            raise ValueError("--timerange: give a start (20240101-...): this command needs one")
+    if start_text and days is not None:
+        raise ValueError("give --start or --days, not both")
+    now = int(time.time())
+    end = parse_instant(end_text, name="--end") if end_text else now - now % interval
+    _check_bound("--end", end)
+    start: int | None
+    if start_text:
+        start = parse_instant(start_text, name="--start")
+    elif days is not None or default_days is not None:
+        span = days if days is not None else default_days
+        assert span is not None
+        if not math.isfinite(span) or span <= 0:
+            raise ValueError(f"--days must be a finite number > 0, got {span}")
+        if span * _DAY > end:
+            raise ValueError(
+                f"--days {span:g} reaches back before 1970-01-01 (the epoch): at most "
+                f"{end / _DAY:,.0f} days before --end {format_iso(end)}"
+            )
+        start = end - int(span * _DAY)
+    elif timerange is not None:
+        return None, end  # an open start the command allows
+    else:
+        raise ValueError("give --start, --timerange or --days")
+    _check_bound("--start", start)
+    if start >= end:
+        raise ValueError(f"--start {format_iso(start)} is not before --end {format_iso(end)}")
+    return start, end
 
 
 def window_from_args(
     args: argparse.Namespace, *, default_days: float | None = None, interval: int = 60
 ) -> Range:
-    """The half-open request window from ``--start/--end/--days``; ``--end`` defaults to the
-    open of the still-forming bar of ``interval`` (so the window holds closed bars only).
-
-    Checked here, before anything is built or contacted: both bounds within the epoch to
-    year 9999, ``--days`` a finite number > 0 that does not reach before the epoch. The
-    provider refuses such ranges too, but only once the store and the exchange are set up,
-    and ``int(inf)`` or a bound of 10^300 must never get that far."""
-    now = int(time.time())
-    end = _instant(args.end, "--end") if args.end else now - now % interval
-    _check_bound("--end", end)
-    if args.start and args.days is not None:
-        raise ValueError("give --start or --days, not both")
-    if args.start:
-        start = _instant(args.start, "--start")
-    elif args.days is not None or default_days is not None:
-        days = args.days if args.days is not None else default_days
-        assert days is not None
-        if not math.isfinite(days) or days <= 0:
-            raise ValueError(f"--days must be a finite number > 0, got {days}")
-        if days * _DAY > end:
-            raise ValueError(
-                f"--days {days:g} reaches back before 1970-01-01 (the epoch): at most "
-                f"{end / _DAY:,.0f} days before --end {format_iso(end)}"
-            )
-        start = end - int(days * _DAY)
-    else:
-        raise ValueError("give --start (or --days)")
-    _check_bound("--start", start)
-    if start >= end:
-        raise ValueError(f"--start {format_iso(start)} is not before --end {format_iso(end)}")
+    """The half-open request window (:func:`window_bounds`; an open start is refused)."""
+    start, end = window_bounds(args, default_days=default_days, interval=interval)
+    if start is None:
+        raise ValueError("--timerange: give a start (20240101-...): this command needs one")
     return Range(start, end)
 
 
@@ -281,75 +310,6 @@ class BatchLog:
         """The distinct errors of the failures that overlap ``missing``."""
         found = [e for r, e in self.failures.get(node_id, []) if r.intersect(missing)]
         return list(dict.fromkeys(found))
-
-
-@dataclass(frozen=True, slots=True)
-class CoverageReport:
-    """Coverage of one node over ``window``: bars by kind and the missing ranges."""
-
-    node_id: str
-    window: Range
-    data_bars: int
-    empty_bars: int
-    missing: tuple[Range, ...]
-    segments: tuple[CoverageSegment, ...]
-
-    @property
-    def ratio(self) -> float:
-        total = self.window.bars(parse_node_id(self.node_id).interval)
-        return 1.0 if total == 0 else (total - self.missing_bars) / total
-
-    @property
-    def missing_bars(self) -> int:
-        interval = parse_node_id(self.node_id).interval
-        return sum(r.bars(interval) for r in self.missing)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node_id": self.node_id,
-            "window": [self.window.start, self.window.end],
-            "data_bars": self.data_bars,
-            "known_empty_bars": self.empty_bars,
-            "missing_bars": self.missing_bars,
-            "missing": [[r.start, r.end] for r in self.missing],
-            "coverage_ratio": self.ratio,
-            "segments": [
-                {
-                    "start": s.start,
-                    "end": s.end,
-                    "kind": s.kind.value,
-                    "source": s.source,
-                    "fetched_at": s.fetched_at,
-                }
-                for s in self.segments
-            ],
-        }
-
-
-def coverage_report(
-    node_id: str, ledger: Sequence[CoverageSegment], window: Range | None
-) -> CoverageReport:
-    """Clip ``ledger`` to ``window`` (default: first to last segment) and count."""
-    interval = parse_node_id(node_id).interval
-    if window is None:
-        window = Range(ledger[0].start, ledger[-1].end) if ledger else Range(0, 0)
-    clipped = [
-        CoverageSegment(r.start, r.end, s.kind, s.source, s.fetched_at)
-        for s in ledger
-        if (r := s.range.intersect(window)) is not None
-    ]
-    bars = {
-        kind: sum(s.range.bars(interval) for s in clipped if s.kind is kind) for kind in SegmentKind
-    }
-    missing = compute_missing_ranges(clipped, window.start, window.end, interval)
-    return CoverageReport(
-        node_id,
-        window,
-        bars[SegmentKind.DATA],
-        bars[SegmentKind.EMPTY],
-        tuple(missing),
-        tuple(clipped),
-    )
 
 
 def coverage_table(reports: Sequence[CoverageReport], *, title: str = "coverage") -> Table:

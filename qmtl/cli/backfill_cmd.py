@@ -1,12 +1,12 @@
 """``qmtl-seamless backfill --config FILE``: fill every configured node over a window.
 
-Shows a progress bar with ETA (on stderr). The bar advances only for bars the exchange
-vouched for; failed batches are counted beside it ("failed N batches (M bars)"), so a run in
-which everything fails never shows 100 %. It ends with the gap report (stdout): what is
-stored, known-empty and still missing per node, and for each missing range, in ISO times,
-why — the errors of the batches that failed there.
+Shows a progress line on a terminal (:mod:`qmtl.cli.progress`: bars, requests, ETA). The bar
+advances only for bars the exchange vouched for; failed batches are counted beside it
+("failed N batches (M bars)"), so a run in which everything fails never shows 100 %. It
+ends with the gap report (stdout): what is stored, known-empty and still missing per node,
+and for each missing range, in ISO times, why — the errors of the batches that failed there.
 
-Exit codes (SPEC §15): 0 nothing missing; 1 something still missing; 2 when a user mistake
+Exit codes: 0 nothing missing; 1 something still missing; 2 when a user mistake
 explains it (an unknown symbol); 3 when the exchange or the store failed every batch.
 """
 
@@ -16,14 +16,6 @@ import argparse
 import asyncio
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
-
 from qmtl.cli._common import (
     BatchLog,
     CoverageReport,
@@ -31,9 +23,7 @@ from qmtl.cli._common import (
     add_store_options,
     add_window_options,
     console,
-    coverage_report,
     coverage_table,
-    err_console,
     gap_lines,
     print_json,
     resolve_config,
@@ -41,10 +31,10 @@ from qmtl.cli._common import (
     window_from_args,
 )
 from qmtl.cli.main import missing_data_exit
+from qmtl.cli.progress import backfill_progress
 from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
-from qmtl.runtime.sdk.backfill_types import BatchOutcome
-from qmtl.runtime.sdk.history_coverage import Range, compute_missing_ranges
+from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.timestamps import format_iso
 
@@ -60,13 +50,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(handler=_run)
 
 
-def _failed_text(log: BatchLog) -> str:
-    if not log.failed_batches:
-        return ""
-    plural = "es" if log.failed_batches != 1 else ""
-    return f"[red]failed {log.failed_batches} batch{plural} ({log.failed_bars:,} bars)"
-
-
 async def _backfill(
     provider: EnhancedQuestDBProvider,
     nodes: tuple[str, ...],
@@ -79,48 +62,23 @@ async def _backfill(
         store = await provider.storage.resolved_location()
         if not quiet:
             show_store(store)
-        total = 0
-        for node in nodes:
-            interval = parse_node_id(node).interval
-            ledger = await provider.coverage(node_id=node, interval=interval)
-            missing = compute_missing_ranges(ledger, window.start, window.end, interval)
-            total += sum(r.bars(interval) for r in missing)
-        with Progress(
-            TextColumn("[bold]backfill"),
-            BarColumn(bar_width=10),  # the line fits 80 columns, failures included
-            MofNCompleteColumn(),
-            TextColumn("bars"),
-            TextColumn("{task.fields[failed]}"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=err_console,
-            disable=quiet,
-        ) as progress:
-            task = progress.add_task("bars", total=total, failed="")
-
-            def on_batch(node_id: str, outcome: BatchOutcome) -> None:
-                log.record(node_id, outcome)
-                progress.update(task, completed=log.done_bars, failed=_failed_text(log))
-
-            provider.auto_backfiller.on_batch = on_batch
+        before = [await _report(provider, n, window) for n in nodes]
+        with backfill_progress(provider, log, label="backfill", quiet=quiet) as progress:
+            progress.start(sum(r.missing_bars for r in before))
             try:
                 async with asyncio.TaskGroup() as group:  # one failure stops the others
                     for n in nodes:
-                        interval = parse_node_id(n).interval
                         group.create_task(
-                            provider.ensure_data_available(
-                                window.start, window.end, node_id=n, interval=interval
-                            )
+                            provider.ensure_data_available(window.start, window.end, node_id=n)
                         )
             except BaseExceptionGroup as failed:  # report the error, not the group
                 raise failed.exceptions[0] from None
-        reports = [
-            coverage_report(
-                n, await provider.coverage(node_id=n, interval=parse_node_id(n).interval), window
-            )
-            for n in nodes
-        ]
+        reports = [await _report(provider, n, window) for n in nodes]
     return store, reports
+
+
+async def _report(provider: EnhancedQuestDBProvider, node: str, window: Range) -> CoverageReport:
+    return await provider.coverage_report(node_id=node, start=window.start, end=window.end)
 
 
 def _check_size(window: Range, nodes: tuple[str, ...], limit: int) -> None:

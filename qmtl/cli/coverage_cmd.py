@@ -18,15 +18,16 @@ from typing import Any
 from qmtl.cli._common import (
     CoverageReport,
     add_store_options,
+    add_window_options,
+    build_coverage_report,
     console,
-    coverage_report,
     coverage_table,
     open_read_only,
     print_json,
     segment_lines,
     show_store,
     store_dsn,
-    window_from_args,
+    window_bounds,
 )
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import parse_node_id
@@ -36,30 +37,34 @@ __all__ = ["register"]
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser("coverage", help="show stored, known-empty and missing ranges")
-    parser.add_argument("node_id", metavar="NODE_ID")
-    parser.add_argument("--start", help="clip to this start (ISO-8601 or epoch s)")
-    parser.add_argument("--end", help="clip to this end (default: now when --start is given)")
-    parser.add_argument("--days", type=float, help="instead of --start: the last N days")
+    parser.add_argument("node_id", metavar="NODE_ID", help="e.g. ohlcv:binance:BTC/USDT:1m")
+    add_window_options(parser, open_start="from the first stored bar")
     add_store_options(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_run)
 
 
 async def _report(
-    dsn: str, node_id: str, interval: int, window: Range | None
+    dsn: str, node_id: str, interval: int, bounds: tuple[int | None, int] | None
 ) -> tuple[CoverageReport, str]:
     async with open_read_only(dsn) as (storage, location):
         ledger = await storage.read_ledger(node_id, interval)
-    return coverage_report(node_id, ledger, window), location
+    window = None
+    if bounds is not None:
+        start, end = bounds
+        if start is None:  # --timerange -END: from the first stored bar
+            start = min(ledger[0].start, end) if ledger else end
+        window = Range(start, end)
+    return build_coverage_report(node_id, ledger, window), location
 
 
 def _run(args: argparse.Namespace) -> int:
     node = parse_node_id(args.node_id)
-    clipped = args.start is not None or args.days is not None
-    window = window_from_args(args, interval=node.interval) if clipped else None
+    clipped = any(getattr(args, name) is not None for name in ("start", "timerange", "days"))
+    bounds = window_bounds(args, interval=node.interval) if clipped else None
     dsn = store_dsn(args)
-    report, location = asyncio.run(_report(dsn, args.node_id, node.interval, window))
-    code = 0 if not report.missing and report.segments else 1
+    report, location = asyncio.run(_report(dsn, args.node_id, node.interval, bounds))
+    code = 0 if report.complete else 1
     if args.json:
         print_json({**report.to_dict(), "store": location})
         return code

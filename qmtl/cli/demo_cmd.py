@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from qmtl.cli._common import (
+    build_coverage_report,
     console,
-    coverage_report,
     coverage_table,
     print_json,
     segment_lines,
@@ -118,7 +118,7 @@ async def run_demo(days: int, directory: Path, *, quiet: bool = False) -> dict[s
                 ]
                 requests_second = sim.request_log.count("/api/v3/klines") - requests_first
                 reports = [
-                    coverage_report(
+                    build_coverage_report(
                         n, await provider.coverage(node_id=n, interval=INTERVAL), window
                     )
                     for n in nodes

@@ -3,9 +3,12 @@
 Prints the metadata (rows, missing ranges and why, coverage, fingerprint) and the first and
 last bars; ``--out`` writes the frame (``.parquet`` or ``.csv``), ``--json`` prints the
 metadata as JSON. The store and the exchange come from ``--config`` (or the defaults for the
-node's exchange), with ``--dsn`` and ``--exchange-url`` over them (SPEC §13).
+node's exchange), with ``--dsn`` and ``--exchange-url`` over them. Exports carry provenance:
+Parquet key-value metadata (node id, interval, range, fingerprint, ``as_of``, producer
+version: :meth:`SeamlessFetchResult.provenance`); for CSV, ``--sidecar`` writes the same as
+``FILE.csv.json``. On a terminal a progress line shows the backfill (bars, requests, ETA).
 
-A one-shot command finishes its job (SPEC §15): the strategy defaults to ``AUTO_BACKFILL``
+A one-shot command finishes its job: the strategy defaults to ``AUTO_BACKFILL``
 (the library's default, ``SEAMLESS``, answers within SLA budgets and may leave work in the
 background), and whatever the strategy, background backfill the fetch started is waited for
 before the process exits — exiting would cancel it, and ``PARTIAL_FILL`` would store
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +38,13 @@ from qmtl.cli._common import (
     add_store_options,
     add_window_options,
     console,
-    coverage_report,
     print_json,
     resolve_config,
     show_store,
     window_from_args,
 )
 from qmtl.cli.main import missing_data_exit
+from qmtl.cli.progress import backfill_progress
 from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
 from qmtl.runtime.sdk.fetch_result import SeamlessFetchResult
@@ -67,7 +71,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="data availability strategy (default: AUTO_BACKFILL; background work is always "
         "waited for before exiting)",
     )
-    parser.add_argument("--out", type=Path, help="write the frame to FILE.parquet or FILE.csv")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="write the frame to FILE.parquet (with provenance metadata) or FILE.csv",
+    )
+    parser.add_argument(
+        "--sidecar",
+        action="store_true",
+        help="with --out FILE.csv: also write the provenance to FILE.csv.json",
+    )
     parser.add_argument("--json", action="store_true", help="print the metadata as JSON")
     add_store_options(parser)
     add_exchange_options(parser)
@@ -85,11 +98,15 @@ class _Fetched:
     batches: BatchLog
 
 
-def _check_out(out: Path | None) -> None:
+def _check_out(out: Path | None, sidecar: bool) -> None:
     """Refuse an ``--out`` that cannot be written *before* fetching: discovering it after
     a long backfill would throw the result away."""
     if out is None:
+        if sidecar:
+            raise ValueError("--sidecar goes with --out FILE.csv")
         return
+    if sidecar and out.suffix != ".csv":
+        raise ValueError("--sidecar is for CSV: Parquet carries its provenance inside")
     if out.suffix not in _OUT_SUFFIXES:
         raise ValueError(f"--out must end in .parquet or .csv, got {out.name!r}")
     parent = out.absolute().parent
@@ -102,27 +119,29 @@ def _check_out(out: Path | None) -> None:
 
 
 async def _fetch(
-    provider: EnhancedQuestDBProvider, node: NodeId, window: Range, *, announce: bool
+    provider: EnhancedQuestDBProvider, node: NodeId, window: Range, *, quiet: bool
 ) -> _Fetched:
     batches = BatchLog()
-    provider.auto_backfiller.on_batch = batches.record
     async with provider:
         store = await provider.storage.resolved_location()
-        if announce:
+        if not quiet:
             show_store(store)
-        result = await provider.fetch(
-            window.start, window.end, node_id=str(node), interval=node.interval
-        )
-        finished = batches.succeeded + len(batches.errors)
-        await provider.wait_background()
+        with backfill_progress(provider, batches, label="fetch", quiet=quiet) as progress:
+            progress.start((await _stored(provider, node, window)).missing_bars)
+            result = await provider.fetch(window.start, window.end, node_id=str(node))
+            finished = batches.succeeded + len(batches.errors)
+            await provider.wait_background()
         background = batches.succeeded + len(batches.errors) - finished
-        ledger = await provider.coverage(node_id=str(node), interval=node.interval)
-    stored = coverage_report(str(node), ledger, result.metadata.requested_range)
+        stored = await _stored(provider, node, window)
     return _Fetched(result, store, stored, background, batches)
 
 
+async def _stored(provider: EnhancedQuestDBProvider, node: NodeId, window: Range) -> CoverageReport:
+    return await provider.coverage_report(node_id=str(node), start=window.start, end=window.end)
+
+
 def _run(args: argparse.Namespace) -> int:
-    _check_out(args.out)
+    _check_out(args.out, args.sidecar)
     node = parse_node_id(args.node_id)
     window = window_from_args(args, interval=node.interval)
     config = resolve_config(args, [args.node_id])
@@ -132,15 +151,10 @@ def _run(args: argparse.Namespace) -> int:
             f"(configured: {', '.join(sorted(config.exchanges)) or 'none'})"
         )
     provider = build_provider(config, strategy=args.strategy)
-    fetched = asyncio.run(_fetch(provider, node, window, announce=not args.json))
+    fetched = asyncio.run(_fetch(provider, node, window, quiet=args.json))
     result = fetched.result
     if args.out is not None:
-        if args.out.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            pq.write_table(result.to_arrow(), args.out)
-        else:
-            result.frame.to_csv(args.out, index=False)
+        _export(result, args.out, sidecar=args.sidecar)
     meta = result.metadata
     errors = [*meta.backfill_errors, *fetched.batches.errors]
     if args.json:
@@ -158,6 +172,16 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     progressed = meta.rows > 0 or fetched.batches.succeeded > 0
     return missing_data_exit("fetch", errors, progressed=progressed)
+
+
+def _export(result: SeamlessFetchResult, out: Path, *, sidecar: bool) -> None:
+    if out.suffix == ".parquet":
+        result.to_parquet(out)
+        return
+    result.frame.to_csv(out, index=False)
+    if sidecar:
+        sidecar_path = out.with_name(out.name + ".json")
+        sidecar_path.write_text(json.dumps(result.provenance(), indent=2, sort_keys=True) + "\n")
 
 
 def _ranges(ranges: tuple[Range, ...]) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qmtl.runtime.sdk.node_id import alignment_origin
-from qmtl.runtime.sdk.timestamps import InstantLike, to_epoch_seconds
+from qmtl.runtime.sdk.timestamps import InstantLike, format_iso, format_span, to_epoch_seconds
 
 __all__ = [
     "DEFAULT_STABILIZATION_BARS",
@@ -82,7 +82,16 @@ class Range:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"range {name} must be int epoch seconds, got {value!r}")
         if self.start > self.end:
-            raise ValueError(f"range start {self.start} is after end {self.end}")
+            raise ValueError(
+                f"range start {format_iso(self.start)} ({self.start}) is after end "
+                f"{format_iso(self.end)} ({self.end})"
+            )
+
+    def __str__(self) -> str:
+        return format_span(self.start, self.end)
+
+    def __repr__(self) -> str:
+        return f"Range({self.start}, {self.end}: {format_iso(self.start)}..{format_iso(self.end)})"
 
     @classmethod
     def aligned(cls, start: InstantLike, end: InstantLike, interval: int) -> Range:
@@ -91,7 +100,7 @@ class Range:
         s = to_epoch_seconds(start, name="start")
         e = to_epoch_seconds(end, name="end")
         if s > e:
-            raise ValueError(f"start {s} is after end {e}")
+            raise ValueError(f"start {format_iso(s)} ({s}) is after end {format_iso(e)} ({e})")
         return cls(_ceil(s, interval), _ceil(e, interval))
 
     def bars(self, interval: int) -> int:

@@ -168,9 +168,12 @@ def format_node_id(exchange: str, symbol: str, timeframe: str) -> str:
     return str(NodeId(exchange=exchange, symbol=symbol, timeframe=timeframe))
 
 
-def check_interval(node_id: str | NodeId, interval: int) -> NodeId:
-    """Parse ``node_id`` and check that ``interval`` (seconds) matches its timeframe."""
+def check_interval(node_id: str | NodeId, interval: int | None) -> NodeId:
+    """Parse ``node_id`` and check that ``interval`` (seconds) matches its timeframe;
+    ``None`` means "the timeframe's" (the node id already names it)."""
     node = node_id if isinstance(node_id, NodeId) else parse_node_id(node_id)
+    if interval is None:
+        return node
     if isinstance(interval, bool) or not isinstance(interval, int):
         raise ValueError(f"interval must be an int number of seconds, got {interval!r}")
     if interval != node.interval:

@@ -39,6 +39,7 @@ from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.compute_context import ComputeContext
 from qmtl.runtime.sdk.conformance import ConformancePipeline, ConformanceReport
+from qmtl.runtime.sdk.coverage_report import CoverageReport, build_coverage_report
 from qmtl.runtime.sdk.errors import SeamlessCoverageError
 from qmtl.runtime.sdk.events import SLA_DOWNGRADE, SLA_PHASE_EXCEEDED, log_event
 from qmtl.runtime.sdk.fetch_metrics import observe_fetch
@@ -54,7 +55,8 @@ from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
 from qmtl.runtime.sdk.node_id import check_interval
 from qmtl.runtime.sdk.served_bars import ServedBars
 from qmtl.runtime.sdk.sla import SLAPhase, SLAPolicy, SLATracker
-from qmtl.runtime.sdk.timestamps import InstantLike, check_span_bounds, format_iso
+from qmtl.runtime.sdk.sync_bridge import SyncMethods
+from qmtl.runtime.sdk.timestamps import InstantLike, check_span_bounds, format_iso, parse_instant
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -107,9 +109,10 @@ class _Outcome:
     handled: set[SLAPhase] = field(default_factory=set)
 
 
-class SeamlessDataProvider:
+class SeamlessDataProvider(SyncMethods):
     """The engine behind ``fetch`` (module docstring). Safe to share between tasks of one
-    event loop; storage and backfiller do their own I/O off the loop."""
+    event loop; storage and backfiller do their own I/O off the loop. Synchronous code uses
+    :meth:`fetch_sync` (and ``with provider:`` or :meth:`close_sync`)."""
 
     def __init__(
         self,
@@ -177,7 +180,7 @@ class SeamlessDataProvider:
         end: InstantLike,
         *,
         node_id: str,
-        interval: int,
+        interval: int | None = None,
         compute_context: ComputeContext | Mapping[str, Any] | None = None,
         world_id: str | None = None,
         execution_domain: str | None = None,
@@ -185,8 +188,9 @@ class SeamlessDataProvider:
         min_coverage: float | None = None,
         max_lag_seconds: float | None = None,
     ) -> SeamlessFetchResult:
-        """Bars of ``node_id`` with open time in ``[start, end)`` (module docstring)."""
-        check_interval(node_id, interval)
+        """Bars of ``node_id`` with open time in ``[start, end)`` (module docstring).
+        ``interval`` (seconds) defaults to the node id's timeframe; when given it must agree."""
+        interval = check_interval(node_id, interval).interval
         window = self._window(start, end, interval)
         context = ComputeContext.coerce(compute_context).with_overrides(
             world_id=world_id,
@@ -225,18 +229,59 @@ class SeamlessDataProvider:
             node_id, interval, window, context, tracker, frame, report, fingerprint, outcome
         )
 
-    async def coverage(self, *, node_id: str, interval: int) -> list[CoverageSegment]:
+    def fetch_sync(
+        self,
+        start: InstantLike,
+        end: InstantLike,
+        *,
+        node_id: str,
+        interval: int | None = None,
+        **options: Any,
+    ) -> SeamlessFetchResult:
+        """:meth:`fetch` for synchronous code (scripts, Jupyter): runs on the provider's
+        private event loop (:mod:`~qmtl.runtime.sdk.sync_bridge`) and blocks until done.
+        ``options`` are :meth:`fetch`'s keywords. Release with ``close_sync()`` or ``with``."""
+        result = self.run_sync(
+            self.fetch(start, end, node_id=node_id, interval=interval, **options)
+        )
+        self._last_metadata.set(result.metadata)
+        return result
+
+    async def coverage(self, *, node_id: str, interval: int | None = None) -> list[CoverageSegment]:
         """The coverage ledger of ``node_id`` (DATA and EMPTY segments, sorted)."""
-        check_interval(node_id, interval)
+        interval = check_interval(node_id, interval).interval
         return await self.storage.read_ledger(node_id, interval)
 
+    async def coverage_report(
+        self,
+        *,
+        node_id: str,
+        start: InstantLike | None = None,
+        end: InstantLike | None = None,
+        interval: int | None = None,
+    ) -> CoverageReport:
+        """What the store holds for ``node_id`` over ``[start, end)``: stored, known-empty
+        and missing bars and ranges (:class:`CoverageReport`). A bound left out is the
+        ledger's own (first segment's start, last segment's end). Reads the ledger only:
+        no bars, no exchange."""
+        interval = check_interval(node_id, interval).interval
+        window = None if start is None or end is None else self._window(start, end, interval)
+        ledger = await self.storage.read_ledger(node_id, interval)
+        if window is None and (start is not None or end is not None):
+            first = ledger[0].start if ledger else 0
+            last = ledger[-1].end if ledger else first
+            window = self._window(
+                first if start is None else start, last if end is None else end, interval
+            )
+        return build_coverage_report(node_id, ledger, window)
+
     async def ensure_data_available(
-        self, start: InstantLike, end: InstantLike, *, node_id: str, interval: int
+        self, start: InstantLike, end: InstantLike, *, node_id: str, interval: int | None = None
     ) -> bool:
         """Backfill until ``[start, end)`` is covered or a pass makes no progress; ``True``
         when nothing is missing any more. The range is worked through in spans of
         :data:`_ENSURE_SPAN_BATCHES` batches, so memory stays bounded however long it is."""
-        check_interval(node_id, interval)
+        interval = check_interval(node_id, interval).interval
         window = self._window(start, end, interval)
         span = _ENSURE_SPAN_BATCHES * self.backfill_config.window_bars * interval
         complete = True
@@ -267,9 +312,12 @@ class SeamlessDataProvider:
         return self.sla
 
     def _window(self, start: InstantLike, end: InstantLike, interval: int) -> Range:
-        """The aligned request, refused in one line when absurd (before the epoch, after
-        year 9999, or more than ``backfill_config.max_range_bars`` bars)."""
-        window = Range.aligned(start, end, interval)
+        """The aligned request, refused in one line when ambiguous (an 8-digit ``int``) or
+        absurd (before the epoch, after year 9999, or more than
+        ``backfill_config.max_range_bars`` bars). Epoch milliseconds are recognised."""
+        window = Range.aligned(
+            parse_instant(start, name="start"), parse_instant(end, name="end"), interval
+        )
         check_span_bounds(window.start, window.end)
         bars = window.bars(interval)
         limit = self.backfill_config.max_range_bars
