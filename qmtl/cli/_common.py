@@ -52,6 +52,7 @@ __all__ = [
     "err_console",
     "gap_lines",
     "load_settings",
+    "number_table",
     "open_read_only",
     "print_json",
     "resolve_config",
@@ -312,13 +313,50 @@ class BatchLog:
         return list(dict.fromkeys(found))
 
 
-def coverage_table(reports: Sequence[CoverageReport], *, title: str = "coverage") -> Table:
+def number_table(
+    title: str,
+    key: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    optional: Sequence[str] = (),
+    width: int | None = None,
+) -> Table:
+    """A report table that never cuts a number: each column after the key is as wide as its
+    widest cell (header included) and does not wrap; the key column (node ids, exchange ids)
+    folds onto more lines instead. When the terminal (``width``, default the console's) is
+    too narrow, the ``optional`` columns are dropped, last first — never digits in the
+    middle of a number."""
+    shown = list(range(len(columns)))
+
+    key_width = min(20, max([len(key), *(len(row[0]) for row in rows)]))
+
+    def needed() -> int:  # cells plus one space of padding each side, and the two edges
+        return (
+            4
+            + key_width
+            + sum(2 + max([len(columns[i]), *(len(row[i + 1]) for row in rows)]) for i in shown)
+        )
+
+    for name in reversed(optional):
+        if needed() <= (width or console.width):
+            break
+        shown.remove(columns.index(name))
     table = Table(title=title, box=box.SIMPLE_HEAD)
-    table.add_column("node", no_wrap=True)
-    for column in ("stored", "known-empty", "missing", "gaps", "coverage"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for rep in reports:
-        table.add_row(
+    table.add_column(key, overflow="fold", min_width=key_width)
+    for i in shown:
+        cells = max((len(row[i + 1]) for row in rows), default=0)
+        table.add_column(
+            columns[i], justify="right", no_wrap=True, min_width=max(cells, len(columns[i]))
+        )
+    for row in rows:
+        table.add_row(row[0], *(row[i + 1] for i in shown))
+    return table
+
+
+def coverage_table(reports: Sequence[CoverageReport], *, title: str = "coverage") -> Table:
+    rows = [
+        (
             rep.node_id,
             f"{rep.data_bars:,}",
             f"{rep.empty_bars:,}",
@@ -326,7 +364,10 @@ def coverage_table(reports: Sequence[CoverageReport], *, title: str = "coverage"
             f"{len(rep.missing)}",
             f"{rep.ratio:.2%}",
         )
-    return table
+        for rep in reports
+    ]
+    columns = ("stored", "known-empty", "missing", "gaps", "coverage")
+    return number_table(title, "node", columns, rows)
 
 
 def segment_lines(rep: CoverageReport) -> list[str]:

@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich import box
-from rich.table import Table
-
-from qmtl.cli._common import console, print_json
+from qmtl.cli._common import console, number_table, print_json
 from qmtl.runtime.io.composition import fetcher_config
 from qmtl.runtime.io.exchange_profiles import PUBLISHED, ExchangeProfile, profile_for
 from qmtl.runtime.sdk.config import load_config
@@ -74,21 +71,32 @@ def _run(args: argparse.Namespace) -> int:
             payload.append(entry)
         print_json(payload)
         return 0
-    table = Table(title="exchange profiles", box=box.SIMPLE_HEAD)
-    for column in ("exchange", "market", "bars/page", "weight/page", "published limit",
-                   "budget (refill + burst)", "ceiling bars/s", "depth", "source"):  # fmt: skip
-        table.add_column(column, justify="left" if column in ("exchange", "source") else "right")
-    for profile, budget in rows:
-        table.add_row(
+    table_rows = [
+        (
             profile.exchange_id,
             profile.market_type,
             f"{profile.bars_per_page:,}",
             f"{profile.page_weight}",
-            f"{profile.limit:,} / {profile.limit_interval_ms:,} ms",
-            f"{budget.tokens_per_interval:,} + {budget.burst_tokens:,} / {budget.interval_ms:,} ms",
             f"{profile.ceiling_bars_per_s(budget):,.0f}",
+            f"{budget.tokens_per_interval:,}+{budget.burst_tokens:,}/"
+            f"{_seconds(budget.interval_ms)}",
+            f"{profile.limit:,}/{_seconds(profile.limit_interval_ms)}",
             "all" if profile.history_depth_bars is None else f"{profile.history_depth_bars:,}",
             profile.source,
         )
+        for profile, budget in rows
+    ]
+    columns = ("market", "bars/page", "weight", "bars/s", "budget", "limit", "depth", "source")
+    table = number_table(
+        "exchange profiles", "exchange", columns, table_rows, optional=("limit", "depth", "source")
+    )
     console.print(table)
+    console.print(
+        "weight: per page; bars/s: the ceiling the budget (refill+burst per window) allows "
+        "under the exchange's published limit; --json for every field",
+    )
     return 0
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:g} s"
