@@ -116,3 +116,11 @@ def s3_bucket(s3_server: MotoS3Server) -> S3Bucket:
     return S3Bucket(
         s3_server.endpoint_url, bucket, s3_server.access_key, s3_server.secret_key, s3_server.region
     )
+
+
+@pytest.fixture
+def terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's stderr console behaves as a terminal (progress lines are drawn only there)."""
+    from qmtl.cli._common import err_console
+
+    monkeypatch.setattr(err_console, "_force_terminal", True)

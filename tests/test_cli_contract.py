@@ -13,17 +13,13 @@ against the exchange simulator (real HTTP, real ccxt, in a subprocess) and real 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from qmtl.cli.main import main
-from qmtl.testing.servers import free_port
-from tests.terminal import progress_lines, terminal  # noqa: F401  (fixture)
+from tests.cli_rig import dead_url, one_error_line, progress_lines, simulator
 
 NODE = "ohlcv:binance:BTC/USDT:1m"
 DAY = ["--start", "2024-02-01", "--end", "2024-02-02"]
@@ -35,26 +31,6 @@ symbols:
 """
 #: Few, fast retries: failures are the point of these tests, not the backoff.
 FAST_RETRIES = "  backfill: {max_attempts: 2, retry_backoff_ms: 10}\n"
-
-
-@contextmanager
-def simulator(tmp: Path, scenario: str | None = None) -> Iterator[str]:
-    """``qmtl-seamless simulator serve`` in a subprocess; yields its REST root."""
-    command = [sys.executable, "-m", "qmtl.cli.main", "simulator", "serve", "--port", "0"]
-    if scenario is not None:
-        path = tmp / "scenario.yaml"
-        path.write_text(scenario)
-        command += ["--scenario", str(path)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    try:
-        line = proc.stdout.readline().strip()
-        assert line.startswith("rest: http://127.0.0.1:"), line
-        yield line.removeprefix("rest: ")
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +48,6 @@ def btc_down_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def _no_log_format_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QMTL_LOG_FORMAT", raising=False)
-
-
-def dead_url() -> str:
-    """A local port nobody listens on: connection refused."""
-    return f"http://127.0.0.1:{free_port()}"
 
 
 def write_config(
@@ -97,15 +68,6 @@ def write_config(
         f"  binance: {{symbols: {symbols}, timeframes: [1m]{urls}}}\n"
     )
     return path
-
-
-def one_error_line(err: str, command: str) -> str:
-    """The command's one error line; besides it, stderr may only say which store it used."""
-    lines = [line for line in err.strip().splitlines() if not line.startswith("store: ")]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"qmtl-seamless {command}: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # -- 1. explicit arguments override the file ---------------------------------------------------
@@ -242,8 +204,9 @@ def test_log_format_json_from_the_config_file(
 # -- 4. backfill progress and gap report ---------------------------------------------------------
 
 
+@pytest.mark.usefixtures("terminal")
 def test_backfill_counts_failed_batches_and_reports_why_ranges_are_missing(
-    btc_down_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], terminal: None
+    btc_down_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(tmp_path, rest=btc_down_url, symbols="[BTC/USDT, ETH/USDT]")
     assert main(["backfill", "--config", str(config), *DAY]) == 1  # ETH stored: served, partly
@@ -315,7 +278,7 @@ def test_config_check_runs_every_runtime_check(
         "  binanse: {symbols: [BTC/USDT]}\n"
         "  nosuchex: {symbols: [BTC/USDT]}\n"
     )
-    assert main(["config", "check", str(path)]) == 1
+    assert main(["config", "check", str(path)]) == 2  # a user mistake, as for every command
     out, err = capsys.readouterr()
     assert out == ""
     lines = err.splitlines()

@@ -27,7 +27,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from qmtl.runtime.sdk.coverage_report import CoverageReport, build_coverage_report
+from qmtl.runtime.sdk.coverage_report import CoverageReport
 from qmtl.runtime.sdk.errors import ConfigError, StorageError
 from qmtl.runtime.sdk.history_coverage import Range, subtract_ranges
 from qmtl.runtime.sdk.node_id import parse_node_id
@@ -42,11 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchLog",
-    "CoverageReport",
     "add_exchange_options",
     "add_store_options",
     "add_window_options",
-    "build_coverage_report",
     "console",
     "coverage_table",
     "err_console",

@@ -18,7 +18,6 @@ from typing import Any
 
 from qmtl.cli._common import (
     BatchLog,
-    CoverageReport,
     add_exchange_options,
     add_store_options,
     add_window_options,
@@ -34,6 +33,7 @@ from qmtl.cli.main import missing_data_exit
 from qmtl.cli.progress import backfill_progress
 from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
+from qmtl.runtime.sdk.coverage_report import CoverageReport
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.timestamps import format_iso

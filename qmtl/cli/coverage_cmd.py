@@ -16,10 +16,8 @@ import asyncio
 from typing import Any
 
 from qmtl.cli._common import (
-    CoverageReport,
     add_store_options,
     add_window_options,
-    build_coverage_report,
     console,
     coverage_table,
     open_read_only,
@@ -29,6 +27,7 @@ from qmtl.cli._common import (
     store_dsn,
     window_bounds,
 )
+from qmtl.runtime.sdk.coverage_report import CoverageReport, build_coverage_report
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import parse_node_id
 

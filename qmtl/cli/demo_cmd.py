@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from qmtl.cli._common import (
-    build_coverage_report,
     console,
     coverage_table,
     print_json,
     segment_lines,
 )
 from qmtl.runtime.io.composition import build_provider, config_for_nodes
+from qmtl.runtime.sdk.coverage_report import build_coverage_report
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import format_node_id
 from qmtl.runtime.sdk.timestamps import format_iso

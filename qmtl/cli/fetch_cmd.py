@@ -33,7 +33,6 @@ from rich.table import Table
 
 from qmtl.cli._common import (
     BatchLog,
-    CoverageReport,
     add_exchange_options,
     add_store_options,
     add_window_options,
@@ -47,6 +46,7 @@ from qmtl.cli.main import missing_data_exit
 from qmtl.cli.progress import backfill_progress
 from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
+from qmtl.runtime.sdk.coverage_report import CoverageReport
 from qmtl.runtime.sdk.fetch_result import SeamlessFetchResult
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import NodeId, parse_node_id
@@ -198,7 +198,6 @@ def _print(fetched: _Fetched, errors: list[str], out: Path | None) -> None:
         ("rows", f"{meta.rows:,}"),
         ("coverage", f"{meta.coverage_ratio:.2%}"),
         ("missing", _ranges(meta.missing_ranges)),
-        ("fingerprint", meta.dataset_fingerprint or "-"),
         ("strategy", meta.strategy + (f" ({meta.downgrade_mode})" if meta.downgraded else "")),
     ):
         summary.add_row(key, value)
@@ -207,6 +206,8 @@ def _print(fetched: _Fetched, errors: list[str], out: Path | None) -> None:
         more = f" (+{len(distinct) - 3} more)" if len(distinct) > 3 else ""
         summary.add_row("backfill errors", escape("\n".join(distinct[:3]) + more))
     console.print(summary)
+    # on its own line, never folded: it is copied into notebooks and manifests
+    console.print(f"fingerprint {meta.dataset_fingerprint or '-'}", markup=False, soft_wrap=True)
     if meta.rows:
         frame = fetched.result.frame
         shown = frame if len(frame) <= 6 else frame.iloc[[0, 1, 2, -3, -2, -1]]

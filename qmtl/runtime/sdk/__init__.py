@@ -13,6 +13,7 @@ from qmtl.runtime.sdk.clock import Clock, FakeClock, SystemClock
 from qmtl.runtime.sdk.compute_context import ComputeContext
 from qmtl.runtime.sdk.config import QMTLConfig, load_config
 from qmtl.runtime.sdk.conformance import ConformancePipeline, ConformanceReport
+from qmtl.runtime.sdk.coverage_report import CoverageReport
 from qmtl.runtime.sdk.errors import (
     ConfigError,
     ConformanceError,
@@ -56,6 +57,7 @@ __all__ = [
     "ConformanceError",
     "ConformancePipeline",
     "ConformanceReport",
+    "CoverageReport",
     "CoverageSegment",
     "DataAvailabilityStrategy",
     "DataFetcher",

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from qmtl.runtime.sdk.timestamps import format_span
+
 if TYPE_CHECKING:
     from qmtl.runtime.sdk.history_coverage import Range
 
@@ -88,7 +90,7 @@ class ExchangeError(SeamlessError):
         if node_id is not None:
             where.append(f"node_id={node_id!r}")
         if window is not None:
-            where.append(f"window=[{window[0]}, {window[1]})")
+            where.append(f"window={format_span(window[0], window[1])}")
         if http_status is not None:
             where.append(f"http_status={http_status}")
         super().__init__(f"{message} ({', '.join(where)})" if where else message)
@@ -119,7 +121,7 @@ class SeamlessCoverageError(SeamlessError):
     def __init__(self, node_id: str, missing_ranges: Sequence[Range]) -> None:
         self.node_id = node_id
         self.missing_ranges = list(missing_ranges)
-        shown = ", ".join(f"[{r.start}, {r.end})" for r in self.missing_ranges[:5])
+        shown = ", ".join(str(r) for r in self.missing_ranges[:5])
         more = f" (+{len(self.missing_ranges) - 5} more)" if len(self.missing_ranges) > 5 else ""
         super().__init__(f"{node_id}: missing ranges {shown}{more}")
 

@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS
 from qmtl.runtime.sdk.node_id import check_interval
+from qmtl.runtime.sdk.timestamps import format_iso, format_span
 
 __all__ = [
     "CANONICAL_NAN_BITS",
@@ -80,15 +81,19 @@ _LE_U8 = np.dtype("<u8")
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FingerprintConfig:
-    """``artifact.fingerprint`` (SPEC §13). Only sha256 over all six columns is defined.
+    """``seamless.artifact.fingerprint``. Only sha256 over all six columns is defined.
 
     ``include_columns`` must be the canonical column list: a fingerprint over a subset
     would not identify the bars served, so other values are refused.
     """
 
     algo: str = _ALGO
+    """Hash algorithm; only ``sha256``."""
     include_columns: Sequence[str] = CANONICAL_COLUMNS
+    """Columns hashed; must be ``[ts, open, high, low, close, volume]``."""
     normalize_nan: NanMode = "zero"
+    """How NaN is hashed: ``zero`` (as 0.0, so NaN and 0 give the same fingerprint) or
+    ``canonical`` (every NaN as one quiet NaN, distinct from 0)."""
 
     def __post_init__(self) -> None:
         if self.algo != _ALGO:
@@ -235,8 +240,8 @@ def _pieces(
     n = len(ts)
     if n and not (meta.range[0] <= int(ts[0]) and int(ts[-1]) < meta.range[1]):
         raise ValueError(
-            f"bars [{int(ts[0])}, {int(ts[-1])}] lie outside the fingerprint range "
-            f"[{meta.range[0]}, {meta.range[1]})"
+            f"bars [{format_iso(int(ts[0]))}, {format_iso(int(ts[-1]))}] lie outside the "
+            f"fingerprint range {format_span(meta.range[0], meta.range[1])}"
         )
     mode = NAN_MODES[config.normalize_nan]
     yield FINGERPRINT_MAGIC + struct.pack(
