@@ -14,7 +14,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from blockbuster import BlockBuster
-from rich.console import Console
 
 from qmtl.cli import _common
 from qmtl.cli.main import main
@@ -230,9 +229,7 @@ def test_reports_keep_every_digit_at_80_columns(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_common, "console", Console(width=80, highlight=False))
-    for module in ("fetch_cmd", "coverage_cmd"):
-        monkeypatch.setattr(f"qmtl.cli.{module}.console", _common.console)
+    monkeypatch.setattr(_common.console, "_width", 80)
     long_node = "ohlcv:binance:BTC/USDT:1m"
     dsn = f"duckdb:///{tmp_path / 's.duckdb'}"
     argv = ["fetch", long_node, "--start", "2023-12-01", "--end", "2024-01-02", "--dsn", dsn]

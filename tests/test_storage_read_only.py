@@ -19,7 +19,7 @@ from qmtl.runtime.io.storage import (
     StorageError,
     open_storage,
 )
-from qmtl.runtime.io.storage.postgres import masked_dsn
+from qmtl.runtime.io.storage.base import masked_dsn
 from qmtl.runtime.sdk.history_coverage import CoverageSegment, Range, SegmentKind
 from qmtl.runtime.sdk.history_storage import LedgerUpdate
 from tests.test_storage import NODE, I, assert_bars_equal, bars

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         demo_cmd,
         exchanges_cmd,
         fetch_cmd,
+        list_cmd,
         simulator_cmd,
     )
 
@@ -100,7 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = (demo_cmd, fetch_cmd, coverage_cmd, backfill_cmd, config_cmd, exchanges_cmd)
+    commands = (
+        demo_cmd,
+        fetch_cmd,
+        coverage_cmd,
+        list_cmd,
+        backfill_cmd,
+        config_cmd,
+        exchanges_cmd,
+    )
     for module in (*commands, simulator_cmd):
         module.register(subparsers)
     return parser

@@ -38,7 +38,7 @@ from qmtl.runtime.sdk.history_coverage import (
     coverage_ratio,
     merge_ranges,
 )
-from qmtl.runtime.sdk.history_storage import HistoryStorage, LedgerUpdate
+from qmtl.runtime.sdk.history_storage import HistoryStorage, LedgerUpdate, NodeSummary
 from qmtl.runtime.sdk.live_feed import LiveDataFeed
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.runtime.sdk.node_id import NodeId, format_node_id, parse_node_id
@@ -72,6 +72,7 @@ __all__ = [
     "LedgerUpdate",
     "LiveDataFeed",
     "NodeId",
+    "NodeSummary",
     "QMTLConfig",
     "Range",
     "RateLimiter",

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 StrategyName = Literal["FAIL_FAST", "AUTO_BACKFILL", "PARTIAL_FILL", "SEAMLESS"]
-"""``DataAvailabilityStrategy`` member names (SPEC §6.1)."""
+"""``DataAvailabilityStrategy`` member names: what a fetch does about missing bars."""
 
 DomainSource = Literal[
     "artifact_only", "artifact_prefers", "storage_only", "storage_backfill", "storage_backfill_live"
@@ -119,6 +119,10 @@ class StorageConfig:
     for tests) or ``postgresql://`` / ``postgres://``."""
 
     dsn: str = "duckdb:///.qmtl/seamless.duckdb"
+    """Where bars and their coverage ledger are kept: ``duckdb:///relative/file.duckdb``
+    (relative to the working directory), ``duckdb:////absolute/file.duckdb``,
+    ``duckdb:///:memory:`` (nothing kept; for tests) or
+    ``postgresql://user:password@host:port/database`` (``postgres://`` also works)."""
 
     def __post_init__(self) -> None:
         scheme, sep, rest = self.dsn.partition("://")
@@ -136,22 +140,40 @@ class StorageConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ArtifactConfig:
-    """Artifact publication (SPEC §8). ``object_store_uri``: ``file://dir`` (``file://rel`` is
+    """Artifact publication. ``object_store_uri``: ``file://dir`` (``file://rel`` is
     relative to the working directory, ``file:///abs`` absolute) or ``s3://bucket/prefix``
     (``s3_endpoint_url`` for S3-compatible servers). ``publish_optional`` publishes also where
     publication is optional (live / shadow fetches and fetches without a domain); dryrun
     always publishes and backtest only reads. ``stabilization_bars`` is at least 1."""
 
     object_store_uri: str = "file://.qmtl/artifacts"
+    """Where artifacts are published: ``file://dir`` (relative to the working directory),
+    ``file:///absolute/dir`` or ``s3://bucket/prefix``."""
     s3_endpoint_url: str | None = None
+    """Endpoint of an S3-compatible server such as MinIO (``http://`` or ``https://``);
+    null: the standard AWS endpoint."""
     format: Literal["parquet"] = "parquet"
+    """File format of artifacts; only ``parquet``."""
     compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
+    """Compression codec of the Parquet files."""
     stabilization_bars: int = DEFAULT_STABILIZATION_BARS
+    """Bars that closed fewer than this many intervals ago are not final (an exchange may
+    still publish or correct them): no artifact is sealed over them and an empty answer
+    there is not recorded as "no data"; >= 1."""
     partition_template: str = DEFAULT_PARTITION_TEMPLATE
+    """Directory of a series' artifacts under ``object_store_uri``: a relative path without
+    ``..`` using ``{exchange}``, ``{symbol}`` and ``{timeframe}``."""
     publish_fingerprint: bool = True
+    """Publish each artifact's dataset fingerprint; must stay true while a backtest or
+    dryrun domain is configured (they serve only fingerprinted artifacts)."""
     early_fingerprint: bool = False
+    """Also compute a preview fingerprint before an artifact is sealed (checked against the
+    sealed one); needs ``publish_fingerprint: true``."""
     publish_optional: bool = False
+    """Also publish where publication is optional: live and shadow fetches and fetches
+    without a domain (dryrun always publishes, backtest only reads)."""
     fingerprint: FingerprintConfig = field(default_factory=FingerprintConfig)
+    """How the dataset fingerprint of an artifact is computed."""
 
     def __post_init__(self) -> None:
         scheme, sep, rest = self.object_store_uri.partition("://")
@@ -183,9 +205,13 @@ class LiveWsConfig:
     one repeats)."""
 
     enabled: bool = False
+    """Use the exchange's websocket feed for the newest bars."""
     reconnect_backoff_ms: tuple[int, ...] = (500, 1000, 2000, 5000)
+    """Delays (ms) before successive reconnect attempts; the last one repeats. Each > 0."""
     dedupe_by: Literal["ts"] = "ts"
+    """How a bar the feed repeats is recognised: by its open time ``ts`` (the only choice)."""
     emit_building_candle: bool = False
+    """Also deliver the still-forming bar; false: only closed bars."""
 
     def __post_init__(self) -> None:
         if not self.reconnect_backoff_ms or any(d <= 0 for d in self.reconnect_backoff_ms):
@@ -194,7 +220,10 @@ class LiveWsConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LiveConfig:
+    """Live feeds (the ``seamless.live`` block)."""
+
     ws: LiveWsConfig = field(default_factory=LiveWsConfig)
+    """The exchange's websocket feed."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -202,10 +231,16 @@ class ObservabilityConfig:
     """Alert thresholds (ratios in [0, 1], durations in ms) and the log format."""
 
     coverage_ratio_threshold: float = 0.98
+    """Alert when a fetch serves less than this share of the bars it asked for; 0 to 1."""
     backfill_completion_ratio_min: float = 0.95
+    """Alert when less than this share of backfill batches completes; 0 to 1."""
     storage_wait_warn_ms: float = 300
+    """Warn when reading the hot store takes longer than this (ms); >= 0."""
     backfill_wait_warn_ms: float = 5000
+    """Warn when waiting for a backfill takes longer than this (ms); >= 0."""
     log_format: Literal["text", "json"] = "text"
+    """Log output: ``text`` (one line per warning or error, for people) or ``json`` (one
+    JSON object per event, for log collectors)."""
 
     def __post_init__(self) -> None:
         _ratio("coverage_ratio_threshold", self.coverage_ratio_threshold)
@@ -222,15 +257,32 @@ class SeamlessSettings:
     ``SLAPolicy``, ``BackfillConfig``, ``RateLimiterConfig``, ``FingerprintConfig``)."""
 
     node_id_format: str = DEFAULT_NODE_ID_FORMAT
+    """How series are named (``{exchange}``, ``{symbol}``, ``{timeframe}``); it must
+    produce the standard ids ``ohlcv:<exchange>:<symbol>:<timeframe>``."""
     strategy: StrategyName = "SEAMLESS"
+    """What a fetch does about missing bars: ``FAIL_FAST`` (read the store only; missing
+    bars are an error), ``AUTO_BACKFILL`` (fill every gap first, without a time budget),
+    ``PARTIAL_FILL`` (serve what is stored now, fill the rest in the background) or
+    ``SEAMLESS`` (fill gaps within the time budgets of ``seamless.sla``, the rest in the
+    background)."""
     conformance: ConformancePipeline = field(default_factory=ConformancePipeline)
+    """How bars are checked and normalized before they are stored or served."""
     sla: SLAPolicy = field(default_factory=SLAPolicy)
+    """Time budgets of a fetch, and what happens when one runs out."""
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    """How missing ranges are cut into batches, fetched concurrently and retried."""
     rate_limit: RateLimiterConfig = field(default_factory=RateLimiterConfig)
+    """Request budget of every exchange: a token bucket in the exchange's request-weight
+    units, shared by every process using the same key (through Redis when one is set). An
+    exchange's own ``rate_limit`` block or ``rate_limit_rps`` overrides it."""
     storage: StorageConfig = field(default_factory=StorageConfig)
+    """The hot store: bars and the ledger of which ranges are covered."""
     artifact: ArtifactConfig = field(default_factory=ArtifactConfig)
+    """Publication of immutable, fingerprinted Parquet artifacts."""
     live: LiveConfig = field(default_factory=LiveConfig)
+    """Live feeds for the newest bars."""
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    """Alert thresholds and the log format."""
 
     def __post_init__(self) -> None:
         _template("node_id_format", self.node_id_format, _NODE_FIELDS, _NODE_FIELDS)
@@ -251,14 +303,21 @@ class SeamlessSettings:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CacheConfig:
-    """Result cache (SPEC §9): LRU of ``max_shards`` entries, each valid ``ttl_ms``. The key
+    """Result cache: LRU of ``max_shards`` entries, each valid ``ttl_ms``. The key
     template must keep ``node_id, start, end, interval, world_id, as_of`` so that entries
     never cross a world or an ``as_of``."""
 
     enable: bool = True
+    """Keep fetch results in memory and answer repeated identical fetches from there."""
     ttl_ms: int = 60_000
+    """How long a cached result stays valid (ms); >= 1."""
     max_shards: int = 512
+    """Most results kept; the least recently used go first; >= 1."""
     key_template: str = DEFAULT_CACHE_KEY_TEMPLATE
+    """Cache key, from ``{node_id}``, ``{start}``, ``{end}``, ``{interval}``,
+    ``{conformance_version}``, ``{world_id}`` and ``{as_of}``; all but
+    ``{conformance_version}`` are required, so that entries never cross a world or an
+    ``as_of``."""
 
     def __post_init__(self) -> None:
         _int_at_least("ttl_ms", self.ttl_ms, 1)
@@ -268,16 +327,32 @@ class CacheConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DomainPolicy:
-    """One execution domain's rules (SPEC §9). ``max_lag_sec``: staleness beyond it is a HOLD
+    """One execution domain's rules. ``max_lag_sec``: staleness beyond it is a HOLD
     (``None``: unchecked); ``min_coverage``: coverage below it is a HOLD (``None``: the SLA
     default). Field defaults are permissive; :data:`DOMAIN_DEFAULTS` holds each domain's."""
 
     require_as_of: bool = False
+    """A fetch must name the ``as_of`` (data version) it reads; true is required for
+    backtest and dryrun."""
     source: DomainSource = "storage_backfill_live"
+    """Where bars may come from: ``artifact_only`` (published artifacts; a range without
+    one fails), ``artifact_prefers`` (artifacts first; fresh reads are published, then
+    served from them), ``storage_only`` (the hot store, no backfill), ``storage_backfill``
+    (plus backfill from the exchange) or ``storage_backfill_live`` (plus the live feed for
+    the newest bars). backtest must be ``artifact_only``, dryrun ``artifact_only`` or
+    ``artifact_prefers``."""
     max_lag_sec: float | None = None
+    """Data more than this many seconds behind now is served marked HOLD (not to be acted
+    on); > 0; null: staleness is not checked."""
     allow_partial: bool = True
+    """Serve a result that still misses bars (marked partial); false: missing bars make
+    the fetch fail."""
     monotonic_as_of: bool = False
+    """The ``as_of`` of successive fetches of a series may never go backwards; a
+    regression is served marked HOLD."""
     min_coverage: float | None = None
+    """Coverage (share of the requested bars present) below this is served marked HOLD;
+    0 to 1; null: ``seamless.sla.min_coverage``."""
 
     def __post_init__(self) -> None:
         if self.max_lag_sec is not None and self.max_lag_sec <= 0:
@@ -300,10 +375,13 @@ DOMAIN_DEFAULTS: Mapping[str, DomainPolicy] = MappingProxyType(
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ExchangeUrls:
-    """Replace the scheme and host of the exchange's REST / websocket URLs (SPEC §7.1)."""
+    """Replace the scheme and host of the exchange's REST / websocket URLs."""
 
     rest: str | None = None
+    """Replaces the scheme and host of the exchange's REST API (``http://`` or
+    ``https://``), e.g. the simulator ``http://127.0.0.1:8080``; null: the exchange's own."""
     ws: str | None = None
+    """The same for the websocket API (``ws://`` or ``wss://``); null: the exchange's own."""
 
     def __post_init__(self) -> None:
         _url("rest", self.rest, ("http", "https"))
@@ -325,12 +403,22 @@ class ExchangeAccess:
     (page tiers, published limit, history depth...: ``qmtl-seamless exchanges`` shows them)."""
 
     symbols: tuple[str, ...] = ()
+    """Unified ccxt symbols to keep filled, e.g. ``BTC/USDT``; no duplicates."""
     market_type: MarketType = "spot"
+    """Which of the exchange's markets the symbols trade on."""
     page_limit: int | None = None
+    """Bars per request; >= 1; null: the page size that gives the most bars per unit of
+    request weight on that exchange."""
     sandbox: bool = False
+    """Use the exchange's test network (ccxt sandbox mode)."""
     account: str | None = None
+    """Account name filling ``{account}`` in the rate-limit key, so that accounts with
+    their own exchange limits get their own budgets; null: no account."""
     ccxt_options: Mapping[str, object] = field(default_factory=dict)
+    """Options handed to the ccxt exchange constructor as they are."""
     profile: Mapping[str, object] = field(default_factory=dict)
+    """Overrides of the exchange's profile (page sizes and their request weights,
+    published rate limit, history depth...); ``qmtl-seamless exchanges`` shows them."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "symbols", tuple(self.symbols))
@@ -354,9 +442,16 @@ class ExchangeConfig(ExchangeAccess):
     :meth:`QMTLConfig.rate_limiter_for`."""
 
     timeframes: tuple[str, ...] = ("1m",)
+    """Bar timeframes to keep filled (``1m``, ``1h``, ``1d``...); at least one, no duplicates."""
     rate_limit_rps: int | None = None
+    """Shorthand for this exchange's budget: this many request-weight tokens per second
+    (``tokens_per_interval: N`` with ``interval_ms: 1000``); >= 1; not together with
+    either key in the exchange's ``rate_limit`` block; null: no shorthand."""
     rate_limit: RateLimiterConfig | None = None
+    """This exchange's own rate limit: keys it omits take the values of
+    ``seamless.rate_limit``; null: ``seamless.rate_limit`` as it is."""
     urls: ExchangeUrls | None = None
+    """Other hosts for the exchange's APIs (a simulator, a proxy); null: the exchange's own."""
 
     def __post_init__(self) -> None:
         ExchangeAccess.__post_init__(self)
@@ -372,9 +467,18 @@ class EnvironmentConfig:
     leases."""
 
     coordinator_url: str | None = None
+    """Backfill coordinator (``http://`` or ``https://``) that hands out windows so that
+    two workers never fill the same one; null: backfills are shared within this process
+    only."""
     coordinator_token: str | None = field(default=None, repr=False)
+    """Credential sent to the coordinator; never printed; null: none."""
     rate_limiter_redis: str | None = None
+    """Redis server (``redis://``, ``rediss://`` or ``unix://``) for every rate limit whose
+    ``redis_dsn`` is null, so that all processes share one budget per key; null:
+    process-local budgets."""
     worker_id: str | None = None
+    """Name of this worker in logs and leases: 1-128 printable characters without spaces;
+    null: the ``HOSTNAME`` environment variable."""
 
     def __post_init__(self) -> None:
         _url("coordinator_url", self.coordinator_url, ("http", "https"))

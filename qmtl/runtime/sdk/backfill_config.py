@@ -1,6 +1,7 @@
 """``BackfillConfig``: how missing ranges are cut, run concurrently and retried.
 
-Re-exported by :mod:`qmtl.runtime.sdk.seamless_data_provider`, where SPEC §6.4 names it.
+Re-exported by :mod:`qmtl.runtime.sdk.seamless_data_provider`, next to the backfiller's other
+names.
 """
 
 from __future__ import annotations
@@ -27,14 +28,28 @@ class BackfillConfig:
     """
 
     mode: BackfillMode = "background"
+    """``background``: backfills run beside the fetches that need them; ``sync``: a fetch
+    waits for its backfill."""
     window_bars: int = 900
+    """Bars per backfill batch (one or more exchange pages); 1 to 100000."""
     max_concurrent_requests: int = 8
+    """Batches fetched at the same time; 1 to 1024."""
     single_flight_ttl_ms: int = 60_000
+    """How long (ms) a window being backfilled stays claimed, so that concurrent fetches
+    wait for that backfill instead of starting their own; > 0."""
     distributed_lease_ttl_ms: int = 120_000
+    """How long (ms) a worker's lease on a window lasts at the coordinator before another
+    worker may take the window over; > 0."""
     max_attempts: int = 5
+    """Tries per batch, the first one included; 1 to 100."""
     retry_backoff_ms: int = 500
+    """Delay (ms) before the second try; it doubles for each further try (plus jitter) and
+    is never shorter than the exchange's ``Retry-After``; >= 0."""
     jitter_ratio: float = 0.25
+    """Random extra delay of each retry, as a share of it (uniform in 0..``jitter_ratio``);
+    0 to 1."""
     max_range_bars: int = 1_000_000_000
+    """Longest request (bars) a fetch or backfill accepts; longer ones are refused; > 0."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("background", "sync"):

@@ -1,4 +1,4 @@
-"""The YAML configuration (SPEC §13) as frozen typed objects, and :func:`load_config`.
+"""The YAML configuration as frozen typed objects, and :func:`load_config`.
 
 Shape: ``seamless`` (engine settings), ``cache``, ``domains``, ``exchanges``, ``environment``.
 Every section and key is optional; an empty document means all defaults (``null`` for a
@@ -10,9 +10,10 @@ section or block also means its defaults). Sub-blocks *are* the runtime objects:
 - ``domains``: absent (or null) configures backtest, dryrun and live with
   :data:`DOMAIN_DEFAULTS`; a written section configures exactly the domains it lists, each
   key it omits taking that domain's default (``domains: {}`` configures none).
-- ``exchanges``: none by default (SPEC's ``binance`` entry is an example). An entry's
-  ``rate_limit`` block is merged over ``seamless.rate_limit``; ``rate_limit_rps`` is shorthand
-  for ``tokens_per_interval: rps, interval_ms: 1000`` and may not be combined with either key.
+- ``exchanges``: none by default (``docs/config.example.yaml`` has a ``binance`` example). An
+  entry's ``rate_limit`` block is merged over ``seamless.rate_limit``; ``rate_limit_rps`` is
+  shorthand for ``tokens_per_interval: rps, interval_ms: 1000`` and may not be combined with
+  either key.
 
 Interpolation: string values may use ``${NAME}`` / ``${NAME:-default}`` (``$${`` is a literal
 ``${``; an empty variable counts as unset). A value that is exactly ``${NAME}`` with ``NAME``
@@ -155,7 +156,7 @@ _RENAMED: dict[type, dict[str, str]] = {
     CacheConfig: {"enabled": "enable"},
 }
 
-#: ``ComputeContext`` aliases (SPEC §9), suggested when used as a ``domains`` key.
+#: ``ComputeContext`` aliases (``prod`` → live...), suggested when used as a ``domains`` key.
 _DOMAIN_ALIASES = DOMAIN_ALIASES
 
 _SECTIONS = ("seamless", "cache", "domains", "exchanges", "environment")
@@ -172,10 +173,20 @@ class QMTLConfig:
     """
 
     seamless: SeamlessSettings = field(default_factory=SeamlessSettings)
+    """Engine settings: fetch strategy, conformance, time budgets, backfill, rate limits,
+    the store, artifacts, live feeds and observability."""
     cache: CacheConfig = field(default_factory=CacheConfig)
+    """The in-memory cache of fetch results."""
     domains: Mapping[str, DomainPolicy] = field(default_factory=lambda: _default_domains())
+    """Execution domains (``backtest``, ``dryrun``, ``live``, ``shadow``) and their rules.
+    Without this section backtest, dryrun and live are configured with their defaults; a
+    written section configures exactly the domains it lists, each key a domain omits taking
+    that domain's default (``domains: {}`` configures none)."""
     exchanges: Mapping[str, ExchangeConfig] = field(default_factory=dict)
+    """Exchanges to keep filled, keyed by ccxt id (``binance``, ``okx``...); none by
+    default."""
     environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
+    """Deployment endpoints; null means not used."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domains", MappingProxyType(dict(self.domains)))
@@ -260,7 +271,7 @@ def load_config(
 def redis_dsn_from_env(env: Mapping[str, str] | None = None) -> str | None:
     """``QMTL_CCXT_RATE_LIMITER_REDIS`` from ``env`` (default: the process environment), or
     ``None`` when unset or empty: the one place outside :func:`load_config` that reads it, for
-    limiters built without a configuration file (SPEC §7.2)."""
+    limiters built without a configuration file."""
     value = (os.environ if env is None else env).get(ENV_RATE_LIMITER_REDIS)
     return value or None
 

@@ -162,8 +162,12 @@ class ConformancePipeline:
     """Conformance v2 (module docstring); immutable and safe to share between threads."""
 
     version: str = CONFORMANCE_VERSION
+    """Version of the conformance rules; only ``v2``."""
     dtype_policy: DtypePolicy = "strict"
+    """``strict``: a missing column or a value of the wrong type fails the fetch;
+    ``coerce``: it is counted in the conformance report and the bad values become NaN."""
     gap_flagging: bool = True
+    """Count the missing bars between consecutive rows in the conformance report."""
 
     def __post_init__(self) -> None:
         if self.version != CONFORMANCE_VERSION:

@@ -1,4 +1,5 @@
-"""The hot-store port: :class:`HistoryStorage` and the :class:`LedgerUpdate` that crosses it.
+"""The hot-store port: :class:`HistoryStorage` and the values that cross it — the
+:class:`LedgerUpdate` a write carries, the :class:`NodeSummary` a listing returns.
 
 The engine (provider, backfiller) talks to storage only through this protocol; the DuckDB and
 PostgreSQL backends in :mod:`qmtl.runtime.io.storage` implement it, and one behaviour suite
@@ -25,22 +26,28 @@ Conventions every backend honours:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from qmtl.runtime.sdk.history_coverage import (
     DEFAULT_STABILIZATION_BARS,
     CoverageSegment,
     Range,
+    SegmentKind,
     check_bar_interval,
+    compute_missing_ranges,
+    merge_ranges,
 )
+from qmtl.runtime.sdk.node_id import parse_node_id
+from qmtl.runtime.sdk.timestamps import format_iso
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from qmtl.runtime.sdk.timestamps import InstantLike
 
-__all__ = ["HistoryStorage", "LedgerUpdate"]
+__all__ = ["HistoryStorage", "LedgerUpdate", "NodeSummary", "summarize_node"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,6 +84,124 @@ class LedgerUpdate:
             raise ValueError(f"stabilization_bars must be an int >= 0, got {bars!r}")
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeSummary:
+    """What a store holds for one ``(node_id, interval)``: a row of
+    :meth:`HistoryStorage.list_nodes`. Instants are epoch seconds (UTC), counts are bars of
+    ``interval`` seconds.
+
+    - ``interval``: the interval of the node's ledger. Bars are stored per node, not per
+      interval, so a node whose ledger holds several intervals shows the same bar fields on
+      each of its rows (nodes the engine writes have one: their id's timeframe). A node with
+      bars and no ledger has one row at its id's timeframe (``ohlcv:…:1m`` → 60), or ``0``
+      (unknown) when the id names none.
+    - ``first_bar`` / ``last_bar``: open time of the first / last *stored* bar; ``None``
+      when the node has no bars. ``stored_bars``: how many bars are stored.
+    - ``known_empty_bars``: bars in EMPTY ledger segments (the exchange has none there).
+    - ``missing_bars``: bars between the start of the first ledger segment and the end of
+      the last that no segment covers — interior gaps (never fetched, or the fetch failed).
+      Bars before the first or after the last segment are *not* counted: a ledger does not
+      say how far back a series should reach or how current it should be (``coverage`` with
+      a window answers that).
+    - ``last_fetched_at``: the newest ``fetched_at`` of the ledger segments (fractional
+      epoch seconds); ``None`` when there are none or none records it.
+    """
+
+    node_id: str
+    interval: int
+    first_bar: int | None = None
+    last_bar: int | None = None
+    stored_bars: int = 0
+    known_empty_bars: int = 0
+    missing_bars: int = 0
+    last_fetched_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.interval, bool) or not isinstance(self.interval, int):
+            raise ValueError(f"interval must be an int number of seconds, got {self.interval!r}")
+        for name in ("interval", "stored_bars", "known_empty_bars", "missing_bars"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if (self.first_bar is None) != (self.last_bar is None) or (
+            self.first_bar is None and self.stored_bars
+        ):
+            raise ValueError("first_bar and last_bar are both None exactly when no bar is stored")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field, and next to each instant its ISO-8601 UTC text
+        (``first_bar_iso``, ``last_bar_iso``, ``last_fetched_at_iso``; ``None`` with it)."""
+        return {
+            "node_id": self.node_id,
+            "interval": self.interval,
+            "first_bar": self.first_bar,
+            "first_bar_iso": _iso(self.first_bar),
+            "last_bar": self.last_bar,
+            "last_bar_iso": _iso(self.last_bar),
+            "stored_bars": self.stored_bars,
+            "known_empty_bars": self.known_empty_bars,
+            "missing_bars": self.missing_bars,
+            "last_fetched_at": self.last_fetched_at,
+            "last_fetched_at_iso": _iso(self.last_fetched_at),
+        }
+
+
+def _iso(epoch_seconds: float | None) -> str | None:
+    return None if epoch_seconds is None else format_iso(epoch_seconds)
+
+
+def summarize_node(
+    node_id: str,
+    ledgers: Mapping[int, Sequence[CoverageSegment]],
+    *,
+    first_bar: int | None = None,
+    last_bar: int | None = None,
+    stored_bars: int = 0,
+) -> list[NodeSummary]:
+    """The :class:`NodeSummary` rows of one node, sorted by interval, from its ledger
+    segments per interval and what the store aggregated of its bars (pure, O(segments)).
+    A node holding neither bars nor ledger segments has no row (``[]``)."""
+    counted = [
+        (interval, _count(ledger, interval)) for interval, ledger in ledgers.items() if ledger
+    ]
+    if not counted and stored_bars:
+        counted = [(_timeframe_of(node_id), (0, 0, None))]
+    return [
+        NodeSummary(
+            node_id=node_id,
+            interval=interval,
+            first_bar=first_bar,
+            last_bar=last_bar,
+            stored_bars=stored_bars,
+            known_empty_bars=empty,
+            missing_bars=missing,
+            last_fetched_at=fetched,
+        )
+        for interval, (empty, missing, fetched) in sorted(counted, key=lambda c: c[0])
+    ]
+
+
+def _count(ledger: Sequence[CoverageSegment], interval: int) -> tuple[int, int, float | None]:
+    """Known-empty bars, interior missing bars and the newest ``fetched_at`` of one ledger."""
+    check_bar_interval(interval)
+    empty = merge_ranges([s for s in ledger if s.kind is SegmentKind.EMPTY], interval)
+    start, end = min(s.start for s in ledger), max(s.end for s in ledger)
+    missing = compute_missing_ranges(ledger, start, end, interval)
+    fetched = [s.fetched_at for s in ledger if s.fetched_at is not None]
+    return (
+        sum(r.bars(interval) for r in empty),
+        sum(r.bars(interval) for r in missing),
+        max(fetched, default=None),
+    )
+
+
+def _timeframe_of(node_id: str) -> int:
+    """The interval a node id names (``ohlcv:…:1m`` → 60), ``0`` when it is no such id."""
+    try:
+        return parse_node_id(node_id).interval
+    except ValueError:
+        return 0
+
+
 @runtime_checkable
 class HistoryStorage(Protocol):
     """The hot store behind the provider. Every method is a coroutine and never blocks the
@@ -106,6 +231,14 @@ class HistoryStorage(Protocol):
     async def coverage_bounds(self, node_id: str, interval: int) -> Range | None:
         """``[min ts, max ts + interval)`` of the stored bars (gaps inside included), or
         ``None`` when the node has no bars. Says nothing about the ledger."""
+        ...
+
+    async def list_nodes(self) -> list[NodeSummary]:
+        """Every node that holds bars or ledger segments, one :class:`NodeSummary` per
+        ``(node_id, interval)``, sorted by node id (code points, so the same order on every
+        backend) then interval; ``[]`` for an empty store. The database aggregates the bars
+        (count, first, last): no bar is loaded, so this stays cheap for large stores. Works
+        on a store opened read-only."""
         ...
 
     async def delete_node(self, node_id: str) -> None:

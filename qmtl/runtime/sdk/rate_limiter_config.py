@@ -1,7 +1,7 @@
 """``RateLimiterConfig``: one exchange budget, in the exchange's weight units.
 
-Re-exported by :mod:`qmtl.runtime.io.ccxt_fetcher`, where SPEC §7.1 names it; it lives in the
-sdk because it is pure configuration (the config model builds it). Rule of thumb
+Re-exported by :mod:`qmtl.runtime.io.ccxt_fetcher`, next to the fetcher that uses it; it lives
+in the sdk because it is pure configuration (the config model builds it). Rule of thumb
 for users: keep ``tokens_per_interval + burst_tokens`` at or below the exchange's own limit
 per ``interval_ms`` and no process sharing the key can trigger a 429.
 """
@@ -27,14 +27,31 @@ class RateLimiterConfig:
     ``1 / expected_workers`` of the budget."""
 
     tokens_per_interval: int = 1200
+    """Tokens (the exchange's request-weight units) refilled, continuously, over each
+    ``interval_ms``; > 0."""
     interval_ms: int = 60_000
+    """Refill period (ms); > 0."""
     burst_tokens: int = 200
+    """Most tokens the bucket holds; > 0. Keep ``tokens_per_interval + burst_tokens`` at or
+    below the exchange's own limit per interval and no process can cause a 429."""
     local_semaphore: int = 10
+    """Most requests in flight at once, per process and key; > 0."""
     penalty_backoff_ms: int = 5000
+    """Shortest pause (ms) of the whole key after the exchange answers 429 (too many
+    requests) or 418 (banned); a longer ``Retry-After`` wins; >= 0."""
     key_template: str = "ccxt:{exchange}:{account?}"
+    """Bucket key: processes using the same key share one budget. Placeholders:
+    ``{exchange}`` (lower-case id), ``{exchange_id}`` (as written), ``{account}``; a
+    ``:{account?}`` part disappears when there is no account."""
     redis_dsn: str | None = None
+    """Redis server holding the shared bucket (``redis://``, ``rediss://`` or
+    ``unix://``); null: ``environment.rate_limiter_redis``, else a process-local bucket."""
     min_interval_ms: int = 0
+    """Least time (ms) between the starts of two requests of one process; below
+    ``interval_ms``; 0: no spacing."""
     expected_workers: int = 1
+    """Processes sharing the key; while Redis is unreachable each falls back to a local
+    bucket with 1/``expected_workers`` of the budget; > 0."""
 
     def __post_init__(self) -> None:
         positive = ("tokens_per_interval", "interval_ms", "burst_tokens", "local_semaphore")

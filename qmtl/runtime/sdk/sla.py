@@ -73,13 +73,26 @@ class SLAPolicy:
     """
 
     max_wait_storage_ms: float | None = 300
+    """Budget (ms) for reading the hot store; >= 0; null: unbounded."""
     max_wait_backfill_ms: float | None = 5000
+    """Budget (ms) for waiting on a backfill of missing bars; >= 0; null: unbounded."""
     max_wait_live_ms: float | None = 800
+    """Budget (ms) for asking the live feed for the newest bars; >= 0; null: unbounded."""
     total_deadline_ms: float | None = 1500
+    """Budget (ms) for the whole fetch; >= 0; null: unbounded."""
     max_sync_gap_bars: int | None = None
+    """Gaps longer than this many bars are filled in the background only, never while the
+    fetch waits; >= 0; null: no limit."""
     min_coverage: float | None = None
+    """Coverage (share of the requested bars present) below which a result is served
+    marked HOLD, when neither the fetch nor its domain sets one; 0 to 1; null: none."""
     max_lag_seconds: float | None = None
+    """Staleness (seconds behind now) beyond which a result is served marked HOLD, when
+    neither the fetch nor its domain sets one; >= 0; null: none."""
     on_violation: SLAViolationMode = SLAViolationMode.PARTIAL_FILL
+    """When a budget runs out: ``FAIL_FAST`` (the fetch fails), ``PARTIAL_FILL`` (serve
+    what is ready, keep filling in the background) or ``HOLD`` (serve what is ready,
+    marked HOLD: not to be acted on)."""
 
     def __post_init__(self) -> None:
         for name in (

@@ -6,7 +6,7 @@ from qmtl.runtime.io.storage.duckdb import DuckDBStorage
 from qmtl.runtime.io.storage.postgres import PostgresStorage
 from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS
 from qmtl.runtime.sdk.errors import StorageError
-from qmtl.runtime.sdk.history_storage import HistoryStorage, LedgerUpdate
+from qmtl.runtime.sdk.history_storage import HistoryStorage, LedgerUpdate, NodeSummary
 
 __all__ = [
     "CANONICAL_COLUMNS",
@@ -15,6 +15,7 @@ __all__ = [
     "DuckDBStorage",
     "HistoryStorage",
     "LedgerUpdate",
+    "NodeSummary",
     "PostgresStorage",
     "StorageError",
     "open_storage",

@@ -1,7 +1,8 @@
-"""Shared pieces of the hot-store backends: argument checks, node keys, the schema-version
-plan, and :func:`open_storage` (backend by URI). The port itself — :class:`HistoryStorage`,
-:class:`LedgerUpdate` and the conventions every backend honours — is
-:mod:`qmtl.runtime.sdk.history_storage`; the bar schema is :mod:`qmtl.runtime.sdk.bars`.
+"""Shared pieces of the hot-store backends: argument checks, node keys, DSN masking, the
+listing queries, the schema-version plan, and :func:`open_storage` (backend by URI). The port
+itself — :class:`HistoryStorage`, :class:`LedgerUpdate`, :class:`NodeSummary` and the
+conventions every backend honours — is :mod:`qmtl.runtime.sdk.history_storage`; the bar
+schema is :mod:`qmtl.runtime.sdk.bars`.
 
 Both backends key rows by a surrogate ``node_key`` found through the SHA-256 of the UTF-8 id,
 so an id of any length (PostgreSQL b-tree entries cannot exceed ~2.7 kB) indexes in constant
@@ -43,7 +44,7 @@ import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -51,11 +52,18 @@ from qmtl import __version__
 from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS
 from qmtl.runtime.sdk.errors import StorageError
 from qmtl.runtime.sdk.history_coverage import CoverageSegment
-from qmtl.runtime.sdk.history_storage import HistoryStorage, LedgerUpdate
+from qmtl.runtime.sdk.history_storage import (
+    HistoryStorage,
+    LedgerUpdate,
+    NodeSummary,
+    summarize_node,
+)
 from qmtl.runtime.sdk.timestamps import InstantLike, to_epoch_seconds
 
 __all__ = [
     "DEFAULT_DSN",
+    "LIST_LEDGER_SQL",
+    "LIST_NODES_SQL",
     "META_TABLE",
     "OLDEST_READABLE_VERSION",
     "SCHEMA_VERSION",
@@ -66,9 +74,11 @@ __all__ = [
     "check_migrations",
     "check_node_id",
     "check_span",
+    "masked_dsn",
     "meta_rows",
     "migration_steps",
     "node_hash",
+    "node_summaries",
     "open_storage",
     "plan_schema",
     "segments_from_rows",
@@ -114,6 +124,27 @@ def node_hash(node_id: str) -> bytes:
     return hashlib.sha256(node_id.encode("utf-8")).digest()
 
 
+def masked_dsn(dsn: str) -> str:
+    """``dsn`` with any password (in the user info or a ``password=`` query parameter)
+    replaced by ``***``, for messages and logs."""
+    parts = urlsplit(dsn)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    query = (
+        "&".join(
+            f"{item.partition('=')[0]}=***"
+            if unquote(item.partition("=")[0]).lower() in {"password", "sslpassword"}
+            else item
+            for item in parts.query.split("&")
+        )
+        if parts.query
+        else ""
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def check_span(start: InstantLike, end: InstantLike) -> tuple[int, int]:
     """Normalize read bounds to int64 epoch seconds; ``start >= end`` means an empty read."""
     s = to_epoch_seconds(_as_instant(start), name="start")
@@ -137,6 +168,52 @@ def segments_from_rows(rows: Iterable[tuple[Any, ...]]) -> list[CoverageSegment]
         CoverageSegment(int(s), int(e), k, src, None if f is None else float(f))
         for s, e, k, src, f in rows
     ]
+
+
+# -- listing (HistoryStorage.list_nodes) --------------------------------------------------------
+
+#: Every node with its bar count and first/last bar, aggregated by the database (no bar
+#: leaves it); nodes without bars come back with NULLs. No parameters: the same text runs on
+#: both backends, and node ids only ever come out of it.
+LIST_NODES_SQL: Final = (
+    "SELECT n.node_key, n.node_id, b.first_ts, b.last_ts, b.bar_count FROM qmtl_nodes AS n"
+    " LEFT JOIN (SELECT node_key, min(ts) AS first_ts, max(ts) AS last_ts,"
+    " count(*) AS bar_count FROM qmtl_bars GROUP BY node_key) AS b ON b.node_key = n.node_key"
+)
+#: Every ledger segment, without its source (a listing does not show it); O(segments).
+LIST_LEDGER_SQL: Final = (
+    "SELECT node_key, interval_s, seg_start, seg_end, kind, fetched_at FROM qmtl_ledger"
+    " ORDER BY node_key, interval_s, seg_start"
+)
+
+
+def node_summaries(
+    nodes: Iterable[tuple[Any, ...]], ledger: Iterable[tuple[Any, ...]]
+) -> list[NodeSummary]:
+    """``list_nodes``' answer from the rows of :data:`LIST_NODES_SQL` and
+    :data:`LIST_LEDGER_SQL` (O(nodes + segments)), sorted by node id — compared by code
+    point in Python, since the two databases collate text differently — then interval."""
+    ledgers: dict[int, dict[int, list[CoverageSegment]]] = {}
+    for key, interval, start, end, kind, fetched in ledger:
+        segment = CoverageSegment(int(start), int(end), kind, None, _float(fetched))
+        ledgers.setdefault(int(key), {}).setdefault(int(interval), []).append(segment)
+    summaries = [
+        summary
+        for key, node_id, first, last, count in nodes
+        for summary in summarize_node(
+            str(node_id),
+            ledgers.get(int(key), {}),
+            first_bar=None if first is None else int(first),
+            last_bar=None if last is None else int(last),
+            stored_bars=0 if count is None else int(count),
+        )
+    ]
+    summaries.sort(key=lambda s: (s.node_id, s.interval))
+    return summaries
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 # -- schema versions (see the module doc) -----------------------------------------------------

@@ -19,11 +19,11 @@ Schema (node ids only ever bound as parameters)::
     qmtl_ledger (node_key BIGINT, interval_s BIGINT, seg_start BIGINT, seg_end BIGINT,
                  kind VARCHAR, source VARCHAR, fetched_at DOUBLE)
 
-Versions and migrations (the rules are in :mod:`qmtl.runtime.io.storage.base`): the first
-use inspects the file in one transaction and creates the schema (empty file), migrates it
-(``_MIGRATIONS``: ``{from_version: statements}``, applied in order, then ``qmtl_meta``
-stamped), accepts it (current) or refuses it — another program's DuckDB file, a newer
-schema. A file is a whole database, so anything in it that is not ours means it is not ours.
+Versions and migrations (the rules are in :mod:`qmtl.runtime.io.storage.base`, the
+inspection in :mod:`qmtl.runtime.io.storage.duckdb_schema`): the first use inspects the file
+in one transaction and creates the schema (empty file), migrates it (``_MIGRATIONS``:
+``{from_version: statements}``, applied in order, then ``qmtl_meta`` stamped), accepts it
+(current) or refuses it — another program's DuckDB file, a newer schema.
 
 Read-only (``read_only=True``): a missing file is a ``StorageError`` naming its absolute path
 and nothing is created (no file, no directory); an existing one is opened with DuckDB's own
@@ -38,7 +38,6 @@ Bars are written vectorised: the frame becomes an Arrow table registered as a vi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -51,20 +50,19 @@ import pandas as pd
 import pyarrow as pa
 
 from qmtl.runtime.io.storage.base import (
+    LIST_LEDGER_SQL,
+    LIST_NODES_SQL,
     META_TABLE,
-    STORE_COLUMNS,
-    SchemaState,
     check_ledger_update,
     check_migrations,
     check_node_id,
     check_span,
-    meta_rows,
-    migration_steps,
     node_hash,
-    plan_schema,
+    node_summaries,
     segments_from_rows,
     short_id,
 )
+from qmtl.runtime.io.storage.duckdb_schema import NODE_KEY_SEQUENCE, prepare_schema, transaction
 from qmtl.runtime.sdk.bars import (
     CANONICAL_COLUMNS,
     BarColumns,
@@ -80,7 +78,7 @@ from qmtl.runtime.sdk.history_coverage import (
     apply_backfill_outcome,
     check_bar_interval,
 )
-from qmtl.runtime.sdk.history_storage import LedgerUpdate
+from qmtl.runtime.sdk.history_storage import LedgerUpdate, NodeSummary
 from qmtl.runtime.sdk.timestamps import InstantLike
 
 __all__ = ["DuckDBStorage", "duckdb_path_from_dsn"]
@@ -91,12 +89,10 @@ _COLS = ", ".join(CANONICAL_COLUMNS)
 _INCOMING = "qmtl_incoming_bars"
 _NODE_KEY = "(SELECT node_key FROM qmtl_nodes WHERE node_hash = ?)"
 _MEMORY = ":memory:"
-_SEQUENCE = "qmtl_node_key_seq"
-_REMEDY = "use another file for the store (--dsn duckdb:///path/other.duckdb)"
 
 #: Version 0 — what releases before ``qmtl_meta`` created. History: never edit, migrate.
 _BASELINE: Final[tuple[str, ...]] = (
-    f"CREATE SEQUENCE IF NOT EXISTS {_SEQUENCE}",
+    f"CREATE SEQUENCE IF NOT EXISTS {NODE_KEY_SEQUENCE}",
     "CREATE TABLE IF NOT EXISTS qmtl_nodes (node_key BIGINT PRIMARY KEY,"
     " node_hash BLOB NOT NULL UNIQUE, node_id VARCHAR NOT NULL)",
     "CREATE TABLE IF NOT EXISTS qmtl_bars (node_key BIGINT NOT NULL, ts BIGINT NOT NULL,"
@@ -113,17 +109,6 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     0: (f"CREATE TABLE {META_TABLE} (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",),
 }
 check_migrations(_MIGRATIONS)
-
-_OBJECTS = """
-SELECT 'table', schema_name, table_name FROM duckdb_tables()
-    WHERE database_name = current_database()
-UNION ALL SELECT 'view', schema_name, view_name FROM duckdb_views()
-    WHERE database_name = current_database() AND NOT internal
-UNION ALL SELECT 'sequence', schema_name, sequence_name FROM duckdb_sequences()
-    WHERE database_name = current_database()
-"""
-_OURS = {("table", "main", name) for name in (*STORE_COLUMNS, META_TABLE)}
-_OURS.add(("sequence", "main", _SEQUENCE))
 
 
 def duckdb_path_from_dsn(dsn: str) -> str:
@@ -199,7 +184,9 @@ class DuckDBStorage:
         except (duckdb.Error, OSError) as exc:
             raise StorageError(f"cannot open DuckDB store {where}: {exc}") from exc
         try:
-            self._stored = _prepare_schema(con, where, read_only=self.read_only)
+            self._stored = prepare_schema(
+                con, where, read_only=self.read_only, baseline=_BASELINE, migrations=_MIGRATIONS
+            )
         except duckdb.Error as exc:
             con.close()
             raise StorageError(f"cannot open DuckDB store {where}: {exc}") from exc
@@ -296,7 +283,7 @@ class DuckDBStorage:
                 self._apply_ledger(con, node_key, ledger_update)
             return rows
 
-        return await self._call("write_bars", node_id, lambda con: _transaction(con, tx))
+        return await self._call("write_bars", node_id, lambda con: transaction(con, tx))
 
     async def read_ledger(self, node_id: str, interval: int) -> list[CoverageSegment]:
         node_id = check_node_id(node_id)
@@ -321,7 +308,7 @@ class DuckDBStorage:
         def tx(con: _Con) -> list[CoverageSegment]:
             return self._apply_ledger(con, _node_key_for_update(con, node_id), update)
 
-        return await self._call("update_ledger", node_id, lambda con: _transaction(con, tx))
+        return await self._call("update_ledger", node_id, lambda con: transaction(con, tx))
 
     async def coverage_bounds(self, node_id: str, interval: int) -> Range | None:
         node_id = check_node_id(node_id)
@@ -336,6 +323,15 @@ class DuckDBStorage:
         if row is None or row[0] is None:
             return None
         return Range(int(row[0]), int(row[1]) + interval)
+
+    async def list_nodes(self) -> list[NodeSummary]:
+        def work(con: _Con) -> tuple[list[Any], list[Any]]:
+            # No transaction needed for one snapshot: the store lock keeps this process's
+            # writers out, and DuckDB lets no other process write while the file is open.
+            return con.execute(LIST_NODES_SQL).fetchall(), con.execute(LIST_LEDGER_SQL).fetchall()
+
+        nodes, ledger = await self._call("list_nodes", None, work, unstored=lambda: ([], []))
+        return await asyncio.to_thread(node_summaries, nodes, ledger)
 
     async def revision(self, node_id: str) -> int | None:
         """This instance's count of writes to ``node_id`` (see the protocol). Sound because a
@@ -362,7 +358,7 @@ class DuckDBStorage:
             for table in ("qmtl_bars", "qmtl_ledger", "qmtl_nodes"):
                 con.execute(f"DELETE FROM {table} WHERE node_key = ?", [node_key])
 
-        await self._call("delete_node", node_id, lambda con: _transaction(con, tx))
+        await self._call("delete_node", node_id, lambda con: transaction(con, tx))
 
     async def close(self) -> None:
         def work() -> None:
@@ -429,57 +425,6 @@ class DuckDBStorage:
         return ledger
 
 
-def _prepare_schema(con: _Con, where: str, *, read_only: bool) -> bool:
-    """Bring the file to the current schema in one transaction (writable), or check that it
-    can be read as it is (read-only). Returns whether anything of ours is stored there."""
-    if read_only:
-        return plan_schema(_inspect(con), where=where, read_only=True, remedy=_REMEDY) is not None
-
-    def tx(c: _Con) -> bool:
-        found = plan_schema(_inspect(c), where=where, read_only=False, remedy=_REMEDY)
-        steps = migration_steps(_BASELINE, _MIGRATIONS, found)
-        for sql in steps:
-            c.execute(sql)
-        if steps:
-            for key, value in meta_rows():
-                c.execute(
-                    f"INSERT INTO {META_TABLE} VALUES (?, ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    [key, value],
-                )
-        return True
-
-    return _transaction(con, tx)
-
-
-def _inspect(con: _Con) -> SchemaState:
-    """What the file holds: our tables with their columns, ``qmtl_meta``, everything else."""
-    objects = [(str(k), str(s), str(n)) for k, s, n in con.execute(_OBJECTS).fetchall()]
-    ours = {name for kind, schema, name in objects if (kind, schema, name) in _OURS}
-    foreign = [
-        f"{kind} {name if schema == 'main' else f'{schema}.{name}'}"
-        for kind, schema, name in sorted(objects)
-        if (kind, schema, name) not in _OURS
-    ]
-    tables: dict[str, set[str]] = {t: set() for t in STORE_COLUMNS if t in ours}
-    if tables:
-        placeholders = ", ".join("?" for _ in tables)
-        rows = con.execute(
-            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name ="
-            f" current_database() AND schema_name = 'main' AND table_name IN ({placeholders})",
-            list(tables),
-        ).fetchall()
-        for table, column in rows:
-            tables[str(table)].add(str(column))
-    meta = None
-    if META_TABLE in ours:
-        rows = con.execute(f"SELECT key, value FROM {META_TABLE}").fetchall()
-        meta = {str(k): str(v) for k, v in rows}
-    return SchemaState(
-        meta=meta, tables={t: frozenset(c) for t, c in tables.items()}, foreign=foreign
-    )
-
-
 def _arrow_bars(frame: pd.DataFrame) -> pa.Table:
     # pa.array on numpy keeps NaN as a value (not null), as the NOT NULL columns need.
     return pa.table({name: pa.array(arr) for name, arr in prepare_bars(frame).items()})
@@ -491,22 +436,10 @@ def _node_key_for_update(con: _Con, node_id: str) -> int:
     row = con.execute("SELECT node_key FROM qmtl_nodes WHERE node_hash = ?", [digest]).fetchone()
     if row is None:
         row = con.execute(
-            "INSERT INTO qmtl_nodes VALUES (nextval('qmtl_node_key_seq'), ?, ?) RETURNING node_key",
+            f"INSERT INTO qmtl_nodes VALUES (nextval('{NODE_KEY_SEQUENCE}'), ?, ?)"
+            " RETURNING node_key",
             [digest, node_id],
         ).fetchone()
     if row is None:  # pragma: no cover - INSERT ... RETURNING always yields the row
         raise StorageError("node key allocation returned nothing")
     return int(row[0])
-
-
-def _transaction(con: _Con, work: Callable[[_Con], _T]) -> _T:
-    """Run ``work`` in one DuckDB transaction: committed on success, rolled back on any error."""
-    con.execute("BEGIN TRANSACTION")
-    try:
-        result = work(con)
-        con.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(duckdb.Error):  # a failed COMMIT already ended it
-            con.execute("ROLLBACK")
-        raise
-    return result

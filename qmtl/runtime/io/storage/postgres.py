@@ -44,11 +44,12 @@ import asyncio
 import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Self, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pandas as pd
 
 from qmtl.runtime.io.storage.base import (
+    LIST_LEDGER_SQL,
+    LIST_NODES_SQL,
     META_TABLE,
     STORE_COLUMNS,
     SchemaState,
@@ -56,9 +57,11 @@ from qmtl.runtime.io.storage.base import (
     check_migrations,
     check_node_id,
     check_span,
+    masked_dsn,
     meta_rows,
     migration_steps,
     node_hash,
+    node_summaries,
     plan_schema,
     segments_from_rows,
     short_id,
@@ -76,10 +79,10 @@ from qmtl.runtime.sdk.history_coverage import (
     apply_backfill_outcome,
     check_bar_interval,
 )
-from qmtl.runtime.sdk.history_storage import LedgerUpdate
+from qmtl.runtime.sdk.history_storage import LedgerUpdate, NodeSummary
 from qmtl.runtime.sdk.timestamps import InstantLike
 
-__all__ = ["PostgresStorage", "masked_dsn"]
+__all__ = ["PostgresStorage"]
 
 _T = TypeVar("_T")
 #: asyncpg ships no type information; its connection and pool are typed ``Any`` here.
@@ -358,6 +361,15 @@ class PostgresStorage:
             return None
         return Range(int(row[0]), int(row[1]) + interval)
 
+    async def list_nodes(self) -> list[NodeSummary]:
+        async def work(conn: _Conn) -> tuple[list[Any], list[Any]]:
+            # One snapshot for both reads: a write in between cannot split a node's answer.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await conn.fetch(LIST_NODES_SQL), await conn.fetch(LIST_LEDGER_SQL)
+
+        nodes, ledger = await self._run("list_nodes", None, work, unstored=lambda: ([], []))
+        return await asyncio.to_thread(node_summaries, map(tuple, nodes), map(tuple, ledger))
+
     async def revision(self, node_id: str) -> int | None:
         """``None``: other processes write the same database, and nothing here counts their
         writes yet (see the protocol), so nothing computed from a read is reused."""
@@ -452,27 +464,6 @@ async def _inspect(conn: _Conn) -> SchemaState:
         meta = {str(k): str(v) for k, v in rows}
     tables = {name: cols for name, cols in found.items() if name in STORE_COLUMNS}
     return SchemaState(meta=meta, tables=tables)
-
-
-def masked_dsn(dsn: str) -> str:
-    """``dsn`` with any password (in the user info or a ``password=`` query parameter)
-    replaced by ``***``, for messages and logs."""
-    parts = urlsplit(dsn)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    netloc = parts.netloc
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    query = (
-        "&".join(
-            f"{item.partition('=')[0]}=***"
-            if unquote(item.partition("=")[0]).lower() in {"password", "sslpassword"}
-            else item
-            for item in parts.query.split("&")
-        )
-        if parts.query
-        else ""
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 async def _lock_node(conn: _Conn, node_id: str) -> int:
