@@ -596,7 +596,7 @@ def test_programmatic_construction_runs_the_cross_checks() -> None:
         (
             {"seamless": {"node_id_format": "bars:{exchange}:{symbol}:{timeframe}"}},
             "seamless.node_id_format: must render node ids 'ohlcv:{exchange}:{symbol}:{timeframe}'"
-            " (SPEC §3), got 'bars:binance:BTC/USDT:1m' for binance BTC/USDT 1m",
+            ", got 'bars:binance:BTC/USDT:1m' for binance BTC/USDT 1m",
         ),
         (
             {"seamless": {"node_id_format": "ohlcv:{exchange}:{symbol}:{timeframe}:{world}"}},

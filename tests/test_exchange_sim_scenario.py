@@ -96,7 +96,7 @@ def test_defaults_and_list_form() -> None:
         ({"symbols": {"BTC/USDT": {"listng": 0}}}, "symbols.BTC/USDT.listng: unknown key"),
         ({"symbols": {"BTC/USDT": {"halts": [[5, 1]]}}}, "symbols.BTC/USDT.halts[0]: end"),
         ({"symbols": {"BTC/USDT": {"halts": [[5]]}}}, "halts[0]: expected [start, end]"),
-        ({"symbols": {"BTC/USDT": {"halts": [["2024-01-01T00:00:00", 9]]}}}, "naive"),
+        ({"symbols": {"BTC/USDT": {"halts": [["2024-01-01T00:00:00", 9]]}}}, "has no timezone"),
         ({"symbols": {"BTC/USDT": {"outages": [{"status": 503}]}}}, "outages[0]: give either"),
         (
             {"symbols": {"BTC/USDT": {"outages": [{"next_requests": 1, "status": 404}]}}},

@@ -275,3 +275,13 @@ def test_a_three_slash_dsn_is_relative_and_every_command_says_where_it_is(
     assert f"store: {tmp_path}/data/x.duckdb" in capsys.readouterr().err
     code, cov = run_json(["coverage", NODE, "--dsn", dsn], capsys)
     assert code == 0 and cov["store"] == f"{tmp_path}/data/x.duckdb"
+
+
+def test_demo_takes_dsn_and_reports_the_store_it_resolved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "elsewhere" / "d.duckdb"
+    code, report = run_json(["demo", "--days", "1", "--dsn", f"duckdb:///{store}"], capsys)
+    assert code == 0 and report["store"] == str(store) and store.exists()
+    assert main(["demo", "--dsn", "mysql://x"]) == 2
+    assert "unsupported scheme" in one_error_line(capsys.readouterr().err, "demo")

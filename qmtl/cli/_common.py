@@ -1,7 +1,7 @@
 """Shared pieces of the data commands: store/exchange options, settings, time windows,
 batch bookkeeping and reports.
 
-Settings follow SPEC §13 everywhere: the ``--config`` file (or the defaults), then the
+Settings follow one order everywhere: the ``--config`` file (or the defaults), then the
 environment (both read by :func:`~qmtl.runtime.sdk.config.load_config` only), then explicit
 arguments (``--dsn``, ``--exchange-url``), applied by the composition root
 (:func:`~qmtl.runtime.io.composition.with_overrides`). Every provider a command uses is built
@@ -74,7 +74,10 @@ _DAY = 86_400
 def add_store_options(parser: argparse.ArgumentParser, *, config_required: bool = False) -> None:
     """``--config`` and ``--dsn``: every command that touches a store takes both."""
     parser.add_argument(
-        "--config", metavar="FILE", required=config_required, help="YAML configuration (SPEC §13)"
+        "--config",
+        metavar="FILE",
+        required=config_required,
+        help="YAML configuration (docs/configuration.md)",
     )
     parser.add_argument(
         "--dsn",
@@ -139,7 +142,7 @@ def store_dsn(args: argparse.Namespace) -> str:
 
 @asynccontextmanager
 async def open_read_only(dsn: str) -> AsyncIterator[tuple[HistoryStorage, str]]:
-    """The store at ``dsn`` opened read-only (SPEC §15: read commands never create a store)
+    """The store at ``dsn`` opened read-only (read commands never create a store)
     and where it is. A DuckDB file that does not exist is the user's mistake (a mistyped
     path: ``ValueError``, exit 2), not a failing store."""
     from qmtl.runtime.io.storage import open_storage

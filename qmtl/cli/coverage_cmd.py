@@ -5,7 +5,7 @@ Reads only the store's coverage ledger (no exchange access): stored (DATA) and k
 coverage ratio. The store is ``--dsn``, else the ``--config`` file's, else the default; it is
 opened read-only, so a mistyped path is reported ("no store at ...", exit 2) instead of
 creating an empty store there. Exit 0 when nothing is missing, 1 when something is (or
-nothing is stored for the node at all) — SPEC §15's codes, so scripts can ask "is this range
+nothing is stored for the node at all) — the CLI's exit codes, so scripts can ask "is this range
 complete?".
 """
 

@@ -25,7 +25,7 @@ from qmtl.cli._common import (
     segment_lines,
 )
 from qmtl.runtime.io.composition import build_provider, config_for_nodes
-from qmtl.runtime.sdk.coverage_report import build_coverage_report
+from qmtl.runtime.sdk.config import StorageConfig
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import format_node_id
 from qmtl.runtime.sdk.timestamps import format_iso
@@ -79,12 +79,16 @@ class _EventCounter(logging.Handler):
             self.errors[str(getattr(record, "error", "")).split(":", 1)[0]] += 1
 
 
-async def run_demo(days: int, directory: Path, *, quiet: bool = False) -> dict[str, Any]:
-    """Run the demo; returns the report printed by the command."""
+async def run_demo(
+    days: int, directory: Path, *, dsn: str | None = None, quiet: bool = False
+) -> dict[str, Any]:
+    """Run the demo into the store ``dsn`` (default: ``directory/seamless.duckdb``); returns
+    the report printed by the command."""
     now = int(time.time())
     end = now - now % INTERVAL
     window = Range(end - days * 86_400, end)
-    dsn = f"duckdb:///{(directory / 'seamless.duckdb').absolute()}"  # the store makes the dir
+    if dsn is None:
+        dsn = f"duckdb:///{(directory / 'seamless.duckdb').absolute()}"  # the store makes the dir
     nodes = [format_node_id("binance", s, "1m") for s in SYMBOLS]
     counter = _EventCounter()
     qmtl_logger = logging.getLogger("qmtl")
@@ -96,9 +100,10 @@ async def run_demo(days: int, directory: Path, *, quiet: bool = False) -> dict[s
             # Built like every other command's provider: through the composition root.
             config = config_for_nodes(nodes, dsn=dsn, exchange_url=sim.base_url)
             async with build_provider(config, strategy="AUTO_BACKFILL") as provider:
+                store = await provider.storage.resolved_location()
                 if not quiet:
                     console.print(
-                        f"[bold]qmtl-seamless demo[/]: simulator {sim.base_url}, store {dsn}\n"
+                        f"[bold]qmtl-seamless demo[/]: simulator {sim.base_url}, store {store}\n"
                         f"backfilling {len(nodes)} nodes x {days} days of 1m bars "
                         f"[{format_iso(window.start)}, {format_iso(window.end)}) ...",
                         soft_wrap=True,  # paths and URLs stay whole, whatever the width
@@ -118,16 +123,14 @@ async def run_demo(days: int, directory: Path, *, quiet: bool = False) -> dict[s
                 ]
                 requests_second = sim.request_log.count("/api/v3/klines") - requests_first
                 reports = [
-                    build_coverage_report(
-                        n, await provider.coverage(node_id=n, interval=INTERVAL), window
-                    )
+                    await provider.coverage_report(node_id=n, start=window.start, end=window.end)
                     for n in nodes
                 ]
     finally:
         qmtl_logger.removeHandler(counter)
         qmtl_logger.setLevel(previous_level)
     result = {
-        "store": dsn,
+        "store": store,
         "window": [window.start, window.end],
         "seconds": round(elapsed, 3),
         "klines_requests": requests_first,
@@ -180,6 +183,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--dir", type=Path, default=Path(".qmtl/demo"), help="where the DuckDB store lives"
     )
+    parser.add_argument(
+        "--dsn", help="another store instead (duckdb:///path.duckdb or postgresql://...)"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_run)
 
@@ -187,7 +193,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def _run(args: argparse.Namespace) -> int:
     if not 1 <= args.days <= 365:
         raise ValueError(f"--days must be within 1..365, got {args.days}")
-    result = asyncio.run(run_demo(args.days, args.dir, quiet=args.json))
+    dsn = None if args.dsn is None else StorageConfig(dsn=args.dsn).dsn  # checked up front
+    result = asyncio.run(run_demo(args.days, args.dir, dsn=dsn, quiet=args.json))
     if args.json:
         print_json(result)
     complete = all(not n["missing"] for n in result["nodes"])

@@ -55,7 +55,7 @@ from qmtl.runtime.sdk.timestamps import format_iso
 
 __all__ = ["register"]
 
-#: The CLI's default strategy (SPEC §15): a one-shot command backfills everything it lacks.
+#: The CLI's default strategy: a one-shot command backfills everything it lacks.
 DEFAULT_STRATEGY = DataAvailabilityStrategy.AUTO_BACKFILL
 _OUT_SUFFIXES = (".parquet", ".csv")
 

@@ -2,7 +2,7 @@
 
 Each command module exposes ``register(subparsers)`` which adds its parser and sets
 ``handler`` to a function ``(argparse.Namespace) -> int`` (the exit code). This module owns
-what every command shares, so that it is the same everywhere (SPEC §15):
+what every command shares, so that it is the same everywhere:
 
 - **Exit codes**: 0 complete, 1 served with missing data, 2 user mistake (bad argument,
   config, node id or range, unknown store path, unknown symbol), 3 environment failure (the

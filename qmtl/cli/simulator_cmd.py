@@ -1,4 +1,5 @@
-"""``qmtl-seamless simulator serve``: run the exchange simulator until Ctrl-C (SPEC §10.2).
+"""``qmtl-seamless simulator serve``: run the exchange simulator until Ctrl-C (scenario
+format: ``docs/simulator.md``).
 
 Prints the REST and websocket roots on one line each, e.g. ``rest: http://127.0.0.1:8080``,
 so users can point ``exchanges.binance.urls`` at it. A bad scenario file is a one-line error

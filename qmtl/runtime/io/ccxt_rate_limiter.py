@@ -15,7 +15,7 @@ settings: different settings for one key are refused (one key is one budget).
 The implementations: :mod:`~qmtl.runtime.io.local_rate_limiter` (process-local bucket),
 :mod:`~qmtl.runtime.io.redis_rate_limiter` (cluster-wide), their common part
 :mod:`~qmtl.runtime.io.limiter_base`, the arithmetic :mod:`~qmtl.runtime.io.token_bucket`;
-the port is :class:`qmtl.runtime.sdk.rate_limiter.RateLimiter`. The SPEC's import path
+the port is :class:`qmtl.runtime.sdk.rate_limiter.RateLimiter`. The documented import path
 ``qmtl.runtime.io.ccxt_rate_limiter`` keeps ``LocalRateLimiter``, ``RateLimiter`` and
 ``get_limiter`` importable from here.
 """
@@ -29,7 +29,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 
 # DEFAULT_BAN_MS, penalty_ms_for, LocalRateLimiter and RateLimiter stay importable from the
-# SPEC's path (explicit re-exports; each is defined in its own module).
+# The documented path (explicit re-exports; each is defined in its own module).
 from qmtl.runtime.io.limiter_base import DEFAULT_BAN_MS as DEFAULT_BAN_MS
 from qmtl.runtime.io.limiter_base import penalty_ms_for as penalty_ms_for
 from qmtl.runtime.io.local_rate_limiter import LocalRateLimiter

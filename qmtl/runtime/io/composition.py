@@ -6,7 +6,7 @@ files and environment variables — and everything else is built here from the r
 exchange (its :class:`CcxtBackfillConfig` derived from the exchange's entry), their limiter
 settings, and the provider (which opens the store and wires the backfiller and the engine).
 
-Explicit arguments override the file and the environment (SPEC §13): :func:`with_overrides`
+Explicit arguments override the file and the environment: :func:`with_overrides`
 applies a ``--dsn`` and an ``--exchange-url`` to a loaded config; :func:`config_for_nodes`
 makes the config of a command run without a file. :func:`check_runtime` reports, without
 connecting anything, every problem building the runtime would raise — what ``config check``

@@ -1,6 +1,6 @@
 """``ExchangeProfile``: what paging and budgeting need to know about one exchange and market
 type — derived from ccxt's own metadata, corrected by a documented table of the exchanges'
-published limits where ccxt lacks them (SPEC §7.3).
+published limits where ccxt lacks them.
 
 Why a profile: a fetcher that assumes Binance spot everywhere (1000 bars for weight 2, 1200
 weight a minute) runs too fast on OKX or Kraken and too slow on Binance futures, and takes

@@ -1,4 +1,4 @@
-"""Exchange usage headers → the limiter's resync (SPEC §7.2, last point).
+"""Exchange usage headers → the limiter's resync (the usage clamp of the rate limiter).
 
 Binance reports, on every response, the weight used in its current fixed window by everyone
 on this IP (``X-MBX-USED-WEIGHT-1m``). :class:`UsageRelay` is what the fetcher installs as the

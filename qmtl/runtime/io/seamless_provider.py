@@ -127,7 +127,8 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
         metrics: SeamlessMetrics | None = None,
     ) -> EnhancedQuestDBProvider:
         """Build storage, one ccxt fetcher per configured exchange, SLA, backfill and
-        strategy from the YAML shape of SPEC §13 (a path, a mapping or a loaded config)
+        strategy from the YAML configuration (``docs/configuration.md``: a path, a mapping or a
+        loaded config)
         through the composition root; an explicit ``strategy`` wins over the file."""
         from qmtl.runtime.io.composition import build_provider
 

@@ -4,7 +4,7 @@
   (they serve only published, fingerprinted artifacts); ``early_fingerprint`` needs
   ``publish_fingerprint`` (a preview is compared with the sealed fingerprint).
 - backtest must read ``artifact_only`` and dryrun an ``artifact_*`` source; both require
-  ``as_of`` (SPEC §9).
+  ``as_of``.
 - every effective rate-limit block: ``min_interval_ms`` below ``interval_ms``.
   ``burst_tokens > tokens_per_interval`` is allowed: the bucket's documented bound is
   ``tokens_per_interval + burst_tokens`` per interval.
@@ -67,7 +67,7 @@ def cross_check(config: QMTLConfig) -> list[str]:
 
 
 def check_domain(name: str, policy: DomainPolicy) -> list[str]:
-    """The SPEC §9 matrix rules a domain's policy may not loosen."""
+    """The domain matrix rules a domain's policy may not loosen."""
     path = f"domains.{name}"
     if name not in DOMAIN_NAMES:
         return [f"{path}: unknown domain; valid domains: {', '.join(DOMAIN_NAMES)}"]

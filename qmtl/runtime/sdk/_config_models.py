@@ -296,8 +296,8 @@ class SeamlessSettings:
             same = False
         if not same:
             raise ValueError(
-                f"node_id_format: must render node ids {DEFAULT_NODE_ID_FORMAT!r} "
-                f"(SPEC §3), got {rendered!r} for binance BTC/USDT 1m"
+                f"node_id_format: must render node ids {DEFAULT_NODE_ID_FORMAT!r}, "
+                f"got {rendered!r} for binance BTC/USDT 1m"
             )
 
 

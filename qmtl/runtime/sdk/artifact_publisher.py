@@ -1,5 +1,5 @@
 """The artifact port: where stabilized bars are published as immutable, fingerprinted
-artifacts (SPEC §8). The registrar and its file/S3 stores arrive with the artifacts
+artifacts. The registrar and its file/S3 stores arrive with the artifacts
 capability; the engine accepts a publisher through this protocol only."""
 
 from __future__ import annotations

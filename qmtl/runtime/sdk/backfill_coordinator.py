@@ -1,4 +1,4 @@
-"""The coordinator port: who may fill a window (SPEC §10.1). A coordinator hands out leases
+"""The coordinator port: who may fill a window. A coordinator hands out leases
 on lease keys ``{node_id}:{interval}:{start}:{end}:{world_id}:{as_of}``; the holder fills the
 window, then completes or fails the lease. The token is a fencing token: a stale one changes
 nothing. Implementations (in-process single flight, the HTTP client of the coordinator

@@ -1,4 +1,4 @@
-"""The one canonical bar schema (SPEC §3), written once and used by every layer.
+"""The one canonical bar schema, written once and used by every layer.
 
 A canonical OHLCV frame has exactly the columns :data:`CANONICAL_COLUMNS` in that order:
 ``ts`` is the bar *open* time as int64 epoch **seconds** UTC, aligned to the interval's grid
@@ -36,7 +36,7 @@ __all__ = [
     "sorted_columns",
 ]
 
-#: Canonical OHLCV column order (SPEC §3).
+#: Canonical OHLCV column order.
 CANONICAL_COLUMNS: Final[tuple[str, ...]] = ("ts", "open", "high", "low", "close", "volume")
 #: The value columns (float64).
 PRICE_COLUMNS: Final[tuple[str, ...]] = CANONICAL_COLUMNS[1:]

@@ -1,6 +1,6 @@
 """Conformance v2: turn any OHLCV-ish frame into the canonical frame, and say what changed.
 
-The canonical frame (SPEC §3) is the one of :mod:`qmtl.runtime.sdk.bars` (its column names,
+The canonical frame is the one of :mod:`qmtl.runtime.sdk.bars` (its column names,
 *last row wins* duplicate rule and grid alignment are used here, never copied): the columns
 ``ts, open, high, low, close, volume`` in that order; ``ts`` is the bar open time as
 ``int64`` epoch **seconds** UTC, aligned to the interval; prices and volume are ``float64``;
@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 CONFORMANCE_VERSION: Final = "v2"
-#: The stable flag vocabulary (SPEC §5); every report carries all of them.
+#: The stable flag vocabulary; every report carries all of them.
 CONFORMANCE_FLAG_KEYS: Final[tuple[str, ...]] = (
     "duplicate_ts",
     "gap",

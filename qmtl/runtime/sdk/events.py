@@ -1,4 +1,4 @@
-"""Structured log events: fixed names (SPEC §12), fields as record attributes.
+"""Structured log events: fixed names, fields as record attributes.
 
 Each module logs through its own ``logging.getLogger(__name__)`` with :func:`log_event`; the
 event name is the message and the fields travel in ``extra=`` so handlers and tests read them
@@ -80,7 +80,7 @@ _DOWNGRADE = (
     "dataset_fingerprint", "as_of",
 )  # fmt: skip
 
-#: Required fields of every event (SPEC §12). Extra fields are allowed.
+#: Required fields of every event. Extra fields are allowed.
 EVENT_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     BACKFILL_ATTEMPT: _BATCH,
     BACKFILL_SUCCEEDED: (*_BATCH, "rows", "duration_ms"),

@@ -1,4 +1,4 @@
-"""What a fetch emits to Prometheus (SPEC §11): the SLA phase histograms, the deadline by
+"""What a fetch emits to Prometheus: the SLA phase histograms, the deadline by
 phase, conformance flags and warnings, coverage, downgrades, staleness — all derived from the
 fetch's metadata and conformance report, so metrics and the returned value never disagree."""
 

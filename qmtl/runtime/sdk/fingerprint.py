@@ -16,7 +16,7 @@ Decisions:
   than a silently different digest. Integer ``ts`` of any width and integer/float value
   columns are accepted and hashed as their int64/float64 values (float32 → float64 is
   exact); columns beyond the six canonical ones are ignored. pyarrow Tables are accepted.
-- **Floats**: -0.0 is hashed as +0.0 in every mode. ``normalize_nan="zero"`` (the SPEC
+- **Floats**: -0.0 is hashed as +0.0 in every mode. ``normalize_nan="zero"`` (the
   default) hashes NaN as +0.0, so NaN and 0.0 are indistinguishable; ``"canonical"`` hashes
   every NaN (any sign or payload) as the quiet NaN ``0x7FF8000000000000``. The mode is part
   of the header, so the two modes never produce the same digest.

@@ -1,5 +1,5 @@
 """The live-feed port: a source of the newest *closed* bars, consulted by ``fetch`` for the
-tail of a request the store does not hold yet (SPEC §6.2, ``live_wait``). Polling and
+tail of a request the store does not hold yet (the ``live_wait`` phase). Polling and
 websocket implementations arrive with the live-data capability."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Prometheus metrics catalog (SPEC §11), defined once, on an injectable registry.
+"""The Prometheus metrics catalog, defined once, on an injectable registry.
 
 Names are the spec's, verbatim; prometheus-client appends ``_total`` to counters in the
 exposition (``fingerprint_collisions`` is exposed as ``fingerprint_collisions_total``). Label

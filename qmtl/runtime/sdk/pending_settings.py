@@ -1,4 +1,4 @@
-"""Settings and constructor parameters the SPEC already names but no component reads yet —
+"""Settings and constructor parameters already defined but read by no component yet —
 the explicit pending list, each entry naming the capability that will read it.
 
 Why a list: a setting nobody reads is a promise the system silently breaks (a user sets
@@ -69,7 +69,7 @@ PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-#: ``Class.parameter`` -> capability: constructor parameters the SPEC signature has, which are
+#: ``Class.parameter`` -> capability: constructor parameters the public signature has, which are
 #: accepted and refused (or ignored, as documented) until the capability lands.
 PENDING_PARAMETERS: Mapping[str, str] = MappingProxyType(
     {

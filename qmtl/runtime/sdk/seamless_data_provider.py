@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ from qmtl.runtime.sdk.coverage_report import CoverageReport, build_coverage_repo
 from qmtl.runtime.sdk.errors import SeamlessCoverageError
 from qmtl.runtime.sdk.events import SLA_DOWNGRADE, SLA_PHASE_EXCEEDED, log_event
 from qmtl.runtime.sdk.fetch_metrics import observe_fetch
+from qmtl.runtime.sdk.fetch_outcome import FetchOutcome, served_metadata
 from qmtl.runtime.sdk.fetch_result import SeamlessFetchMetadata, SeamlessFetchResult
 from qmtl.runtime.sdk.history_coverage import (
     CoverageSegment,
@@ -76,7 +76,7 @@ logger = logging.getLogger(__name__)
 
 #: ``ensure_data_available`` works through long ranges this many batches at a time.
 _ENSURE_SPAN_BATCHES = 1024
-#: What each constructor argument the SPEC already names waits for.
+#: What each constructor argument already in the signature waits for.
 _NOT_YET = {
     "registrar": "artifact publication",
     "coordinator": "the distributed backfill coordinator",
@@ -96,17 +96,6 @@ class DataAvailabilityStrategy(StrEnum):
     AUTO_BACKFILL = "AUTO_BACKFILL"
     PARTIAL_FILL = "PARTIAL_FILL"
     SEAMLESS = "SEAMLESS"
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """Mutable state of one fetch while it runs."""
-
-    missing: list[Range]
-    partial: bool = False
-    errors: list[str] = field(default_factory=list)
-    live_rows: int = 0
-    handled: set[SLAPhase] = field(default_factory=set)
 
 
 class SeamlessDataProvider(SyncMethods):
@@ -142,7 +131,7 @@ class SeamlessDataProvider(SyncMethods):
             ("registrar", registrar),
             ("coordinator", coordinator),
             ("cache", cache),
-        ):  # accepted by the SPEC signature; refused loudly until they are built
+        ):  # in the signature already; refused loudly until they are built
             if value is not None:
                 raise ValueError(f"{name}: {_NOT_YET[name]} is not available in this release")
         if early_fingerprint:
@@ -155,7 +144,7 @@ class SeamlessDataProvider(SyncMethods):
         self.partial_ok = partial_ok
         self.backfill_config = backfill_config or BackfillConfig()
         # publish_fingerprint: until artifacts exist, every fingerprint is the served
-        # frame's — what SPEC §8 prescribes for False — whatever its value (pending list).
+        # frame's — what ``False`` means — whatever its value (pending list).
         del publish_fingerprint
         self.clock = clock or SystemClock()
         self.metrics = metrics or default_metrics()
@@ -202,7 +191,7 @@ class SeamlessDataProvider(SyncMethods):
         tracker = SLATracker(self._policy(), node_id=node_id, clock=self.clock)
         with tracker.phase(SLAPhase.STORAGE_WAIT):
             ledger = await self.storage.read_ledger(node_id, interval)
-        outcome = _Outcome(compute_missing_ranges(ledger, window.start, window.end, interval))
+        outcome = FetchOutcome(compute_missing_ranges(ledger, window.start, window.end, interval))
         self._check_violations(tracker, outcome)
         repaired = bool(outcome.missing)
         if repaired:
@@ -343,7 +332,7 @@ class SeamlessDataProvider(SyncMethods):
     # -- repair -----------------------------------------------------------------------------
 
     async def _repair(
-        self, node_id: str, interval: int, tracker: SLATracker, outcome: _Outcome
+        self, node_id: str, interval: int, tracker: SLATracker, outcome: FetchOutcome
     ) -> None:
         if self.strategy is DataAvailabilityStrategy.FAIL_FAST:
             raise SeamlessCoverageError(node_id, outcome.missing)
@@ -405,7 +394,7 @@ class SeamlessDataProvider(SyncMethods):
         window: Range,
         tracker: SLATracker,
         raw: pd.DataFrame,
-        outcome: _Outcome,
+        outcome: FetchOutcome,
     ) -> pd.DataFrame:
         assert self.live_feed is not None
         tail = outcome.missing[-1]
@@ -434,7 +423,7 @@ class SeamlessDataProvider(SyncMethods):
 
     # -- SLA --------------------------------------------------------------------------------
 
-    def _check_violations(self, tracker: SLATracker, outcome: _Outcome) -> None:
+    def _check_violations(self, tracker: SLATracker, outcome: FetchOutcome) -> None:
         """Log each new violation once; raise now under ``FAIL_FAST``."""
         for violation in tracker.violations:
             if violation.phase in outcome.handled:
@@ -464,65 +453,35 @@ class SeamlessDataProvider(SyncMethods):
         frame: pd.DataFrame,
         report: ConformanceReport,
         fingerprint: str,
-        outcome: _Outcome,
+        outcome: FetchOutcome,
     ) -> SeamlessFetchResult:
         tracker.finish()
         self._check_violations(tracker, outcome)
         decision = tracker.decision()
-        missing = tuple(merge_ranges(outcome.missing, interval))
-        requested = window.bars(interval)
-        missing_bars = sum(r.bars(interval) for r in missing)
-        ratio = 1.0 if requested == 0 else (requested - missing_bars) / requested
-        bounds = None
-        staleness_ms = None
-        if len(frame):
-            first, last = int(frame["ts"].iloc[0]), int(frame["ts"].iloc[-1])
-            bounds = Range(first, last + interval)
-            staleness_ms = max(0.0, (self.clock.now() - (last + interval)) * 1000.0)
-        downgrade_mode = None
-        downgrade_reason = None
-        if decision.action in ("partial", "hold") and decision.violation is not None:
-            downgrade_mode = "HOLD" if decision.action == "hold" else "PARTIAL_FILL"
-            downgrade_reason = f"sla_{decision.violation.phase.value}"
+        metadata = served_metadata(
+            node_id=node_id,
+            interval=interval,
+            window=window,
+            strategy=self.strategy.value,
+            context=context,
+            decision=decision,
+            phases_ms=tracker.phases_ms,
+            frame=frame,
+            report=report,
+            fingerprint=fingerprint,
+            outcome=outcome,
+            now=self.clock.now(),
+        )
+        if metadata.downgraded and decision.violation is not None:
             log_event(
                 logger,
                 SLA_DOWNGRADE,
                 level=logging.WARNING,
                 node_id=node_id,
                 phase=decision.violation.phase.value,
-                mode=downgrade_mode,
-                reason=downgrade_reason,
+                mode=metadata.downgrade_mode,
+                reason=metadata.downgrade_reason,
             )
-        metadata = SeamlessFetchMetadata(
-            node_id=node_id,
-            interval=interval,
-            requested_range=window,
-            rows=len(frame),
-            coverage_bounds=bounds,
-            missing_ranges=missing,
-            coverage_ratio=ratio,
-            conformance_flags=dict(report.flags),
-            conformance_warnings=tuple(report.warnings),
-            conformance_version=report.version,
-            dataset_fingerprint=fingerprint,
-            as_of=None,
-            requested_as_of=None if context.as_of is None else format_iso(context.as_of),
-            manifest_uri=None,
-            artifacts=(),
-            strategy=self.strategy.value,
-            partial=bool(missing) or outcome.partial,
-            downgraded=downgrade_mode is not None,
-            downgrade_mode=downgrade_mode,
-            downgrade_reason=downgrade_reason,
-            sla_violation=None if decision.violation is None else decision.violation.phase.value,
-            sla_phases_ms=dict(tracker.phases_ms),
-            staleness_ms=staleness_ms,
-            world_id=context.world_id,
-            execution_domain=context.execution_domain,
-            cache_key=None,
-            backfill_errors=tuple(outcome.errors),
-            live_rows=outcome.live_rows,
-        )
         observe_fetch(self.metrics, metadata, report)
         self._last_metadata.set(metadata)
         return SeamlessFetchResult(frame, metadata)

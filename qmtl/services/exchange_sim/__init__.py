@@ -1,7 +1,7 @@
 """The exchange simulator: Binance spot REST + kline websocket, Binance USD-M futures and
 OKX v5 REST on one port, deterministic, with faults.
 
-See SPEC §10.2. Typical test use::
+The scenario format is in ``docs/simulator.md``. Typical test use::
 
     async with run_simulator(Scenario(seed=7)) as sim:
         ex = create_exchange("binance", urls={"rest": sim.base_url, "ws": sim.ws_url})

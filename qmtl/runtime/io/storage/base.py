@@ -354,7 +354,7 @@ def open_storage(dsn: str | None = None, *, read_only: bool = False) -> HistoryS
     """The backend for ``dsn`` (``None``: :data:`DEFAULT_DSN`). Nothing connects yet: the
     store opens on first use or ``async with``, so this is safe to call on the event loop.
 
-    ``read_only=True`` is for commands that only look (SPEC §15: "read commands never create a
+    ``read_only=True`` is for commands that only look ("read commands never create a
     store"): nothing is ever created or migrated, a DuckDB file that does not exist is a
     :class:`StorageError` on first use, and every write raises :class:`StorageError`.
 

@@ -1,0 +1,96 @@
+"""What one fetch found while it ran (:class:`FetchOutcome`) and the metadata that says what it
+served (:func:`served_metadata`) — pure: no I/O, no clock of its own (``now`` is given)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from qmtl.runtime.sdk.fetch_result import SeamlessFetchMetadata
+from qmtl.runtime.sdk.history_coverage import Range, merge_ranges
+from qmtl.runtime.sdk.timestamps import format_iso
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from qmtl.runtime.sdk.compute_context import ComputeContext
+    from qmtl.runtime.sdk.conformance import ConformanceReport
+    from qmtl.runtime.sdk.sla import SLADecision, SLAPhase
+
+__all__ = ["FetchOutcome", "served_metadata"]
+
+
+@dataclass(slots=True)
+class FetchOutcome:
+    """Mutable state of one fetch while it runs: what is still missing, whether the answer is
+    partial (work left to the background), the batch errors, the bars the live feed gave."""
+
+    missing: list[Range]
+    partial: bool = False
+    errors: list[str] = field(default_factory=list)
+    live_rows: int = 0
+    handled: set[SLAPhase] = field(default_factory=set)
+
+
+def served_metadata(
+    *,
+    node_id: str,
+    interval: int,
+    window: Range,
+    strategy: str,
+    context: ComputeContext,
+    decision: SLADecision,
+    phases_ms: dict[str, float],
+    frame: pd.DataFrame,
+    report: ConformanceReport,
+    fingerprint: str,
+    outcome: FetchOutcome,
+    now: float,
+) -> SeamlessFetchMetadata:
+    """The metadata of a served ``frame`` (canonical, sorted): coverage of ``window``, the SLA
+    verdict (a ``partial``/``hold`` decision is a downgrade named ``sla_<phase>``) and
+    staleness against ``now`` (epoch seconds)."""
+    missing = tuple(merge_ranges(outcome.missing, interval))
+    requested = window.bars(interval)
+    missing_bars = sum(r.bars(interval) for r in missing)
+    bounds = None
+    staleness_ms = None
+    if len(frame):
+        first, last = int(frame["ts"].iloc[0]), int(frame["ts"].iloc[-1])
+        bounds = Range(first, last + interval)
+        staleness_ms = max(0.0, (now - (last + interval)) * 1000.0)
+    downgrade_mode = None
+    downgrade_reason = None
+    if decision.action in ("partial", "hold") and decision.violation is not None:
+        downgrade_mode = "HOLD" if decision.action == "hold" else "PARTIAL_FILL"
+        downgrade_reason = f"sla_{decision.violation.phase.value}"
+    return SeamlessFetchMetadata(
+        node_id=node_id,
+        interval=interval,
+        requested_range=window,
+        rows=len(frame),
+        coverage_bounds=bounds,
+        missing_ranges=missing,
+        coverage_ratio=1.0 if requested == 0 else (requested - missing_bars) / requested,
+        conformance_flags=dict(report.flags),
+        conformance_warnings=tuple(report.warnings),
+        conformance_version=report.version,
+        dataset_fingerprint=fingerprint,
+        as_of=None,
+        requested_as_of=None if context.as_of is None else format_iso(context.as_of),
+        manifest_uri=None,
+        artifacts=(),
+        strategy=strategy,
+        partial=bool(missing) or outcome.partial,
+        downgraded=downgrade_mode is not None,
+        downgrade_mode=downgrade_mode,
+        downgrade_reason=downgrade_reason,
+        sla_violation=None if decision.violation is None else decision.violation.phase.value,
+        sla_phases_ms=dict(phases_ms),
+        staleness_ms=staleness_ms,
+        world_id=context.world_id,
+        execution_domain=context.execution_domain,
+        cache_key=None,
+        backfill_errors=tuple(outcome.errors),
+        live_rows=outcome.live_rows,
+    )
