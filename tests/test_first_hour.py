@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -285,3 +287,40 @@ def test_demo_takes_dsn_and_reports_the_store_it_resolved(
     assert code == 0 and report["store"] == str(store) and store.exists()
     assert main(["demo", "--dsn", "mysql://x"]) == 2
     assert "unsupported scheme" in one_error_line(capsys.readouterr().err, "demo")
+
+
+def test_a_store_another_process_writes_is_named_with_the_one_writer_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "busy.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STORE, str(store)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        assert main(["coverage", NODE, "--dsn", f"duckdb:///{store}"]) == 3
+        line = one_error_line(capsys.readouterr().err, "coverage")
+        assert f"DuckDB store {store} is in use by another process (process {holder.pid})" in line
+        assert "one writer at a time" in line and "-readonly" not in line
+    finally:
+        holder.kill()
+        holder.wait(10)
+        assert holder.stdout is not None
+        holder.stdout.close()
+
+
+#: A process that opens a DuckDB file for writing and keeps it open.
+HOLD_STORE = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    command = f"{sys.executable} -m qmtl.cli.main exchanges --json | head -c 10"
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stderr == "" and len(done.stdout) == 10

@@ -250,7 +250,9 @@ def window_bounds(
         raise ValueError("give --start, --timerange or --days")
     _check_bound("--start", start)
     if start >= end:
-        raise ValueError(f"--start {format_iso(start)} is not before --end {format_iso(end)}")
+        raise ValueError(
+            f"--start {format_iso(start)} ({start}) is not before --end {format_iso(end)} ({end})"
+        )
     return start, end
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Final, NoReturn
@@ -233,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = handler(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail
+        return EXIT_OK
     except Exception as exc:
         code_for = exit_code(exc)
         if code_for is None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -182,7 +183,7 @@ class DuckDBStorage:
                 Path(where).parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(where, read_only=self.read_only)
         except (duckdb.Error, OSError) as exc:
-            raise StorageError(f"cannot open DuckDB store {where}: {exc}") from exc
+            raise StorageError(_open_failure(where, exc)) from exc
         try:
             self._stored = prepare_schema(
                 con, where, read_only=self.read_only, baseline=_BASELINE, migrations=_MIGRATIONS
@@ -423,6 +424,21 @@ class DuckDBStorage:
             finally:
                 con.unregister("qmtl_ledger_new")
         return ledger
+
+
+def _open_failure(where: str, exc: BaseException) -> str:
+    """One line for a store that would not open; DuckDB's lock conflict gets the rule behind
+    it (its own text points at an option of DuckDB's CLI, not ours)."""
+    text = " ".join(str(exc).split())
+    if "Could not set lock" in text:
+        pid = re.search(r"\(PID (\d+)\)", text)
+        holder = f" (process {pid.group(1)})" if pid else ""
+        return (
+            f"DuckDB store {where} is in use by another process{holder}: a DuckDB file has "
+            "one writer at a time, and no reader while it writes. Wait for it, use another "
+            "store (--dsn), or PostgreSQL for many processes"
+        )
+    return f"cannot open DuckDB store {where}: {text}"
 
 
 def _arrow_bars(frame: pd.DataFrame) -> pa.Table:
