@@ -25,13 +25,16 @@ from qmtl.runtime.sdk.config import QMTLConfig, StorageConfig
 from qmtl.runtime.sdk.node_id import parse_node_id
 
 if TYPE_CHECKING:
+    from qmtl.runtime.io.artifact import ArtifactRegistrar
     from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
     from qmtl.runtime.sdk.clock import Clock
+    from qmtl.runtime.sdk.config import ArtifactConfig
     from qmtl.runtime.sdk.metrics import SeamlessMetrics
 
 __all__ = [
     "build_fetchers",
     "build_provider",
+    "build_registrar",
     "check_runtime",
     "config_for_nodes",
     "fetcher_config",
@@ -68,6 +71,37 @@ def build_fetchers(
     }
 
 
+def build_registrar(
+    artifact: ArtifactConfig,
+    *,
+    worker_id: str | None = None,
+    clock: Clock | None = None,
+    metrics: SeamlessMetrics | None = None,
+) -> ArtifactRegistrar:
+    """The artifact registrar of ``seamless.artifact``: its store (``object_store_uri``, a
+    local directory or ``s3://bucket/prefix`` with ``s3_endpoint_url``), stabilization,
+    fingerprint toggles and settings, partition template and compression. Opens nothing
+    until the first publication or read."""
+    from qmtl.runtime.io.artifact import ArtifactRegistrar
+    from qmtl.runtime.io.artifact_stores import open_artifact_store
+
+    if artifact.format != "parquet":  # the one format; the setting names it for readers
+        raise ValueError(f"seamless.artifact.format: unsupported {artifact.format!r}")
+    store = open_artifact_store(artifact.object_store_uri, s3_endpoint_url=artifact.s3_endpoint_url)
+    return ArtifactRegistrar(
+        store,
+        stabilization_bars=artifact.stabilization_bars,
+        publish_fingerprint=artifact.publish_fingerprint,
+        early_fingerprint=artifact.early_fingerprint,
+        partition_template=artifact.partition_template,
+        compression=artifact.compression,
+        clock=clock,
+        metrics=metrics,
+        fingerprint_config=artifact.fingerprint,
+        worker_id=worker_id,
+    )
+
+
 def build_provider(
     config: QMTLConfig,
     *,
@@ -81,8 +115,15 @@ def build_provider(
     from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider, ExchangeRouter
 
     router = ExchangeRouter(build_fetchers(config, clock=clock, metrics=metrics))
+    registrar = build_registrar(
+        config.seamless.artifact,
+        worker_id=config.environment.worker_id,
+        clock=clock,
+        metrics=metrics,
+    )
     return EnhancedQuestDBProvider(
         fetcher=router,
+        registrar=registrar,
         strategy=strategy or config.seamless.strategy,
         config=config,
         clock=clock,

@@ -5,8 +5,10 @@ The name is QMTL's; the hot store is chosen by ``dsn``: ``duckdb:///path/file.du
 default, ``./.qmtl/seamless.duckdb``) or ``postgresql://...``. QuestDB through its PostgreSQL
 wire endpoint is a stated aim, untested until a QuestDB server is available.
 
-Artifact publication (``registrar``) arrives with the artifacts capability; until then
-``dataset_fingerprint`` is the fingerprint of the served frame and ``as_of`` is ``None``.
+``registrar=None`` wires the default :class:`~qmtl.runtime.io.artifact.ArtifactRegistrar`
+of ``seamless.artifact`` (``./.qmtl/artifacts`` unless configured; stabilization of at
+least one bar): it serves fetches pinned to an ``as_of`` and publishes what fetches served
+when publication applies (``dryrun``, or ``publish_optional`` / ``QMTL_SEAMLESS_ARTIFACTS``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
 from qmtl.runtime.io.storage import open_storage
 from qmtl.runtime.sdk.backfill_types import DataFetcher, FetchWindowResult
-from qmtl.runtime.sdk.config import QMTLConfig, load_config
+from qmtl.runtime.sdk.config import ArtifactConfig, QMTLConfig, load_config
 from qmtl.runtime.sdk.history_coverage import DEFAULT_STABILIZATION_BARS
 from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.seamless_data_provider import DataAvailabilityStrategy, SeamlessDataProvider
@@ -87,6 +89,11 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
             sla = sla or settings.sla
             conformance = conformance or settings.conformance
             backfill_config = backfill_config or settings.backfill
+        artifact = settings.artifact if settings is not None else ArtifactConfig()
+        if registrar is None:  # the default one: stamps provenance, stabilization >= 1
+            from qmtl.runtime.io.composition import build_registrar
+
+            registrar = build_registrar(artifact, clock=clock, metrics=metrics)
         storage = open_storage(dsn)
         self.fetcher = fetcher
         backfiller = DataFetcherAutoBackfiller(
@@ -114,6 +121,9 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
             coordinator=coordinator,
             clock=clock,
             metrics=metrics,
+            publish_fingerprint=artifact.publish_fingerprint,
+            early_fingerprint=artifact.early_fingerprint,
+            publish_optional=artifact.publish_optional,
         )
 
     @classmethod
@@ -145,6 +155,9 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
         if close is not None:
             await close()
         await self.storage.close()
+        close_registrar = getattr(self.registrar, "close", None)
+        if close_registrar is not None:
+            await close_registrar()
 
     async def __aenter__(self) -> EnhancedQuestDBProvider:
         return self

@@ -11,9 +11,9 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "wait_within"]
 
 
 class Clock(Protocol):
@@ -114,3 +114,17 @@ class FakeClock:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._t + seconds, next(self._seq), fut))
         await fut
+
+
+async def wait_within(task: asyncio.Task[Any], budget_ms: float | None, clock: Clock) -> bool:
+    """Wait for ``task`` at most ``budget_ms`` on ``clock`` (``None``: until done, shielded
+    so the caller's cancellation does not cancel the task); ``True`` if it finished."""
+    if budget_ms is None:
+        await asyncio.shield(task)
+        return True
+    timer = asyncio.create_task(clock.sleep(budget_ms / 1000.0))
+    try:
+        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+    return task.done()

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from qmtl.runtime.sdk.timestamps import InstantLike, parse_instant
+from qmtl.runtime.sdk.timestamps import InstantLike, parse_as_of
 
 __all__ = ["DOMAIN_ALIASES", "EXECUTION_DOMAINS", "ComputeContext", "normalize_domain"]
 
@@ -42,7 +42,8 @@ def normalize_domain(domain: str | None) -> str | None:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ComputeContext:
-    """``as_of`` is epoch seconds (any instant form of :mod:`~qmtl.runtime.sdk.timestamps`)."""
+    """``as_of`` is epoch **milliseconds** (publication instants have millisecond precision;
+    any form :func:`~qmtl.runtime.sdk.timestamps.parse_as_of` reads is accepted)."""
 
     world_id: str | None = None
     execution_domain: str | None = None
@@ -53,7 +54,7 @@ class ComputeContext:
     def __post_init__(self) -> None:
         object.__setattr__(self, "execution_domain", normalize_domain(self.execution_domain))
         if self.as_of is not None:
-            object.__setattr__(self, "as_of", parse_instant(self.as_of, name="as_of"))
+            object.__setattr__(self, "as_of", parse_as_of(self.as_of, name="as_of"))
         if self.min_coverage is not None and not 0.0 <= float(self.min_coverage) <= 1.0:
             raise ValueError(f"min_coverage must be within [0, 1], got {self.min_coverage!r}")
         if self.max_lag_seconds is not None and float(self.max_lag_seconds) < 0:

@@ -61,6 +61,7 @@ from typing import Any, cast
 
 from qmtl.runtime.sdk._config_checks import check_exchange, cross_check
 from qmtl.runtime.sdk._config_models import (
+    DEFAULT_PARTITION_TEMPLATE,
     DOMAIN_DEFAULTS,
     DOMAIN_NAMES,
     ArtifactConfig,
@@ -91,6 +92,7 @@ from qmtl.runtime.sdk.errors import ConfigError
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 
 __all__ = [
+    "DEFAULT_PARTITION_TEMPLATE",
     "DOMAIN_DEFAULTS",
     "DOMAIN_NAMES",
     "ENV_ARTIFACTS",

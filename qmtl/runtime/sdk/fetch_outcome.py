@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from qmtl.runtime.sdk.artifact_keys import as_of_from_ms
 from qmtl.runtime.sdk.fetch_result import SeamlessFetchMetadata
 from qmtl.runtime.sdk.history_coverage import Range, merge_ranges
-from qmtl.runtime.sdk.timestamps import format_iso
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from qmtl.runtime.sdk.artifact_publisher import ArtifactView
     from qmtl.runtime.sdk.compute_context import ComputeContext
     from qmtl.runtime.sdk.conformance import ConformanceReport
     from qmtl.runtime.sdk.sla import SLADecision, SLAPhase
@@ -46,10 +47,16 @@ def served_metadata(
     fingerprint: str,
     outcome: FetchOutcome,
     now: float,
+    view: ArtifactView | None = None,
+    pinned: bool = False,
 ) -> SeamlessFetchMetadata:
     """The metadata of a served ``frame`` (canonical, sorted): coverage of ``window``, the SLA
     verdict (a ``partial``/``hold`` decision is a downgrade named ``sla_<phase>``) and
-    staleness against ``now`` (epoch seconds)."""
+    staleness against ``now`` (epoch seconds). ``view`` names the artifacts behind the bars:
+    its newest ``as_of``, manifest and data files are reported when the fetch was
+    ``pinned`` to an ``as_of`` (they are what it served), or when they hold the whole
+    window (a fetch at that ``as_of`` then serves the same bars)."""
+    backed = view is not None and bool(view.entries) and (pinned or not view.missing)
     missing = tuple(merge_ranges(outcome.missing, interval))
     requested = window.bars(interval)
     missing_bars = sum(r.bars(interval) for r in missing)
@@ -76,10 +83,10 @@ def served_metadata(
         conformance_warnings=tuple(report.warnings),
         conformance_version=report.version,
         dataset_fingerprint=fingerprint,
-        as_of=None,
-        requested_as_of=None if context.as_of is None else format_iso(context.as_of),
-        manifest_uri=None,
-        artifacts=(),
+        as_of=view.as_of if backed and view is not None else None,
+        requested_as_of=None if context.as_of is None else as_of_from_ms(context.as_of),
+        manifest_uri=view.manifest_uri if backed and view is not None else None,
+        artifacts=view.artifacts if backed and view is not None else (),
         strategy=strategy,
         partial=bool(missing) or outcome.partial,
         downgraded=downgrade_mode is not None,

@@ -32,17 +32,6 @@ PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
         "seamless.backfill.mode": _ARTIFACTS,
         "seamless.backfill.single_flight_ttl_ms": _COORDINATOR,
         "seamless.backfill.distributed_lease_ttl_ms": _COORDINATOR,
-        "seamless.artifact.object_store_uri": _ARTIFACTS,
-        "seamless.artifact.s3_endpoint_url": _ARTIFACTS,
-        "seamless.artifact.format": _ARTIFACTS,
-        "seamless.artifact.compression": _ARTIFACTS,
-        "seamless.artifact.partition_template": _ARTIFACTS,
-        "seamless.artifact.publish_fingerprint": _ARTIFACTS,
-        "seamless.artifact.early_fingerprint": _ARTIFACTS,
-        "seamless.artifact.publish_optional": _ARTIFACTS,
-        "seamless.artifact.fingerprint.algo": _ARTIFACTS,
-        "seamless.artifact.fingerprint.include_columns": _ARTIFACTS,
-        "seamless.artifact.fingerprint.normalize_nan": _ARTIFACTS,
         "seamless.live.ws.enabled": _LIVE,
         "seamless.live.ws.reconnect_backoff_ms": _LIVE,
         "seamless.live.ws.dedupe_by": _LIVE,
@@ -65,7 +54,6 @@ PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
         "domains.*.min_coverage": _GOVERNANCE,
         "environment.coordinator_url": _COORDINATOR,
         "environment.coordinator_token": _COORDINATOR,
-        "environment.worker_id": _COORDINATOR,
     }
 )
 
@@ -73,12 +61,8 @@ PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
 #: accepted and refused (or ignored, as documented) until the capability lands.
 PENDING_PARAMETERS: Mapping[str, str] = MappingProxyType(
     {
-        "SeamlessDataProvider.registrar": _ARTIFACTS,
-        "SeamlessDataProvider.publish_fingerprint": _ARTIFACTS,
-        "SeamlessDataProvider.early_fingerprint": _ARTIFACTS,
         "SeamlessDataProvider.coordinator": _COORDINATOR,
         "SeamlessDataProvider.cache": _CACHE,
-        "EnhancedQuestDBProvider.registrar": _ARTIFACTS,
         "EnhancedQuestDBProvider.coordinator": _COORDINATOR,
         "CcxtBackfillConfig.symbols": _COORDINATOR,
         "CcxtBackfillConfig.timeframe": _COORDINATOR,

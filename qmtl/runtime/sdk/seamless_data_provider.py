@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
-from qmtl.runtime.sdk.clock import Clock, SystemClock
+from qmtl.runtime.sdk.clock import Clock, SystemClock, wait_within
 from qmtl.runtime.sdk.compute_context import ComputeContext
 from qmtl.runtime.sdk.conformance import ConformancePipeline, ConformanceReport
 from qmtl.runtime.sdk.coverage_report import CoverageReport, build_coverage_report
@@ -49,10 +49,11 @@ from qmtl.runtime.sdk.history_coverage import (
     Range,
     compute_missing_ranges,
     merge_ranges,
-    subtract_ranges,
 )
+from qmtl.runtime.sdk.live_feed import consult_live
 from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
 from qmtl.runtime.sdk.node_id import check_interval
+from qmtl.runtime.sdk.served_artifacts import publish_covered, publishes
 from qmtl.runtime.sdk.served_bars import ServedBars
 from qmtl.runtime.sdk.sla import SLAPhase, SLAPolicy, SLATracker
 from qmtl.runtime.sdk.sync_bridge import SyncMethods
@@ -61,7 +62,7 @@ from qmtl.runtime.sdk.timestamps import InstantLike, check_span_bounds, format_i
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from qmtl.runtime.sdk.artifact_publisher import ArtifactPublisher
+    from qmtl.runtime.sdk.artifact_publisher import ArtifactPublisher, ArtifactView
     from qmtl.runtime.sdk.backfill_coordinator import BackfillCoordinator
     from qmtl.runtime.sdk.backfill_types import Backfiller
     from qmtl.runtime.sdk.history_storage import HistoryStorage
@@ -78,7 +79,6 @@ logger = logging.getLogger(__name__)
 _ENSURE_SPAN_BATCHES = 1024
 #: What each constructor argument already in the signature waits for.
 _NOT_YET = {
-    "registrar": "artifact publication",
     "coordinator": "the distributed backfill coordinator",
     "cache": "the result cache",
 }
@@ -121,6 +121,7 @@ class SeamlessDataProvider(SyncMethods):
         early_fingerprint: bool = False,
         clock: Clock | None = None,
         metrics: SeamlessMetrics | None = None,
+        publish_optional: bool = False,
     ) -> None:
         try:
             self.strategy = DataAvailabilityStrategy(strategy)
@@ -128,14 +129,16 @@ class SeamlessDataProvider(SyncMethods):
             valid = ", ".join(s.value for s in DataAvailabilityStrategy)
             raise ValueError(f"strategy must be one of {valid}, got {strategy!r}") from None
         for name, value in (
-            ("registrar", registrar),
             ("coordinator", coordinator),
             ("cache", cache),
         ):  # in the signature already; refused loudly until they are built
             if value is not None:
                 raise ValueError(f"{name}: {_NOT_YET[name]} is not available in this release")
-        if early_fingerprint:
-            raise ValueError(f"early_fingerprint: {_NOT_YET['registrar']} is not available yet")
+        if early_fingerprint and not getattr(registrar, "early_fingerprint", False):
+            raise ValueError(
+                "early_fingerprint: the registrar records preview fingerprints; give one "
+                "built with early_fingerprint=True"
+            )
         self.storage = storage
         self.backfiller = backfiller
         self.live_feed = live_feed
@@ -143,9 +146,9 @@ class SeamlessDataProvider(SyncMethods):
         self.sla = sla
         self.partial_ok = partial_ok
         self.backfill_config = backfill_config or BackfillConfig()
-        # publish_fingerprint: until artifacts exist, every fingerprint is the served
-        # frame's — what ``False`` means — whatever its value (pending list).
-        del publish_fingerprint
+        self.registrar = registrar
+        self.publish_fingerprint = publish_fingerprint
+        self.publish_optional = publish_optional
         self.clock = clock or SystemClock()
         self.metrics = metrics or default_metrics()
         self._last_metadata: contextvars.ContextVar[SeamlessFetchMetadata | None] = (
@@ -189,6 +192,8 @@ class SeamlessDataProvider(SyncMethods):
             max_lag_seconds=max_lag_seconds,
         )
         tracker = SLATracker(self._policy(), node_id=node_id, clock=self.clock)
+        if context.as_of is not None and self.registrar is not None:
+            return await self._fetch_as_of(node_id, interval, window, context, tracker)
         with tracker.phase(SLAPhase.STORAGE_WAIT):
             ledger = await self.storage.read_ledger(node_id, interval)
         outcome = FetchOutcome(compute_missing_ranges(ledger, window.start, window.end, interval))
@@ -206,7 +211,10 @@ class SeamlessDataProvider(SyncMethods):
                 outcome.missing = compute_missing_ranges(ledger, window.start, window.end, interval)
         self._check_violations(tracker, outcome)
         if self.live_feed is not None and outcome.missing:
-            raw = await self._consult_live(node_id, interval, window, tracker, raw, outcome)
+            raw = await consult_live(
+                self.live_feed, node_id, interval, window, tracker, raw, outcome, self.clock
+            )
+            self._check_violations(tracker, outcome)
         if not self.partial_ok and outcome.missing:
             raise SeamlessCoverageError(node_id, merge_ranges(outcome.missing, interval))
         if outcome.live_rows:
@@ -214,9 +222,45 @@ class SeamlessDataProvider(SyncMethods):
         frame, report, fingerprint = await self._served.conform(
             raw, node_id, interval, window, revision
         )
+        view = None
+        if self.registrar is not None and publishes(
+            context.execution_domain,
+            publish_fingerprint=self.publish_fingerprint,
+            publish_optional=self.publish_optional,
+        ):
+            view = await publish_covered(
+                self.registrar, node_id=node_id, interval=interval, window=window,
+                frame=frame, report=report, ledger=ledger, context=context,
+            )  # fmt: skip
         return self._finish(
-            node_id, interval, window, context, tracker, frame, report, fingerprint, outcome
+            node_id, interval, window, context, tracker, frame, report, fingerprint, outcome, view
         )
+
+    async def _fetch_as_of(
+        self,
+        node_id: str,
+        interval: int,
+        window: Range,
+        context: ComputeContext,
+        tracker: SLATracker,
+    ) -> SeamlessFetchResult:
+        """A fetch pinned to ``as_of``: only published artifacts, per bar the newest one
+        published at or before it — never the hot store, never the exchange, so the answer
+        cannot change once given."""
+        assert self.registrar is not None
+        assert context.as_of is not None
+        with tracker.phase(SLAPhase.STORAGE_WAIT):
+            read = await self.registrar.read(node_id, interval, window, as_of=context.as_of)
+        outcome = FetchOutcome(list(read.view.missing))
+        if not self.partial_ok and outcome.missing:
+            raise SeamlessCoverageError(node_id, merge_ranges(outcome.missing, interval))
+        frame, report, fingerprint = await self._served.conform(
+            read.frame, node_id, interval, window, None
+        )
+        return self._finish(
+            node_id, interval, window, context, tracker, frame, report, fingerprint, outcome,
+            read.view,
+        )  # fmt: skip
 
     def fetch_sync(
         self,
@@ -359,7 +403,7 @@ class SeamlessDataProvider(SyncMethods):
         task = self._spawn(node_id, interval, sync)
         budget_ms = tracker.remaining_ms(SLAPhase.BACKFILL_WAIT)
         started = self.clock.monotonic()
-        finished = await self._wait(task, budget_ms)
+        finished = await wait_within(task, budget_ms, self.clock)
         elapsed_ms = (self.clock.monotonic() - started) * 1000.0
         tracker.record(SLAPhase.BACKFILL_WAIT, elapsed_ms, timed_out=not finished)
         if finished:
@@ -374,52 +418,6 @@ class SeamlessDataProvider(SyncMethods):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-    async def _wait(self, task: asyncio.Task[Any], budget_ms: float | None) -> bool:
-        """Wait for ``task`` at most ``budget_ms`` on the injected clock; ``True`` if done."""
-        if budget_ms is None:
-            await asyncio.shield(task)
-            return True
-        timer = asyncio.create_task(self.clock.sleep(budget_ms / 1000.0))
-        try:
-            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
-        return task.done()
-
-    async def _consult_live(
-        self,
-        node_id: str,
-        interval: int,
-        window: Range,
-        tracker: SLATracker,
-        raw: pd.DataFrame,
-        outcome: FetchOutcome,
-    ) -> pd.DataFrame:
-        assert self.live_feed is not None
-        tail = outcome.missing[-1]
-        if tail.end != window.end:
-            return raw
-        feed = asyncio.create_task(self.live_feed.latest_bars(node_id, interval, tail.start))
-        budget_ms = tracker.remaining_ms(SLAPhase.LIVE_WAIT)
-        started = self.clock.monotonic()
-        finished = await self._wait(feed, budget_ms)
-        elapsed_ms = (self.clock.monotonic() - started) * 1000.0
-        tracker.record(SLAPhase.LIVE_WAIT, elapsed_ms, timed_out=not finished)
-        if not finished:
-            feed.cancel()
-        self._check_violations(tracker, outcome)
-        if not finished or feed.exception() is not None:
-            return raw
-        live = feed.result()
-        ts = live["ts"].to_numpy()
-        live = live.loc[(ts >= tail.start) & (ts < tail.end)]
-        if live.empty:
-            return raw
-        outcome.live_rows = len(live)
-        served = Range(int(live["ts"].min()), int(live["ts"].max()) + interval)
-        outcome.missing = subtract_ranges(outcome.missing, [served])
-        return pd.concat([raw, live], ignore_index=True)
 
     # -- SLA --------------------------------------------------------------------------------
 
@@ -454,6 +452,7 @@ class SeamlessDataProvider(SyncMethods):
         report: ConformanceReport,
         fingerprint: str,
         outcome: FetchOutcome,
+        view: ArtifactView | None = None,
     ) -> SeamlessFetchResult:
         tracker.finish()
         self._check_violations(tracker, outcome)
@@ -471,6 +470,8 @@ class SeamlessDataProvider(SyncMethods):
             fingerprint=fingerprint,
             outcome=outcome,
             now=self.clock.now(),
+            view=view,
+            pinned=context.as_of is not None,
         )
         if metadata.downgraded and decision.violation is not None:
             log_event(

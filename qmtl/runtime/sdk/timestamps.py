@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 __all__ = [
     "ACCEPTED_FORMS",
@@ -33,6 +33,7 @@ __all__ = [
     "check_span_bounds",
     "format_iso",
     "format_span",
+    "parse_as_of",
     "parse_instant",
     "to_epoch_seconds",
 ]
@@ -42,6 +43,7 @@ InstantLike = int | datetime | str
 #: The last instant a range may reach (9999-12-31T23:59:59Z, datetime's last second): bar
 #: time runs from the epoch (1970-01-01, the first instant) to here.
 LAST_INSTANT = 253_402_300_799
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: The largest value read as epoch milliseconds (the last millisecond of year 9999).
 _LAST_MILLI = LAST_INSTANT * 1000 + 999
 
@@ -86,6 +88,30 @@ def parse_instant(value: InstantLike, *, name: str = "timestamp") -> int:
             )
         return _from_number(value, name, str(value))
     return to_epoch_seconds(value, name=name)
+
+
+def parse_as_of(value: InstantLike, *, name: str = "as_of") -> int:
+    """Epoch **milliseconds** of a publication instant a user wrote: any form
+    :func:`parse_instant` reads, plus fractional seconds (``2024-01-02T00:00:00.123Z``, as
+    ``as_of`` values are written; digits beyond milliseconds are truncated)."""
+    if isinstance(value, str) and "." in value and not _DIGITS.fullmatch(value.strip()):
+        text = value.strip().replace("z", "Z")
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"{name}: {value!r} is not a date or time; {ACCEPTED_FORMS}") from None
+        value = parsed
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"{name}: naive datetime {value.isoformat()!r}; give a timezone (UTC)")
+        return (value - _EPOCH) // timedelta(milliseconds=1)
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and LAST_INSTANT < value <= _LAST_MILLI
+    ):
+        return value  # already milliseconds, kept exact
+    return parse_instant(value, name=name) * 1000
 
 
 def _from_text(value: str, name: str) -> int:

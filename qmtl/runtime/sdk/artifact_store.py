@@ -1,0 +1,84 @@
+"""The artifact store port: an immutable object store under one root (a local directory or
+an S3 prefix), written only through :meth:`ArtifactStore.put_new`.
+
+Keys are relative POSIX paths (``exchange=binance/symbol=BTC%2FUSDT/.../part-....parquet``)
+built by :mod:`qmtl.runtime.sdk.artifact_keys` from encoded components; every store checks
+them again with :func:`check_key` (defence in depth: a key that could name anything outside
+the root is refused, whoever built it). Objects are never overwritten or deleted: a key,
+once created, holds the same bytes forever. That is what makes a manifest's ``as_of`` a
+promise.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol, Self, runtime_checkable
+
+__all__ = ["MAX_KEY_BYTES", "ArtifactNotFoundError", "ArtifactStore", "check_key"]
+
+#: S3 keys are at most 1024 bytes; local paths stay far below PATH_MAX with it.
+MAX_KEY_BYTES = 1024
+#: One path component, as every file system and S3 accept it.
+_MAX_COMPONENT_BYTES = 255
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_.=%+-]+")
+
+
+class ArtifactNotFoundError(LookupError):
+    """No object under that key."""
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a safe relative key, else ``ValueError`` naming the problem: ASCII
+    components of ``[A-Za-z0-9_.=%+-]`` separated by ``/``, none empty, ``.`` or ``..``, none
+    over 255 bytes, at most :data:`MAX_KEY_BYTES` in all — so no key can leave the root,
+    whatever the store (no ``..``, no absolute path, no backslash, no NUL, no look-alikes)."""
+    if not isinstance(key, str) or not key:
+        raise ValueError("artifact key must be a non-empty str")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise ValueError(f"artifact key is longer than {MAX_KEY_BYTES} bytes")
+    for part in key.split("/"):
+        if part in ("", ".", "..") or not _SAFE_COMPONENT.fullmatch(part):
+            raise ValueError(f"unsafe artifact key component {part[:40]!r} in {key[:80]!r}")
+        if len(part) > _MAX_COMPONENT_BYTES:
+            raise ValueError(f"artifact key component longer than {_MAX_COMPONENT_BYTES} bytes")
+    return key
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    """Immutable objects under one root. Coroutines never block the event loop; an instance
+    may be shared by tasks of one loop. Failures of the store itself (unreachable, denied)
+    raise :class:`~qmtl.runtime.sdk.errors.StorageError`; bad keys ``ValueError``."""
+
+    @property
+    def root_uri(self) -> str:
+        """Where the root is, for people and manifests: ``file:///abs/dir`` or
+        ``s3://bucket/prefix``."""
+        ...
+
+    def uri_of(self, key: str) -> str:
+        """The full URI of ``key`` (``root_uri`` + ``/`` + key)."""
+        ...
+
+    async def put_new(self, key: str, data: bytes) -> bool:
+        """Create ``key`` holding ``data``, atomically and never overwriting: readers see
+        the whole object or nothing (a crash mid-write leaves nothing under ``key``).
+        ``True`` when created; ``False`` when ``key`` already existed (left untouched)."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """The bytes under ``key``; :class:`ArtifactNotFoundError` when there are none."""
+        ...
+
+    async def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (a key prefix ending in ``/``, or ``""`` for all),
+        sorted; objects being written are never listed."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (idempotent)."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
