@@ -16,6 +16,7 @@ from qmtl.runtime.io import EnhancedQuestDBProvider
 from qmtl.runtime.sdk import Range, SeamlessCoverageError
 from qmtl.runtime.sdk.config import load_config
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
+from qmtl.testing.servers import free_port
 from tests.cli_rig import simulator
 
 NODE = "ohlcv:binance:BTC/USDT:1m"
@@ -41,7 +42,7 @@ def provider_for(
         {
             "seamless": {
                 "storage": {"dsn": f"duckdb:///{tmp_path / 'hot.duckdb'}"},
-                "artifact": {"object_store_uri": f"file://{tmp_path / 'art'}", **artifact},
+                "artifact": {"object_store_uri": f"file://{tmp_path / 'art'}"} | artifact,
             },
             "exchanges": {"binance": {"symbols": ["BTC/USDT"], "urls": {"rest": sim_url}}},
             **({} if domains is None else {"domains": domains}),
@@ -130,3 +131,21 @@ async def test_an_as_of_fetch_that_must_be_complete_says_what_is_missing(
         with pytest.raises(SeamlessCoverageError) as caught:
             await provider.fetch(JAN1, JAN3, node_id=NODE, as_of=first.as_of)
     assert caught.value.missing_ranges == [Range(JAN2, JAN3)]
+
+
+async def test_an_unreachable_artifact_store_costs_the_fetch_nothing(
+    sim_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in (("AWS_ACCESS_KEY_ID", "t"), ("AWS_SECRET_ACCESS_KEY", "t")):
+        monkeypatch.setenv(name, value)
+    dead = f"http://127.0.0.1:{free_port()}"
+    provider = provider_for(
+        sim_url, tmp_path, publish_optional=True,
+        object_store_uri="s3://qmtl-art/x", s3_endpoint_url=dead,
+    )  # fmt: skip
+    async with provider:
+        with caplog.at_level(logging.WARNING, logger="qmtl"):
+            result = await provider.fetch(JAN1, JAN2, node_id=NODE)
+    assert result.metadata.rows == 1440 and result.metadata.missing_ranges == ()
+    assert result.metadata.as_of is None
+    assert any("artifact publication" in r.getMessage() for r in caplog.records)

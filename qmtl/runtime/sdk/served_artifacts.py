@@ -54,15 +54,16 @@ async def publish_covered(
     report: ConformanceReport,
     ledger: Sequence[CoverageSegment],
     context: ComputeContext,
-) -> ArtifactView:
+) -> ArtifactView | None:
     """Publish the vouched-for, unpublished runs of ``window`` from the served ``frame``;
     returns which artifacts now serve the window. A store failure is logged and ends the
-    publication (the fetch itself still succeeds: the bars stay in the hot store)."""
+    publication (``None``): the fetch itself still succeeds, its bars stay in the hot store
+    and the next fetch publishes them."""
     covered = [r for s in ledger if (r := s.range.intersect(window)) is not None]
-    catalog = await registrar.catalog(node_id)
-    todo = subtract_ranges(merge_ranges(covered, interval), catalog.published(interval))
-    for run in todo:
-        try:
+    try:
+        catalog = await registrar.catalog(node_id)
+        todo = subtract_ranges(merge_ranges(covered, interval), catalog.published(interval))
+        for run in todo:
             await registrar.publish(
                 frame,
                 node_id=node_id,
@@ -72,7 +73,7 @@ async def publish_covered(
                 world_id=context.world_id,
                 execution_domain=context.execution_domain,
             )
-        except (StorageError, OSError) as exc:
-            logger.warning("artifact publication of %s %s failed: %s", node_id, run, exc)
-            break
-    return await registrar.view(node_id, interval, window)
+        return await registrar.view(node_id, interval, window)
+    except (StorageError, OSError) as exc:
+        logger.warning("artifact publication of %s %s failed: %s", node_id, window, exc)
+        return None
