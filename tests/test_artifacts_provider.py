@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow.dataset as ds
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -100,6 +101,11 @@ async def test_fetches_publish_and_an_as_of_fetch_never_sees_later_publications(
     ).df()
     assert set(rows.pop("symbol")) == {"BTC/USDT"}
     assert rows.reset_index(drop=True).equals(both.frame)
+    # and a pyarrow dataset over the same files (Hive partitions decoded)
+    dataset = ds.dataset(tmp_path / "art", format="parquet", partitioning="hive",
+                         exclude_invalid_files=True)  # fmt: skip
+    table = dataset.to_table(filter=ds.field("symbol") == "BTC/USDT").sort_by("ts")
+    assert table.num_rows == 2880 and table.column("ts").to_pylist() == both.frame["ts"].tolist()
 
 
 async def test_a_backtest_only_reads_and_publication_can_be_switched_off(
