@@ -196,6 +196,16 @@ class DataFetcherAutoBackfiller:
         outcomes.sort(key=lambda o: o.batch)
         return BackfillReport(node_id, interval, tuple(outcomes))
 
+    async def aclose(self) -> None:
+        """Cancel every batch still in flight and wait for them (batches are shielded from
+        their callers, so only this stops them): the provider calls it before it closes the
+        exchange client, or they would go on retrying against a closed client. Batches
+        already committed stay committed."""
+        tasks = [t for table in self._inflight.values() for t in table.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     # -- single flight ------------------------------------------------------------------------
 
     async def _single_flight(

@@ -151,6 +151,7 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
 
     async def aclose(self) -> None:
         await super().aclose()
+        await self.auto_backfiller.aclose()  # before the client closes under its batches
         close = getattr(self.fetcher, "aclose", None)
         if close is not None:
             await close()
