@@ -16,6 +16,7 @@ from qmtl.runtime.sdk.timestamps import (
     LAST_INSTANT,
     format_iso,
     format_span,
+    parse_as_of,
     parse_instant,
     to_epoch_seconds,
 )
@@ -94,3 +95,16 @@ def test_ranges_show_iso_next_to_the_epoch() -> None:
     assert "1970-01-01T00:01:00Z" in repr(Range(0, 60))
     with pytest.raises(ValueError, match=r"2024-01-02T00:00:00Z \(1704153600\) is after end"):
         Range(1_704_153_600, 1_704_067_200)
+
+
+@given(st.integers(min_value=LAST_INSTANT + 1, max_value=LAST_INSTANT * 1000 + 999))
+def test_as_of_milliseconds_are_kept_exact_as_int_and_as_text(ms: int) -> None:
+    assert parse_as_of(ms) == parse_as_of(str(ms)) == ms
+
+
+@given(instants, st.integers(0, 999))
+def test_as_of_text_keeps_its_milliseconds(t: int, ms: int) -> None:
+    text = format_iso(t).replace("Z", f".{ms:03d}Z")
+    assert parse_as_of(text) == t * 1000 + ms
+    if len(str(t)) != 8:  # an 8-digit int is refused as ambiguous, as everywhere
+        assert parse_as_of(t) == t * 1000

@@ -105,6 +105,10 @@ def parse_as_of(value: InstantLike, *, name: str = "as_of") -> int:
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"{name}: naive datetime {value.isoformat()!r}; give a timezone (UTC)")
         return (value - _EPOCH) // timedelta(milliseconds=1)
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        digits = value.strip()
+        if len(digits) <= _MAX_DIGITS and LAST_INSTANT < int(digits) <= _LAST_MILLI:
+            return int(digits)  # epoch milliseconds as text: kept exact, never rounded
     if (
         isinstance(value, int)
         and not isinstance(value, bool)
