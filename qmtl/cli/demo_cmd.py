@@ -2,10 +2,14 @@
 
 Starts the exchange simulator in-process with a scenario that has a listing date, a trading
 halt, an outage and a malformed page; backfills a few symbols × a few days of 1m bars through
-the real ccxt client into the embedded DuckDB store; prints the coverage report (stored,
-known-empty, missing) and each node's dataset fingerprint; then fetches everything again to
-show that the second pass is served from the store with zero exchange requests and the same
-fingerprints.
+the real ccxt client into the embedded DuckDB store, publishing what it served as Parquet
+artifacts; prints the coverage report (stored, known-empty, missing) and each node's dataset
+fingerprint; then fetches everything again to show that the second pass is served from the
+store with zero exchange requests, the same fingerprints and no new artifact. Ends with the
+artifacts and a DuckDB one-liner that reads them without qmtl.
+
+The window ends stabilization_bars bars before now, so every bar the demo serves is final
+and gets published.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qmtl.cli._common import (
     console,
@@ -24,12 +29,18 @@ from qmtl.cli._common import (
     print_json,
     segment_lines,
 )
+from qmtl.cli.artifacts_cmd import artifact_table, duckdb_command, entry_dict, store_uri
+from qmtl.runtime.io.artifact import ArtifactRegistrar
 from qmtl.runtime.io.composition import build_provider, config_for_nodes
-from qmtl.runtime.sdk.config import StorageConfig
-from qmtl.runtime.sdk.history_coverage import Range
+from qmtl.runtime.sdk.config import QMTLConfig, StorageConfig
+from qmtl.runtime.sdk.events import ARTIFACT_PUBLISHED
+from qmtl.runtime.sdk.history_coverage import DEFAULT_STABILIZATION_BARS, Range
 from qmtl.runtime.sdk.node_id import format_node_id
 from qmtl.runtime.sdk.timestamps import format_iso
 from qmtl.services.exchange_sim import Scenario, run_simulator
+
+if TYPE_CHECKING:
+    from qmtl.runtime.sdk.artifact_catalog import ArtifactEntry
 
 __all__ = ["demo_scenario", "register", "run_demo"]
 
@@ -79,16 +90,30 @@ class _EventCounter(logging.Handler):
             self.errors[str(getattr(record, "error", "")).split(":", 1)[0]] += 1
 
 
+def _publishing(config: QMTLConfig, artifacts: str) -> QMTLConfig:
+    """``config`` publishing every fetch's bars into the artifact store ``artifacts``."""
+    artifact = replace(config.seamless.artifact, object_store_uri=artifacts, publish_optional=True)
+    return replace(config, seamless=replace(config.seamless, artifact=artifact))
+
+
 async def run_demo(
-    days: int, directory: Path, *, dsn: str | None = None, quiet: bool = False
+    days: int,
+    directory: Path,
+    *,
+    dsn: str | None = None,
+    artifacts: str | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo into the store ``dsn`` (default: ``directory/seamless.duckdb``); returns
-    the report printed by the command."""
+    """Run the demo into the store ``dsn`` (default: ``directory/seamless.duckdb``),
+    publishing into the artifact store ``artifacts`` (default: ``directory/artifacts``);
+    returns the report printed by the command."""
     now = int(time.time())
-    end = now - now % INTERVAL
+    end = now - now % INTERVAL - DEFAULT_STABILIZATION_BARS * INTERVAL  # final bars only
     window = Range(end - days * 86_400, end)
     if dsn is None:
         dsn = f"duckdb:///{(directory / 'seamless.duckdb').absolute()}"  # the store makes the dir
+    if artifacts is None:
+        artifacts = f"file://{directory / 'artifacts'}"  # resolved by the store, in a thread
     nodes = [format_node_id("binance", s, "1m") for s in SYMBOLS]
     counter = _EventCounter()
     qmtl_logger = logging.getLogger("qmtl")
@@ -99,6 +124,7 @@ async def run_demo(
         async with run_simulator(demo_scenario(window)) as sim:
             # Built like every other command's provider: through the composition root.
             config = config_for_nodes(nodes, dsn=dsn, exchange_url=sim.base_url)
+            config = _publishing(config, artifacts)
             async with build_provider(config, strategy="AUTO_BACKFILL") as provider:
                 store = await provider.storage.resolved_location()
                 if not quiet:
@@ -117,15 +143,22 @@ async def run_demo(
                 )
                 elapsed = time.perf_counter() - started
                 requests_first = sim.request_log.count("/api/v3/klines")
+                published_first = counter.events[ARTIFACT_PUBLISHED]
                 second = [
                     await provider.fetch(window.start, window.end, node_id=n, interval=INTERVAL)
                     for n in nodes
                 ]
                 requests_second = sim.request_log.count("/api/v3/klines") - requests_first
+                published_second = counter.events[ARTIFACT_PUBLISHED] - published_first
                 reports = [
                     await provider.coverage_report(node_id=n, start=window.start, end=window.end)
                     for n in nodes
                 ]
+                registrar = provider.registrar
+                assert isinstance(registrar, ArtifactRegistrar)  # the composition root's
+                views = [await registrar.view(n, INTERVAL, window) for n in nodes]
+                served_by = [entry_dict(registrar, e) for view in views for e in view.entries]
+                artifact_store = registrar.store.root_uri
     finally:
         qmtl_logger.removeHandler(counter)
         qmtl_logger.setLevel(previous_level)
@@ -135,6 +168,10 @@ async def run_demo(
         "seconds": round(elapsed, 3),
         "klines_requests": requests_first,
         "klines_requests_second_pass": requests_second,
+        "artifact_store": artifact_store,
+        "artifacts": served_by,
+        "artifacts_published_second_pass": published_second,
+        "duckdb_command": duckdb_command(artifact_store),
         "retries": dict(counter.errors),
         "events": dict(counter.events),
         "nodes": [
@@ -150,11 +187,11 @@ async def run_demo(
         ],
     }
     if not quiet:
-        _print(result, reports)
+        _print(result, reports, [e for view in views for e in view.entries])
     return result
 
 
-def _print(result: dict[str, Any], reports: list[Any]) -> None:
+def _print(result: dict[str, Any], reports: list[Any], entries: list[ArtifactEntry]) -> None:
     console.print(coverage_table(reports, title="coverage after backfill"))
     for rep, node in zip(reports, result["nodes"], strict=True):
         console.print(f"[bold]{rep.node_id}[/]  {node['dataset_fingerprint']}", soft_wrap=True)
@@ -168,8 +205,15 @@ def _print(result: dict[str, Any], reports: list[Any]) -> None:
     same = all(n["same_fingerprint_second_pass"] for n in result["nodes"])
     console.print(
         f"second pass: {result['klines_requests_second_pass']} exchange requests, "
-        f"fingerprints {'identical' if same else 'DIFFERENT'} (served from the store)"
+        f"{result['artifacts_published_second_pass']} new artifacts, fingerprints "
+        f"{'identical' if same else 'DIFFERENT'}"
     )
+    if entries:
+        console.print(artifact_table(entries, width=console.width), crop=False)
+    root = result["artifact_store"]
+    console.print(f"artifacts: {root}", markup=False, soft_wrap=True)
+    for command in (f"qmtl-seamless artifacts list --store {root}", result["duckdb_command"]):
+        console.print(f"  {command}", markup=False, soft_wrap=True)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -181,10 +225,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("--days", type=int, default=3, help="days of 1m bars per symbol")
     parser.add_argument(
-        "--dir", type=Path, default=Path(".qmtl/demo"), help="where the DuckDB store lives"
+        "--dir",
+        type=Path,
+        default=Path(".qmtl/demo"),
+        help="where the DuckDB store (DIR/seamless.duckdb) and the artifacts (DIR/artifacts) live",
     )
     parser.add_argument(
         "--dsn", help="another store instead (duckdb:///path.duckdb or postgresql://...)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        metavar="URI",
+        help="another artifact store instead of DIR/artifacts (file://DIR, a path, s3://...)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_run)
@@ -194,7 +246,10 @@ def _run(args: argparse.Namespace) -> int:
     if not 1 <= args.days <= 365:
         raise ValueError(f"--days must be within 1..365, got {args.days}")
     dsn = None if args.dsn is None else StorageConfig(dsn=args.dsn).dsn  # checked up front
-    result = asyncio.run(run_demo(args.days, args.dir, dsn=dsn, quiet=args.json))
+    artifacts = None if args.artifacts is None else store_uri(args.artifacts, option="--artifacts")
+    result = asyncio.run(
+        run_demo(args.days, args.dir, dsn=dsn, artifacts=artifacts, quiet=args.json)
+    )
     if args.json:
         print_json(result)
     complete = all(not n["missing"] for n in result["nodes"])

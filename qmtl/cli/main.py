@@ -86,6 +86,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from qmtl.cli import (
+        artifacts_cmd,
         backfill_cmd,
         config_cmd,
         coverage_cmd,
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         coverage_cmd,
         list_cmd,
         backfill_cmd,
+        artifacts_cmd,
         config_cmd,
         exchanges_cmd,
     )
