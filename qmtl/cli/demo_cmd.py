@@ -29,7 +29,8 @@ from qmtl.cli._common import (
     print_json,
     segment_lines,
 )
-from qmtl.cli.artifacts_cmd import artifact_table, duckdb_command, entry_dict, store_uri
+from qmtl.cli.artifacts_cmd import store_uri
+from qmtl.cli.artifacts_report import artifact_table, duckdb_command, entry_dict
 from qmtl.runtime.io.artifact import ArtifactRegistrar
 from qmtl.runtime.io.composition import build_provider, config_for_nodes
 from qmtl.runtime.sdk.config import QMTLConfig, StorageConfig
