@@ -19,6 +19,11 @@ Conventions every backend honours:
 - Node ids are data, never SQL or paths: only ever bound as parameters. A node id must be a
   non-empty ``str`` encodable as UTF-8 and free of NUL (PostgreSQL ``TEXT`` cannot hold NUL, so
   every backend refuses it with ``ValueError``: same behaviour everywhere).
+- As-of marks (:meth:`HistoryStorage.advance_as_of`) live in the store, not in memory, so
+  the newest ``as_of`` a ``(world_id, node_id)`` was served survives restarts and is shared by
+  every process on the store: a fetch asking for less is served as a regression (HOLD).
+  Marks only ever rise; ``delete_node`` leaves them alone (they record what was *asked*, not
+  what is stored). World ids follow the node-id rules, except that ``""`` means "no world".
 - Failures of the store itself (unreachable server, disk full, foreign file) raise
   :class:`~qmtl.runtime.sdk.errors.StorageError`.
 """
@@ -243,6 +248,20 @@ class HistoryStorage(Protocol):
 
     async def delete_node(self, node_id: str) -> None:
         """Remove every bar and ledger entry of ``node_id`` (all intervals) in one transaction."""
+        ...
+
+    async def advance_as_of(self, world_id: str, node_id: str, as_of_ms: int) -> int | None:
+        """Record that ``(world_id, node_id)`` read as of ``as_of_ms`` (epoch milliseconds): the
+        stored mark becomes ``max(mark, as_of_ms)``, atomically (concurrent callers, other
+        processes included, never lose an advance). Returns the mark *before* this call
+        (``None``: first sighting), so ``as_of_ms < returned`` is a regression. ``world_id``
+        ``""`` stands for "no world". ``as_of_ms`` must be an ``int`` (not ``bool``) in int64,
+        else ``ValueError``; a store opened read-only refuses with :class:`StorageError`."""
+        ...
+
+    async def as_of_mark(self, world_id: str, node_id: str) -> int | None:
+        """The current mark of ``(world_id, node_id)`` in epoch milliseconds (``None`` when
+        never recorded, or when a store opened read-only predates marks)."""
         ...
 
     async def revision(self, node_id: str) -> int | None:

@@ -6,7 +6,7 @@ schema is :mod:`qmtl.runtime.sdk.bars`.
 
 Both backends key rows by a surrogate ``node_key`` found through the SHA-256 of the UTF-8 id,
 so an id of any length (PostgreSQL b-tree entries cannot exceed ~2.7 kB) indexes in constant
-size.
+size; as-of marks are keyed the same way, by :func:`mark_key` of ``(world_id, node_id)``.
 
 Schema versions
 ---------------
@@ -14,7 +14,8 @@ A store marks its layout in a key/value table ``qmtl_meta``: ``schema_version`` 
 :data:`SCHEMA_VERSION` for stores this release writes) and ``package_version`` (the
 qmtl-seamless that created or last migrated it). Version 0 is the layout releases before
 ``qmtl_meta`` wrote: ``qmtl_nodes``, ``qmtl_bars``, ``qmtl_ledger`` (and DuckDB's sequence
-``qmtl_node_key_seq``) with no ``qmtl_meta``. Opening a store, :func:`plan_schema` decides
+``qmtl_node_key_seq``) with no ``qmtl_meta``. Version 1 added ``qmtl_meta``; version 2 added
+``qmtl_as_of_marks`` (:data:`MARKS_TABLE`). Opening a store, :func:`plan_schema` decides
 from what the database holds (:class:`SchemaState`):
 
 - nothing of ours → a new store: the backend runs its version-0 baseline, then every migration;
@@ -33,7 +34,8 @@ since reading it is how every release finds the version. Baselines and migration
 history: they stay verbatim even when the bar schema moves on (that move is a new migration).
 
 A read-only open (``open_storage(dsn, read_only=True)``) never creates or migrates: it reads
-stores from :data:`OLDEST_READABLE_VERSION` up and refuses the rest with a hint.
+stores from :data:`OLDEST_READABLE_VERSION` up and refuses the rest with a hint. A store older
+than :data:`MARKS_SINCE_VERSION` opened read-only has no marks: ``as_of_mark`` answers ``None``.
 """
 
 from __future__ import annotations
@@ -64,16 +66,21 @@ __all__ = [
     "DEFAULT_DSN",
     "LIST_LEDGER_SQL",
     "LIST_NODES_SQL",
+    "MARKS_SINCE_VERSION",
+    "MARKS_TABLE",
     "META_TABLE",
     "OLDEST_READABLE_VERSION",
     "SCHEMA_VERSION",
     "STORE_COLUMNS",
     "SUPPORTED_SCHEMES",
     "SchemaState",
+    "check_as_of_ms",
     "check_ledger_update",
     "check_migrations",
     "check_node_id",
     "check_span",
+    "check_world_id",
+    "mark_key",
     "masked_dsn",
     "meta_rows",
     "migration_steps",
@@ -92,18 +99,43 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def check_node_id(node_id: object) -> str:
-    """Validate a node id at the storage boundary (see the module doc for why NUL is refused)."""
-    if not isinstance(node_id, str):
-        raise ValueError(f"node id must be a str, got {type(node_id).__name__}")
-    if not node_id:
-        raise ValueError("node id is empty")
-    if "\x00" in node_id:
-        raise ValueError("node id contains NUL, which storage cannot hold")
+    """Validate a node id at the storage boundary (see :mod:`~qmtl.runtime.sdk.history_storage`
+    for why NUL is refused)."""
+    return _check_id(node_id, "node id", empty_ok=False)
+
+
+def check_world_id(world_id: object) -> str:
+    """Validate a world id like a node id, except that ``""`` ("no world") is allowed."""
+    return _check_id(world_id, "world id", empty_ok=True)
+
+
+def _check_id(value: object, what: str, *, empty_ok: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a str, got {type(value).__name__}")
+    if not value and not empty_ok:
+        raise ValueError(f"{what} is empty")
+    if "\x00" in value:
+        raise ValueError(f"{what} contains NUL, which storage cannot hold")
     try:
-        node_id.encode("utf-8")
+        value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("node id is not valid Unicode (lone surrogate)") from None
-    return node_id
+        raise ValueError(f"{what} is not valid Unicode (lone surrogate)") from None
+    return value
+
+
+def check_as_of_ms(as_of_ms: object) -> int:
+    """Validate an as-of mark: an ``int`` (``bool`` refused) of epoch milliseconds in int64."""
+    if isinstance(as_of_ms, bool) or not isinstance(as_of_ms, int):
+        raise ValueError(f"as_of_ms must be an int of epoch milliseconds, got {as_of_ms!r}")
+    if not _INT64_MIN <= as_of_ms <= _INT64_MAX:
+        raise ValueError(f"as_of_ms {as_of_ms} is outside int64")
+    return as_of_ms
+
+
+def mark_key(world_id: str, node_id: str) -> bytes:
+    """The 32-byte key of the as-of mark of ``(world_id, node_id)``: SHA-256 of the UTF-8 ids
+    joined by NUL — unambiguous, since neither id may hold NUL."""
+    return hashlib.sha256(f"{world_id}\x00{node_id}".encode()).digest()
 
 
 def check_ledger_update(update: object) -> LedgerUpdate:
@@ -219,11 +251,18 @@ def _float(value: Any) -> float | None:
 # -- schema versions (see the module doc) -----------------------------------------------------
 
 #: The layout this release writes. Bump it together with one migration entry per backend.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 #: The oldest layout this release reads as it is (read-only opens never migrate): reads touch
-#: only ``qmtl_nodes``/``qmtl_bars``/``qmtl_ledger``, unchanged since version 0. Raise it when
-#: a migration changes what reads touch.
+#: only ``qmtl_nodes``/``qmtl_bars``/``qmtl_ledger``, unchanged since version 0 (``as_of_mark``
+#: answers ``None`` below :data:`MARKS_SINCE_VERSION`). Raise it when a migration changes
+#: what reads touch.
 OLDEST_READABLE_VERSION: Final = 0
+#: The as-of marks (``HistoryStorage.advance_as_of``): ``mark_key`` (:func:`mark_key`, primary
+#: key), ``world_id``, ``node_id`` (kept for people: the key alone cannot be read back) and
+#: ``as_of_ms``. Not part of :data:`STORE_COLUMNS`: version-0 stores lack it.
+MARKS_TABLE: Final = "qmtl_as_of_marks"
+#: The schema version that added :data:`MARKS_TABLE`.
+MARKS_SINCE_VERSION: Final = 2
 #: The key/value table that marks a qmtl-seamless store; no migration may change its shape.
 META_TABLE: Final = "qmtl_meta"
 #: Our data tables and the columns this release reads and writes in each. A store without

@@ -18,8 +18,10 @@ Schema (node ids only ever bound as parameters)::
                  PRIMARY KEY (node_key, ts))
     qmtl_ledger (node_key BIGINT, interval_s BIGINT, seg_start BIGINT, seg_end BIGINT,
                  kind VARCHAR, source VARCHAR, fetched_at DOUBLE)
+    qmtl_as_of_marks (mark_key BLOB PK  -- sha256(world NUL node), world_id VARCHAR,
+                      node_id VARCHAR, as_of_ms BIGINT)
 
-Versions and migrations (the rules are in :mod:`qmtl.runtime.io.storage.base`, the
+Versions and migrations (the rules are in :mod:`qmtl.runtime.io.storage.base`, opening and
 inspection in :mod:`qmtl.runtime.io.storage.duckdb_schema`): the first use inspects the file
 in one transaction and creates the schema (empty file), migrates it (``_MIGRATIONS``:
 ``{from_version: statements}``, applied in order, then ``qmtl_meta`` stamped), accepts it
@@ -28,8 +30,9 @@ in one transaction and creates the schema (empty file), migrates it (``_MIGRATIO
 Read-only (``read_only=True``): a missing file is a ``StorageError`` naming its absolute path
 and nothing is created (no file, no directory); an existing one is opened with DuckDB's own
 ``read_only`` mode, its schema checked but never created or migrated; a file without our
-tables reads as empty; writes raise ``StorageError``. DuckDB refuses a read-only and a
-writable connection to one file in the same process, so do not mix them there.
+tables reads as empty, one from before as-of marks has none (``as_of_mark`` is ``None``);
+writes raise ``StorageError``. DuckDB refuses a read-only and a writable connection to one
+file in the same process, so do not mix them there.
 
 Bars are written vectorised: the frame becomes an Arrow table registered as a view, then one
 ``INSERT OR REPLACE ... SELECT``. Reads leave through Arrow (see :meth:`read_range`).
@@ -39,10 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final, Self, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -53,17 +54,27 @@ import pyarrow as pa
 from qmtl.runtime.io.storage.base import (
     LIST_LEDGER_SQL,
     LIST_NODES_SQL,
+    MARKS_SINCE_VERSION,
+    MARKS_TABLE,
     META_TABLE,
+    check_as_of_ms,
     check_ledger_update,
     check_migrations,
     check_node_id,
     check_span,
+    check_world_id,
+    mark_key,
     node_hash,
     node_summaries,
     segments_from_rows,
     short_id,
 )
-from qmtl.runtime.io.storage.duckdb_schema import NODE_KEY_SEQUENCE, prepare_schema, transaction
+from qmtl.runtime.io.storage.duckdb_schema import (
+    MEMORY,
+    NODE_KEY_SEQUENCE,
+    open_store,
+    transaction,
+)
 from qmtl.runtime.sdk.bars import (
     CANONICAL_COLUMNS,
     BarColumns,
@@ -89,7 +100,7 @@ _Con = duckdb.DuckDBPyConnection
 _COLS = ", ".join(CANONICAL_COLUMNS)
 _INCOMING = "qmtl_incoming_bars"
 _NODE_KEY = "(SELECT node_key FROM qmtl_nodes WHERE node_hash = ?)"
-_MEMORY = ":memory:"
+_MARK = f"SELECT as_of_ms FROM {MARKS_TABLE} WHERE mark_key = ?"
 
 #: Version 0 — what releases before ``qmtl_meta`` created. History: never edit, migrate.
 _BASELINE: Final[tuple[str, ...]] = (
@@ -108,6 +119,10 @@ _BASELINE: Final[tuple[str, ...]] = (
 #: ``{from_version: statements}`` taking the schema from that version to the next.
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     0: (f"CREATE TABLE {META_TABLE} (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",),
+    1: (
+        f"CREATE TABLE {MARKS_TABLE} (mark_key BLOB PRIMARY KEY, world_id VARCHAR NOT NULL,"
+        " node_id VARCHAR NOT NULL, as_of_ms BIGINT NOT NULL)",
+    ),
 }
 check_migrations(_MIGRATIONS)
 
@@ -145,6 +160,8 @@ class DuckDBStorage:
         self._absolute: str | None = None
         # False only for a read-only store whose file holds nothing of ours: reads answer empty.
         self._stored = True
+        # False only for a read-only store from before as-of marks: as_of_mark answers None.
+        self._marks = True
 
     def __repr__(self) -> str:
         return f"DuckDBStorage(path={self.path!r}{', read_only=True' if self.read_only else ''})"
@@ -159,7 +176,7 @@ class DuckDBStorage:
         """The absolute path, fixed at first use (``abspath`` reads the working directory, so
         it runs in a worker thread); the file opened is always the one reported."""
         if self._absolute is None:
-            self._absolute = self.path if self.path == _MEMORY else os.path.abspath(self.path)
+            self._absolute = self.path if self.path == MEMORY else os.path.abspath(self.path)
         return self._absolute
 
     def _connection(self) -> _Con:
@@ -171,29 +188,12 @@ class DuckDBStorage:
         return self._con
 
     def _open(self) -> _Con:
-        where = self._resolve()
-        if self.read_only and where == _MEMORY:
-            raise StorageError("no store at :memory: (a new in-memory database holds nothing)")
-        if self.read_only and not os.path.exists(where):
-            raise StorageError(
-                f"no store at {where}: nothing has been stored there yet (check --dsn)"
-            )
-        try:
-            if where != _MEMORY and not self.read_only:
-                Path(where).parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(where, read_only=self.read_only)
-        except (duckdb.Error, OSError) as exc:
-            raise StorageError(_open_failure(where, exc)) from exc
-        try:
-            self._stored = prepare_schema(
-                con, where, read_only=self.read_only, baseline=_BASELINE, migrations=_MIGRATIONS
-            )
-        except duckdb.Error as exc:
-            con.close()
-            raise StorageError(f"cannot open DuckDB store {where}: {exc}") from exc
-        except BaseException:
-            con.close()
-            raise
+        con, found = open_store(
+            self._resolve(), read_only=self.read_only, baseline=_BASELINE, migrations=_MIGRATIONS
+        )
+        if self.read_only:  # a writable store was just created or migrated to the current one
+            self._stored = found is not None
+            self._marks = found is not None and found >= MARKS_SINCE_VERSION
         return con
 
     def _run(
@@ -361,6 +361,42 @@ class DuckDBStorage:
 
         await self._call("delete_node", node_id, lambda con: transaction(con, tx))
 
+    async def advance_as_of(self, world_id: str, node_id: str, as_of_ms: int) -> int | None:
+        world_id, node_id = check_world_id(world_id), check_node_id(node_id)
+        as_of_ms = check_as_of_ms(as_of_ms)
+        await self._refuse_if_read_only("advance_as_of")
+        key = mark_key(world_id, node_id)
+
+        def tx(con: _Con) -> int | None:
+            # A read-modify-write made atomic by the store lock: no other writer in this
+            # process, and no other process may write the file while this one has it open.
+            row = con.execute(_MARK, [key]).fetchone()
+            if row is None:
+                con.execute(
+                    f"INSERT INTO {MARKS_TABLE} (mark_key, world_id, node_id, as_of_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    [key, world_id, node_id, as_of_ms],
+                )
+                return None
+            if as_of_ms > row[0]:
+                sql = f"UPDATE {MARKS_TABLE} SET as_of_ms = ? WHERE mark_key = ?"
+                con.execute(sql, [as_of_ms, key])
+            return int(row[0])
+
+        return await self._call("advance_as_of", node_id, lambda con: transaction(con, tx))
+
+    async def as_of_mark(self, world_id: str, node_id: str) -> int | None:
+        world_id, node_id = check_world_id(world_id), check_node_id(node_id)
+        key = mark_key(world_id, node_id)
+
+        def work(con: _Con) -> int | None:
+            if not self._marks:
+                return None
+            row = con.execute(_MARK, [key]).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._call("as_of_mark", node_id, work, unstored=lambda: None)
+
     async def close(self) -> None:
         def work() -> None:
             with self._lock:
@@ -424,21 +460,6 @@ class DuckDBStorage:
             finally:
                 con.unregister("qmtl_ledger_new")
         return ledger
-
-
-def _open_failure(where: str, exc: BaseException) -> str:
-    """One line for a store that would not open; DuckDB's lock conflict gets the rule behind
-    it (its own text points at an option of DuckDB's CLI, not ours)."""
-    text = " ".join(str(exc).split())
-    if "Could not set lock" in text:
-        pid = re.search(r"\(PID (\d+)\)", text)
-        holder = f" (process {pid.group(1)})" if pid else ""
-        return (
-            f"DuckDB store {where} is in use by another process{holder}: a DuckDB file has "
-            "one writer at a time, and no reader while it writes. Wait for it, use another "
-            "store (--dsn), or PostgreSQL for many processes"
-        )
-    return f"cannot open DuckDB store {where}: {text}"
 
 
 def _arrow_bars(frame: pd.DataFrame) -> pa.Table:

@@ -8,18 +8,18 @@ Same schema and semantics as :mod:`qmtl.runtime.io.storage.duckdb` (``TEXT`` nod
     qmtl_bars   (node_key, ts, open, high, low, close, volume, PRIMARY KEY (node_key, ts))
     qmtl_ledger (node_key, interval_s, seg_start, seg_end, kind, source, fetched_at,
                  PRIMARY KEY (node_key, interval_s, seg_start))
+    qmtl_as_of_marks (mark_key BYTEA PK, world_id TEXT, node_id TEXT, as_of_ms BIGINT)
 
-Versions and migrations (rules in :mod:`qmtl.runtime.io.storage.base`): when the pool opens,
-one transaction under an advisory lock (so several processes may open one database at once)
-inspects ``qmtl_meta`` and the ``qmtl_*`` tables, then creates, migrates (``_MIGRATIONS``:
-``{from_version: statements}``, in order, then ``qmtl_meta`` stamped), accepts or refuses —
-a newer schema, or ``qmtl_*`` tables that are not ours. A database legitimately holds other
-applications' tables: those are never looked at, let alone refused.
+Versions and migrations (rules in :mod:`qmtl.runtime.io.storage.base`, inspection in
+:mod:`qmtl.runtime.io.storage.postgres_schema`): when the pool opens, one transaction under an
+advisory lock creates, migrates (``_MIGRATIONS``: ``{from_version: statements}``, in order,
+then ``qmtl_meta`` stamped), accepts or refuses — a newer schema, or ``qmtl_*`` tables that
+are not ours. Other applications' tables are never looked at, let alone refused.
 
 Read-only (``read_only=True``): no DDL is ever sent and every session runs with
 ``default_transaction_read_only`` on (the server itself refuses writes); the schema version is
-checked, missing ``qmtl_*`` tables mean nothing is stored (reads answer empty), and writes
-raise ``StorageError``.
+checked, missing ``qmtl_*`` tables mean nothing is stored (reads answer empty, ``as_of_mark``
+``None``), and writes raise ``StorageError``.
 
 Columnar both ways, no Python per row: writes encode the bars as one binary ``COPY`` payload
 with numpy (in a worker thread), copy it into a transaction-scoped temp table and upsert with
@@ -30,7 +30,7 @@ that numpy decodes. The wire types come from the canonical bar schema
 Serialization: every write and ledger update first locks the node's ``qmtl_nodes`` row
 (``SELECT ... FOR UPDATE``, inserting it if new), so writers of one node queue — across
 processes — and the ledger read-modify-write never loses an update; different nodes proceed in
-parallel.
+parallel. ``advance_as_of`` locks its mark row the same way (see :meth:`advance_as_of`).
 
 Outages: asyncpg and network errors (refused, reset, timeouts) become :class:`StorageError`
 at this edge, naming the store with its password masked. A connection the server dropped is
@@ -50,23 +50,23 @@ import pandas as pd
 from qmtl.runtime.io.storage.base import (
     LIST_LEDGER_SQL,
     LIST_NODES_SQL,
+    MARKS_TABLE,
     META_TABLE,
-    STORE_COLUMNS,
-    SchemaState,
+    check_as_of_ms,
     check_ledger_update,
     check_migrations,
     check_node_id,
     check_span,
+    check_world_id,
+    mark_key,
     masked_dsn,
-    meta_rows,
-    migration_steps,
     node_hash,
     node_summaries,
-    plan_schema,
     segments_from_rows,
     short_id,
 )
 from qmtl.runtime.io.storage.pg_wire import decode_bars, encode_bars
+from qmtl.runtime.io.storage.postgres_schema import prepare_schema
 from qmtl.runtime.sdk.bars import (
     CANONICAL_COLUMNS,
     PRICE_COLUMNS,
@@ -91,8 +91,6 @@ _Conn = Any
 _COLS = ", ".join(CANONICAL_COLUMNS)
 _INCOMING = "qmtl_incoming_bars"
 _NODE_KEY = "(SELECT node_key FROM qmtl_nodes WHERE node_hash = $1)"
-_SCHEMA_LOCK = 0x716D746C5F736368  # pg_advisory_xact_lock key for schema creation
-_REMEDY = "use another database or schema for the store"
 _CLOSE_TIMEOUT_S = 5.0
 
 #: Version 0 — what releases before ``qmtl_meta`` created. History: never edit, migrate.
@@ -117,20 +115,12 @@ _BASELINE: Final[tuple[str, ...]] = (
 #: ``{from_version: statements}`` taking the schema from that version to the next.
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     0: (f"CREATE TABLE {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",),
+    1: (
+        f"CREATE TABLE {MARKS_TABLE} (mark_key BYTEA PRIMARY KEY, world_id TEXT NOT NULL,"
+        " node_id TEXT NOT NULL, as_of_ms BIGINT NOT NULL)",
+    ),
 }
 check_migrations(_MIGRATIONS)
-
-#: Our tables (resolved through ``search_path``, as every query here) and their columns.
-_INSPECT = """
-SELECT t.name, array_agg(a.attname::text)
-FROM unnest($1::text[]) AS t(name)
-JOIN pg_attribute a ON a.attrelid = to_regclass(t.name) AND a.attnum > 0 AND NOT a.attisdropped
-GROUP BY t.name
-"""
-_META_UPSERT = (
-    f"INSERT INTO {META_TABLE} (key, value) VALUES ($1, $2)"
-    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-)
 
 # The temp table takes its column types from qmtl_bars itself: no second copy of them here.
 _CREATE_INCOMING = (
@@ -150,6 +140,13 @@ _READ_LEDGER = (
     "SELECT seg_start, seg_end, kind, source, fetched_at FROM qmtl_ledger"
     " WHERE node_key = {key} AND interval_s = $2 ORDER BY seg_start"
 )
+_MARK = f"SELECT as_of_ms FROM {MARKS_TABLE} WHERE mark_key = $1"
+_MARK_LOCK = _MARK + " FOR UPDATE"
+_MARK_INSERT = (
+    f"INSERT INTO {MARKS_TABLE} (mark_key, world_id, node_id, as_of_ms) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (mark_key) DO NOTHING RETURNING as_of_ms"
+)
+_MARK_RAISE = f"UPDATE {MARKS_TABLE} SET as_of_ms = $2 WHERE mark_key = $1 AND as_of_ms < $2"
 
 
 def _import_asyncpg() -> Any:
@@ -228,7 +225,13 @@ class PostgresStorage:
                     pool = await self._pg.create_pool(self._dsn, **self._pool_args)
                     try:
                         async with pool.acquire() as conn:
-                            await self._prepare_schema(conn)
+                            await prepare_schema(
+                                conn,
+                                self._location,
+                                read_only=self.read_only,
+                                baseline=_BASELINE,
+                                migrations=_MIGRATIONS,
+                            )
                     except BaseException:
                         pool.terminate()
                         raise
@@ -237,22 +240,6 @@ class PostgresStorage:
                         raise StorageError(f"{self!r} is closed")
                     self._pool = pool
         return self._pool
-
-    async def _prepare_schema(self, conn: _Conn) -> None:
-        """Create or migrate the schema to the current version (writable, one transaction under
-        the advisory lock), or only check its version (read-only: no DDL, no lock)."""
-        if self.read_only:
-            plan_schema(await _inspect(conn), where=self._location, read_only=True, remedy=_REMEDY)
-            return
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-            state = await _inspect(conn)
-            found = plan_schema(state, where=self._location, read_only=False, remedy=_REMEDY)
-            steps = migration_steps(_BASELINE, _MIGRATIONS, found)
-            for sql in steps:
-                await conn.execute(sql)
-            if steps:
-                await conn.executemany(_META_UPSERT, meta_rows())
 
     async def _run(
         self,
@@ -392,6 +379,42 @@ class PostgresStorage:
 
         await self._run("delete_node", node_id, work, transaction=True)
 
+    async def advance_as_of(self, world_id: str, node_id: str, as_of_ms: int) -> int | None:
+        """Atomic across processes: one READ COMMITTED transaction locks the mark row
+        (``SELECT ... FOR UPDATE``) and raises it; a first sighting inserts it with
+        ``ON CONFLICT DO NOTHING``, which waits for a concurrent first sighting of the same key
+        to end — a conflict then loops back to lock the row that one committed."""
+        world_id, node_id = check_world_id(world_id), check_node_id(node_id)
+        as_of_ms = check_as_of_ms(as_of_ms)
+        self._refuse_if_read_only("advance_as_of")
+        key = mark_key(world_id, node_id)
+
+        async def work(conn: _Conn) -> int | None:
+            # READ COMMITTED whatever the server's default: each statement sees what committed
+            # before it, which is what makes the retry after a lost insert find the row.
+            async with conn.transaction(isolation="read_committed"):
+                for _ in range(5):  # a second pass only after losing the first-sighting race
+                    previous = await conn.fetchval(_MARK_LOCK, key)
+                    if previous is not None:
+                        if as_of_ms > previous:
+                            await conn.execute(_MARK_RAISE, key, as_of_ms)
+                        return int(previous)
+                    inserted = await conn.fetchval(_MARK_INSERT, key, world_id, node_id, as_of_ms)
+                    if inserted is not None:
+                        return None
+            raise StorageError(f"could not lock the as-of mark of node {short_id(node_id)}")
+
+        return await self._run("advance_as_of", node_id, work)
+
+    async def as_of_mark(self, world_id: str, node_id: str) -> int | None:
+        world_id, node_id = check_world_id(world_id), check_node_id(node_id)
+
+        async def work(conn: _Conn) -> Any:
+            return await conn.fetchval(_MARK, mark_key(world_id, node_id))
+
+        mark = await self._run("as_of_mark", node_id, work, unstored=lambda: None)
+        return None if mark is None else int(mark)
+
     async def close(self) -> None:
         """Close the pool gracefully; if the server is gone or a connection is still busy
         after a few seconds, drop the connections instead (closing never hangs or raises on
@@ -452,18 +475,6 @@ class PostgresStorage:
 
 async def _nothing(conn: _Conn) -> None:
     """Work for ``async with``: opening the pool (and checking the schema) is the point."""
-
-
-async def _inspect(conn: _Conn) -> SchemaState:
-    """Our tables (with their columns) and ``qmtl_meta``, as ``search_path`` resolves them."""
-    names = [*STORE_COLUMNS, META_TABLE]
-    found = {str(name): frozenset(cols) for name, cols in await conn.fetch(_INSPECT, names)}
-    meta = None
-    if META_TABLE in found:
-        rows = await conn.fetch(f"SELECT key, value FROM {META_TABLE}")
-        meta = {str(k): str(v) for k, v in rows}
-    tables = {name: cols for name, cols in found.items() if name in STORE_COLUMNS}
-    return SchemaState(meta=meta, tables=tables)
 
 
 async def _lock_node(conn: _Conn, node_id: str) -> int:
