@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from qmtl.runtime.io import EnhancedQuestDBProvider
-from qmtl.runtime.sdk import Range, SeamlessCoverageError
+from qmtl.runtime.sdk import Range, SeamlessCoverageError, SeamlessDomainPolicyError
 from qmtl.runtime.sdk.config import load_config
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.testing.servers import free_port
@@ -112,20 +112,32 @@ async def test_a_backtest_only_reads_and_publication_can_be_switched_off(
     sim_url: str, tmp_path: Path
 ) -> None:
     async with provider_for(sim_url, tmp_path, publish_optional=True) as provider:
-        backtest = await provider.fetch(JAN1, JAN2, node_id=NODE, execution_domain="backtest")
-        assert backtest.metadata.as_of is None and not (tmp_path / "art").exists()
+        with pytest.raises(SeamlessDomainPolicyError, match="missing_as_of"):
+            await provider.fetch(JAN1, JAN2, node_id=NODE, execution_domain="backtest")
+        with pytest.raises(SeamlessDomainPolicyError, match="missing_artifact"):
+            await provider.fetch(
+                JAN1, JAN2, node_id=NODE, execution_domain="backtest", as_of="2026-01-01"
+            )
+        assert not (tmp_path / "art").exists()  # a backtest only reads
     off = {"QMTL_SEAMLESS_PUBLISH_FP": "0", "QMTL_SEAMLESS_ARTIFACTS": "1"}
     live_only = {"live": {}}  # no fingerprint switch-off while backtests are configured
     async with provider_for(sim_url, tmp_path, env=off, domains=live_only) as provider:
-        result = await provider.fetch(JAN1, JAN2, node_id=NODE, execution_domain="dryrun")
+        result = await provider.fetch(JAN1, JAN2, node_id=NODE, execution_domain="live")
         assert result.metadata.as_of is None and result.metadata.dataset_fingerprint
         assert not (tmp_path / "art").exists()
     async with provider_for(sim_url, tmp_path) as provider:  # optional publication off
         result = await provider.fetch(JAN1, JAN2, node_id=NODE)
         assert result.metadata.as_of is None and not (tmp_path / "art").exists()
-        dryrun = await provider.fetch(JAN1, JAN2, node_id=NODE, execution_domain="dryrun")
-        assert dryrun.metadata.as_of is not None  # dryrun always publishes
+        dryrun = await provider.fetch(
+            JAN1, JAN2, node_id=NODE, execution_domain="dryrun", as_of="2026-01-01"
+        )
+        assert dryrun.metadata.as_of is not None  # dryrun always publishes, serves from there
+        assert dryrun.metadata.as_of > dryrun.metadata.requested_as_of  # a floor, not a cap
         assert dryrun.metadata.dataset_fingerprint == result.metadata.dataset_fingerprint
+        replay = await provider.fetch(
+            JAN1, JAN2, node_id=NODE, execution_domain="backtest", as_of=dryrun.metadata.as_of
+        )
+        assert replay.frame.equals(dryrun.frame)  # a backtest at its as_of replays it
 
 
 async def test_an_as_of_fetch_that_must_be_complete_says_what_is_missing(

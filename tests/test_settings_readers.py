@@ -26,7 +26,7 @@ from qmtl.runtime.sdk.pending_settings import (
 ROOT = Path(__file__).resolve().parent.parent / "qmtl"
 CONFIG_MODULES = {"_config_models.py", "_config_checks.py", "_config_parse.py", "_config_source.py"}
 #: The pending list may only shrink: lower this number when a capability lands.
-MAX_PENDING = 25
+MAX_PENDING = 13
 
 
 def _reads() -> set[str]:
@@ -96,9 +96,14 @@ def test_the_pending_list_names_real_settings_and_only_shrinks() -> None:
 def test_config_check_names_pending_settings_a_file_changes() -> None:
     assert pending_settings_in_use(load_config({})) == []
     notes = pending_settings_in_use(
-        load_config({"cache": {"ttl_ms": 5}, "domains": {"live": {"max_lag_sec": 5}}})
+        load_config(
+            {
+                "cache": {"ttl_ms": 5},  # read: not named
+                "seamless": {"observability": {"coverage_ratio_threshold": 0.5}},
+            }
+        )
     )
     assert notes == [
-        "cache.ttl_ms: has no effect yet (the world-keyed result cache)",
-        "domains.live.max_lag_sec: has no effect yet (governance (execution domains))",
+        "seamless.observability.coverage_ratio_threshold: has no effect yet "
+        "(operations (alerts and dashboards))",
     ]

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
 from qmtl.runtime.io.storage import open_storage
 from qmtl.runtime.sdk.backfill_types import DataFetcher, FetchWindowResult
+from qmtl.runtime.sdk.cache import ResultCache
+from qmtl.runtime.sdk.clock import SystemClock
 from qmtl.runtime.sdk.config import ArtifactConfig, QMTLConfig, load_config
 from qmtl.runtime.sdk.history_coverage import DEFAULT_STABILIZATION_BARS
 from qmtl.runtime.sdk.node_id import parse_node_id
@@ -90,6 +92,10 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
             conformance = conformance or settings.conformance
             backfill_config = backfill_config or settings.backfill
         artifact = settings.artifact if settings is not None else ArtifactConfig()
+        domains = config.domains if config is not None else None
+        cache = None
+        if config is not None and config.cache.enable:
+            cache = ResultCache(config.cache, clock=clock or SystemClock())
         if registrar is None:  # the default one: stamps provenance, stabilization >= 1
             from qmtl.runtime.io.composition import build_registrar
 
@@ -124,6 +130,8 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
             publish_fingerprint=artifact.publish_fingerprint,
             early_fingerprint=artifact.early_fingerprint,
             publish_optional=artifact.publish_optional,
+            domains=domains,
+            cache=cache,
         )
 
     @classmethod

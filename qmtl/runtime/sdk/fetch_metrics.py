@@ -12,9 +12,11 @@ __all__ = ["observe_fetch"]
 
 
 def observe_fetch(
-    m: SeamlessMetrics, meta: SeamlessFetchMetadata, report: ConformanceReport
+    m: SeamlessMetrics, meta: SeamlessFetchMetadata, report: ConformanceReport | None
 ) -> None:
-    """Every metric one fetch feeds, from its metadata and conformance report."""
+    """Every metric one fetch feeds, from its metadata and conformance report (``None`` for
+    a result served from the cache: its bars were conformed, and counted, when cached).
+    Downgrades are counted by the governor, once per reason."""
     labels = {
         "node_id": meta.node_id,
         "interval": str(meta.interval),
@@ -32,20 +34,13 @@ def observe_fetch(
     phase_ms = {"total": 0.0, **meta.sla_phases_ms}
     for phase, elapsed in phase_ms.items():
         m.sla_deadline_seconds.labels(**labels, phase=phase).observe(elapsed / 1000.0)
-    for flag, count in report.flags.items():
-        if count:
-            m.conformance_flags.labels(**labels, flag_type=flag).inc(count)
-    if report.warnings:
-        m.conformance_warnings.labels(**labels).inc(len(report.warnings))
+    if report is not None:
+        for flag, count in report.flags.items():
+            if count:
+                m.conformance_flags.labels(**labels, flag_type=flag).inc(count)
+        if report.warnings:
+            m.conformance_warnings.labels(**labels).inc(len(report.warnings))
     m.coverage_ratio.labels(**labels).set(meta.coverage_ratio)
-    if meta.downgrade_mode == "PARTIAL_FILL" and meta.downgrade_reason:
-        m.partial_fill_returns.labels(
-            node_id=meta.node_id, world_id=labels["world_id"], reason=meta.downgrade_reason
-        ).inc()
-    elif meta.downgrade_mode == "HOLD" and meta.downgrade_reason:
-        m.domain_gate_holds.labels(
-            node_id=meta.node_id, world_id=labels["world_id"], reason=meta.downgrade_reason
-        ).inc()
     if meta.staleness_ms is not None:
         m.live_staleness_seconds.labels(node_id=meta.node_id, world_id=labels["world_id"]).set(
             meta.staleness_ms / 1000.0

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from qmtl.runtime.sdk.artifact_keys import as_of_from_ms
+from qmtl.runtime.sdk.domain_gate import Downgrade, DowngradeMode
 from qmtl.runtime.sdk.fetch_result import SeamlessFetchMetadata
 from qmtl.runtime.sdk.history_coverage import Range, merge_ranges
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk.conformance import ConformanceReport
     from qmtl.runtime.sdk.sla import SLADecision, SLAPhase
 
-__all__ = ["FetchOutcome", "served_metadata"]
+__all__ = ["FetchOutcome", "served_metadata", "sla_downgrade_of"]
 
 
 @dataclass(slots=True)
@@ -66,11 +67,6 @@ def served_metadata(
         first, last = int(frame["ts"].iloc[0]), int(frame["ts"].iloc[-1])
         bounds = Range(first, last + interval)
         staleness_ms = max(0.0, (now - (last + interval)) * 1000.0)
-    downgrade_mode = None
-    downgrade_reason = None
-    if decision.action in ("partial", "hold") and decision.violation is not None:
-        downgrade_mode = "HOLD" if decision.action == "hold" else "PARTIAL_FILL"
-        downgrade_reason = f"sla_{decision.violation.phase.value}"
     return SeamlessFetchMetadata(
         node_id=node_id,
         interval=interval,
@@ -89,9 +85,9 @@ def served_metadata(
         artifacts=view.artifacts if backed and view is not None else (),
         strategy=strategy,
         partial=bool(missing) or outcome.partial,
-        downgraded=downgrade_mode is not None,
-        downgrade_mode=downgrade_mode,
-        downgrade_reason=downgrade_reason,
+        downgraded=False,  # the governor decides (domain and SLA together)
+        downgrade_mode=None,
+        downgrade_reason=None,
         sla_violation=None if decision.violation is None else decision.violation.phase.value,
         sla_phases_ms=dict(phases_ms),
         staleness_ms=staleness_ms,
@@ -101,3 +97,12 @@ def served_metadata(
         backfill_errors=tuple(outcome.errors),
         live_rows=outcome.live_rows,
     )
+
+
+def sla_downgrade_of(decision: SLADecision) -> Downgrade | None:
+    """The downgrade an SLA verdict demands: ``partial`` serves ``PARTIAL_FILL``, ``hold``
+    serves ``HOLD``, each with reason ``sla_<phase>``; ``None`` otherwise."""
+    if decision.action not in ("partial", "hold") or decision.violation is None:
+        return None
+    mode: DowngradeMode = "HOLD" if decision.action == "hold" else "PARTIAL_FILL"
+    return Downgrade(mode, f"sla_{decision.violation.phase.value}")

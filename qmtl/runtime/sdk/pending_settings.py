@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 __all__ = ["PENDING_PARAMETERS", "PENDING_SETTINGS", "pending_settings_in_use"]
 
 _ARTIFACTS = "artifacts (immutable fingerprinted Parquet, as_of)"
-_GOVERNANCE = "governance (execution domains)"
-_CACHE = "the world-keyed result cache"
 _COORDINATOR = "the distributed backfill coordinator and workers"
 _LIVE = "live feeds"
 _OPERATIONS = "operations (alerts and dashboards)"
@@ -40,18 +38,6 @@ PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
         "seamless.observability.backfill_completion_ratio_min": _OPERATIONS,
         "seamless.observability.storage_wait_warn_ms": _OPERATIONS,
         "seamless.observability.backfill_wait_warn_ms": _OPERATIONS,
-        "seamless.sla.min_coverage": _GOVERNANCE,
-        "seamless.sla.max_lag_seconds": _GOVERNANCE,
-        "cache.enable": _CACHE,
-        "cache.ttl_ms": _CACHE,
-        "cache.max_shards": _CACHE,
-        "cache.key_template": _CACHE,
-        "domains.*.require_as_of": _GOVERNANCE,
-        "domains.*.source": _GOVERNANCE,
-        "domains.*.max_lag_sec": _GOVERNANCE,
-        "domains.*.allow_partial": _GOVERNANCE,
-        "domains.*.monotonic_as_of": _GOVERNANCE,
-        "domains.*.min_coverage": _GOVERNANCE,
         "environment.coordinator_url": _COORDINATOR,
         "environment.coordinator_token": _COORDINATOR,
     }
@@ -62,7 +48,6 @@ PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
 PENDING_PARAMETERS: Mapping[str, str] = MappingProxyType(
     {
         "SeamlessDataProvider.coordinator": _COORDINATOR,
-        "SeamlessDataProvider.cache": _CACHE,
         "EnhancedQuestDBProvider.coordinator": _COORDINATOR,
         "CcxtBackfillConfig.symbols": _COORDINATOR,
         "CcxtBackfillConfig.timeframe": _COORDINATOR,

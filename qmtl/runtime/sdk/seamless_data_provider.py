@@ -35,17 +35,18 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
+from qmtl.runtime.sdk.cache import ResultCache
 from qmtl.runtime.sdk.clock import Clock, SystemClock, wait_within
 from qmtl.runtime.sdk.compute_context import ComputeContext
 from qmtl.runtime.sdk.conformance import ConformancePipeline, ConformanceReport
-from qmtl.runtime.sdk.coverage_report import CoverageReport, build_coverage_report
-from qmtl.runtime.sdk.errors import SeamlessCoverageError
+from qmtl.runtime.sdk.domain_gate import source_of
+from qmtl.runtime.sdk.errors import SeamlessCoverageError, SeamlessDomainPolicyError
 from qmtl.runtime.sdk.events import SLA_DOWNGRADE, SLA_PHASE_EXCEEDED, log_event
 from qmtl.runtime.sdk.fetch_metrics import observe_fetch
-from qmtl.runtime.sdk.fetch_outcome import FetchOutcome, served_metadata
+from qmtl.runtime.sdk.fetch_outcome import FetchOutcome, served_metadata, sla_downgrade_of
 from qmtl.runtime.sdk.fetch_result import SeamlessFetchMetadata, SeamlessFetchResult
+from qmtl.runtime.sdk.governance import Governor
 from qmtl.runtime.sdk.history_coverage import (
-    CoverageSegment,
     Range,
     compute_missing_ranges,
     merge_ranges,
@@ -53,6 +54,7 @@ from qmtl.runtime.sdk.history_coverage import (
 from qmtl.runtime.sdk.live_feed import consult_live
 from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
 from qmtl.runtime.sdk.node_id import check_interval
+from qmtl.runtime.sdk.provider_queries import StoreQueries
 from qmtl.runtime.sdk.served_artifacts import publish_covered, publishes
 from qmtl.runtime.sdk.served_bars import ServedBars
 from qmtl.runtime.sdk.sla import SLAPhase, SLAPolicy, SLATracker
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk.artifact_publisher import ArtifactPublisher, ArtifactView
     from qmtl.runtime.sdk.backfill_coordinator import BackfillCoordinator
     from qmtl.runtime.sdk.backfill_types import Backfiller
+    from qmtl.runtime.sdk.config import DomainPolicy
     from qmtl.runtime.sdk.history_storage import HistoryStorage
     from qmtl.runtime.sdk.live_feed import LiveDataFeed
 
@@ -75,13 +78,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: ``ensure_data_available`` works through long ranges this many batches at a time.
-_ENSURE_SPAN_BATCHES = 1024
 #: What each constructor argument already in the signature waits for.
-_NOT_YET = {
-    "coordinator": "the distributed backfill coordinator",
-    "cache": "the result cache",
-}
+_NOT_YET = {"coordinator": "the distributed backfill coordinator"}
 
 _UNBOUNDED_SLA = SLAPolicy(
     max_wait_storage_ms=None,
@@ -98,7 +96,7 @@ class DataAvailabilityStrategy(StrEnum):
     SEAMLESS = "SEAMLESS"
 
 
-class SeamlessDataProvider(SyncMethods):
+class SeamlessDataProvider(StoreQueries, SyncMethods):
     """The engine behind ``fetch`` (module docstring). Safe to share between tasks of one
     event loop; storage and backfiller do their own I/O off the loop. Synchronous code uses
     :meth:`fetch_sync` (and ``with provider:`` or :meth:`close_sync`)."""
@@ -116,24 +114,21 @@ class SeamlessDataProvider(SyncMethods):
         registrar: ArtifactPublisher | None = None,
         backfill_config: BackfillConfig | None = None,
         coordinator: BackfillCoordinator | None = None,
-        cache: Any = None,
+        cache: ResultCache | None = None,
         publish_fingerprint: bool = True,
         early_fingerprint: bool = False,
         clock: Clock | None = None,
         metrics: SeamlessMetrics | None = None,
         publish_optional: bool = False,
+        domains: Mapping[str, DomainPolicy] | None = None,
     ) -> None:
         try:
             self.strategy = DataAvailabilityStrategy(strategy)
         except ValueError:
             valid = ", ".join(s.value for s in DataAvailabilityStrategy)
             raise ValueError(f"strategy must be one of {valid}, got {strategy!r}") from None
-        for name, value in (
-            ("coordinator", coordinator),
-            ("cache", cache),
-        ):  # in the signature already; refused loudly until they are built
-            if value is not None:
-                raise ValueError(f"{name}: {_NOT_YET[name]} is not available in this release")
+        if coordinator is not None:  # in the signature already; refused until it is built
+            raise ValueError(f"coordinator: {_NOT_YET['coordinator']} is not available yet")
         if early_fingerprint and not getattr(registrar, "early_fingerprint", False):
             raise ValueError(
                 "early_fingerprint: the registrar records preview fingerprints; give one "
@@ -156,6 +151,10 @@ class SeamlessDataProvider(SyncMethods):
         )
         self._background: set[asyncio.Task[Any]] = set()
         self._served = ServedBars(self.conformance)
+        self.governor = Governor(
+            storage=storage, domains=domains, sla=sla, cache=cache,
+            metrics=self.metrics, clock=self.clock,
+        )  # fmt: skip
 
     @property
     def last_fetch_metadata(self) -> SeamlessFetchMetadata | None:
@@ -191,16 +190,53 @@ class SeamlessDataProvider(SyncMethods):
             min_coverage=min_coverage,
             max_lag_seconds=max_lag_seconds,
         )
+        policy = self.governor.admit(node_id, context)
+        key = self.governor.cache_key(node_id, window, interval, self.conformance.version, context)
+        cached = await self.governor.cached(key, context, policy)
+        if cached is not None:
+            observe_fetch(self.metrics, cached.metadata, None)
+            self._last_metadata.set(cached.metadata)
+            return cached
         tracker = SLATracker(self._policy(), node_id=node_id, clock=self.clock)
-        if context.as_of is not None and self.registrar is not None:
-            return await self._fetch_as_of(node_id, interval, window, context, tracker)
+        source = source_of(policy)
+        pinned = context.as_of is not None and self.registrar is not None
+        if source == "artifact_only" or (policy is None and pinned):
+            result = await self._fetch_as_of(
+                node_id,
+                interval,
+                window,
+                context,
+                tracker,
+                policy,
+                strict=source == "artifact_only",
+            )
+        else:
+            result = await self._fetch_store(node_id, interval, window, context, tracker, policy)
+        result = self.governor.keep(key, result, context)
+        self._last_metadata.set(result.metadata)
+        return result
+
+    async def _fetch_store(
+        self,
+        node_id: str,
+        interval: int,
+        window: Range,
+        context: ComputeContext,
+        tracker: SLATracker,
+        policy: DomainPolicy | None,
+    ) -> SeamlessFetchResult:
+        """Storage, then what the domain's source allows: backfill, the live feed; a dryrun
+        (``artifact_prefers``) then publishes and serves from the artifacts at its ``as_of``."""
+        source = source_of(policy)
         with tracker.phase(SLAPhase.STORAGE_WAIT):
             ledger = await self.storage.read_ledger(node_id, interval)
         outcome = FetchOutcome(compute_missing_ranges(ledger, window.start, window.end, interval))
         self._check_violations(tracker, outcome)
-        repaired = bool(outcome.missing)
+        repaired = bool(outcome.missing) and source != "storage_only"
         if repaired:
             await self._repair(node_id, interval, tracker, outcome)
+        elif outcome.missing:
+            outcome.partial = True  # the domain reads the store only
         with tracker.phase(SLAPhase.STORAGE_WAIT):
             revision = await self.storage.revision(node_id)
             raw = await self.storage.read_range(node_id, window.start, window.end)
@@ -210,15 +246,20 @@ class SeamlessDataProvider(SyncMethods):
                 ledger = await self.storage.read_ledger(node_id, interval)
                 outcome.missing = compute_missing_ranges(ledger, window.start, window.end, interval)
         self._check_violations(tracker, outcome)
-        if self.live_feed is not None and outcome.missing:
+        live = self.live_feed is not None and source in (
+            "storage_backfill_live",
+            "artifact_prefers",
+        )
+        if live and outcome.missing:
+            assert self.live_feed is not None
             raw = await consult_live(
                 self.live_feed, node_id, interval, window, tracker, raw, outcome, self.clock
             )
             self._check_violations(tracker, outcome)
-        if not self.partial_ok and outcome.missing:
-            raise SeamlessCoverageError(node_id, merge_ranges(outcome.missing, interval))
         if outcome.live_rows:
             revision = None  # live bars are not the store's
+        if source != "artifact_prefers":
+            self._refuse_partial(node_id, interval, outcome, policy)
         frame, report, fingerprint = await self._served.conform(
             raw, node_id, interval, window, revision
         )
@@ -232,9 +273,28 @@ class SeamlessDataProvider(SyncMethods):
                 self.registrar, node_id=node_id, interval=interval, window=window,
                 frame=frame, report=report, ledger=ledger, context=context,
             )  # fmt: skip
-        return self._finish(
-            node_id, interval, window, context, tracker, frame, report, fingerprint, outcome, view
-        )
+        if source == "artifact_prefers" and self.registrar is not None:
+            # A dryrun serves what it just published: its as_of is a floor, the newest
+            # publication the cap (the metadata names it; a backtest there replays this).
+            newest = (await self.registrar.catalog(node_id)).last_as_of_ms
+            floor = context.as_of
+            cap = floor if newest is None or (floor is not None and floor > newest) else newest
+            return await self._fetch_as_of(
+                node_id, interval, window, context, tracker, policy, as_of_ms=cap
+            )
+        return await self._finish(
+            node_id, interval, window, context, tracker, frame, report, fingerprint, outcome,
+            policy, view,
+        )  # fmt: skip
+
+    def _refuse_partial(
+        self, node_id: str, interval: int, outcome: FetchOutcome, policy: DomainPolicy | None
+    ) -> None:
+        """``partial_ok=False`` or a domain that does not allow partial results: a result
+        still missing bars is :class:`SeamlessCoverageError` instead."""
+        allowed = self.partial_ok and (policy is None or policy.allow_partial)
+        if not allowed and outcome.missing:
+            raise SeamlessCoverageError(node_id, merge_ranges(outcome.missing, interval))
 
     async def _fetch_as_of(
         self,
@@ -243,23 +303,33 @@ class SeamlessDataProvider(SyncMethods):
         window: Range,
         context: ComputeContext,
         tracker: SLATracker,
+        policy: DomainPolicy | None,
+        *,
+        strict: bool = False,
+        as_of_ms: int | None = None,
     ) -> SeamlessFetchResult:
         """A fetch pinned to ``as_of``: only published artifacts, per bar the newest one
         published at or before it — never the hot store, never the exchange, so the answer
-        cannot change once given."""
-        assert self.registrar is not None
-        assert context.as_of is not None
+        cannot change once given. ``strict`` (a backtest): a part no artifact holds fails.
+        ``as_of_ms`` overrides the context's (a dryrun's cap)."""
+        if self.registrar is None:
+            raise SeamlessDomainPolicyError(
+                f"{node_id}: a {context.execution_domain} fetch reads published artifacts, "
+                "and this provider has no artifact registrar"
+            )
         with tracker.phase(SLAPhase.STORAGE_WAIT):
-            read = await self.registrar.read(node_id, interval, window, as_of=context.as_of)
+            cap = context.as_of if as_of_ms is None else as_of_ms
+            read = await self.registrar.read(node_id, interval, window, as_of=cap)
         outcome = FetchOutcome(list(read.view.missing))
-        if not self.partial_ok and outcome.missing:
-            raise SeamlessCoverageError(node_id, merge_ranges(outcome.missing, interval))
+        if strict and outcome.missing:
+            self.governor.refuse_missing_artifact(node_id, context, read.view.missing)
+        self._refuse_partial(node_id, interval, outcome, policy)
         frame, report, fingerprint = await self._served.conform(
             read.frame, node_id, interval, window, None
         )
-        return self._finish(
+        return await self._finish(
             node_id, interval, window, context, tracker, frame, report, fingerprint, outcome,
-            read.view,
+            policy, read.view,
         )  # fmt: skip
 
     def fetch_sync(
@@ -279,63 +349,6 @@ class SeamlessDataProvider(SyncMethods):
         )
         self._last_metadata.set(result.metadata)
         return result
-
-    async def coverage(self, *, node_id: str, interval: int | None = None) -> list[CoverageSegment]:
-        """The coverage ledger of ``node_id`` (DATA and EMPTY segments, sorted)."""
-        interval = check_interval(node_id, interval).interval
-        return await self.storage.read_ledger(node_id, interval)
-
-    async def coverage_report(
-        self,
-        *,
-        node_id: str,
-        start: InstantLike | None = None,
-        end: InstantLike | None = None,
-        interval: int | None = None,
-    ) -> CoverageReport:
-        """What the store holds for ``node_id`` over ``[start, end)``: stored, known-empty
-        and missing bars and ranges (:class:`CoverageReport`). A bound left out is the
-        ledger's own (first segment's start, last segment's end). Reads the ledger only:
-        no bars, no exchange."""
-        interval = check_interval(node_id, interval).interval
-        window = None if start is None or end is None else self._window(start, end, interval)
-        ledger = await self.storage.read_ledger(node_id, interval)
-        if window is None and (start is not None or end is not None):
-            first = ledger[0].start if ledger else 0
-            last = ledger[-1].end if ledger else first
-            window = self._window(
-                first if start is None else start, last if end is None else end, interval
-            )
-        return build_coverage_report(node_id, ledger, window)
-
-    async def ensure_data_available(
-        self, start: InstantLike, end: InstantLike, *, node_id: str, interval: int | None = None
-    ) -> bool:
-        """Backfill until ``[start, end)`` is covered or a pass makes no progress; ``True``
-        when nothing is missing any more. The range is worked through in spans of
-        :data:`_ENSURE_SPAN_BATCHES` batches, so memory stays bounded however long it is."""
-        interval = check_interval(node_id, interval).interval
-        window = self._window(start, end, interval)
-        span = _ENSURE_SPAN_BATCHES * self.backfill_config.window_bars * interval
-        complete = True
-        cursor = window.start
-        while cursor < window.end:
-            part = Range(cursor, min(window.end, cursor + span))
-            complete = await self._ensure(part, node_id, interval) and complete
-            cursor = part.end
-        return complete
-
-    async def _ensure(self, window: Range, node_id: str, interval: int) -> bool:
-        previous: list[Range] | None = None
-        while True:
-            ledger = await self.storage.read_ledger(node_id, interval)
-            missing = compute_missing_ranges(ledger, window.start, window.end, interval)
-            if not missing:
-                return True
-            if self.backfiller is None or missing == previous:
-                return False
-            previous = missing
-            await self.backfiller.backfill(node_id, interval, missing)
 
     def _policy(self) -> SLAPolicy:
         """The budgets this fetch runs under: ``AUTO_BACKFILL`` backfills everything before
@@ -441,7 +454,7 @@ class SeamlessDataProvider(SyncMethods):
 
     # -- result -----------------------------------------------------------------------------
 
-    def _finish(
+    async def _finish(
         self,
         node_id: str,
         interval: int,
@@ -452,6 +465,7 @@ class SeamlessDataProvider(SyncMethods):
         report: ConformanceReport,
         fingerprint: str,
         outcome: FetchOutcome,
+        policy: DomainPolicy | None,
         view: ArtifactView | None = None,
     ) -> SeamlessFetchResult:
         tracker.finish()
@@ -473,16 +487,18 @@ class SeamlessDataProvider(SyncMethods):
             view=view,
             pinned=context.as_of is not None,
         )
-        if metadata.downgraded and decision.violation is not None:
+        sla_downgrade = sla_downgrade_of(decision)
+        if sla_downgrade is not None and decision.violation is not None:
             log_event(
                 logger,
                 SLA_DOWNGRADE,
                 level=logging.WARNING,
                 node_id=node_id,
                 phase=decision.violation.phase.value,
-                mode=metadata.downgrade_mode,
-                reason=metadata.downgrade_reason,
+                mode=sla_downgrade.mode,
+                reason=sla_downgrade.reason,
             )
+        metadata = await self.governor.judge(metadata, context, policy, sla_downgrade=sla_downgrade)
         observe_fetch(self.metrics, metadata, report)
         self._last_metadata.set(metadata)
         return SeamlessFetchResult(frame, metadata)
