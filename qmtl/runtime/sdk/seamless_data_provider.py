@@ -22,6 +22,11 @@ Strategies:
 The live feed, when configured, is asked for the newest bars still missing at the end of the
 request (``live_wait`` phase); those bars are served (and flagged in the metadata) but not
 stored: the backfill stores them once they are stable.
+
+A fetch's execution domain governs it (:mod:`~qmtl.runtime.sdk.governance`): a backtest reads
+only artifacts published at or before its ``as_of``, a dryrun serves what it publishes, live
+and shadow keep ``as_of`` monotonic and are HOLD when stale or incomplete; repeated identical
+fetches are answered from the world-keyed cache, re-gated.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from qmtl.runtime.sdk.compute_context import ComputeContext
 from qmtl.runtime.sdk.conformance import ConformancePipeline, ConformanceReport
 from qmtl.runtime.sdk.domain_gate import source_of
 from qmtl.runtime.sdk.errors import SeamlessCoverageError, SeamlessDomainPolicyError
-from qmtl.runtime.sdk.events import SLA_DOWNGRADE, SLA_PHASE_EXCEEDED, log_event
+from qmtl.runtime.sdk.events import SLA_DOWNGRADE, log_event
 from qmtl.runtime.sdk.fetch_metrics import observe_fetch
 from qmtl.runtime.sdk.fetch_outcome import FetchOutcome, served_metadata, sla_downgrade_of
 from qmtl.runtime.sdk.fetch_result import SeamlessFetchMetadata, SeamlessFetchResult
@@ -57,7 +62,7 @@ from qmtl.runtime.sdk.node_id import check_interval
 from qmtl.runtime.sdk.provider_queries import StoreQueries
 from qmtl.runtime.sdk.served_artifacts import publish_covered, publishes
 from qmtl.runtime.sdk.served_bars import ServedBars
-from qmtl.runtime.sdk.sla import SLAPhase, SLAPolicy, SLATracker
+from qmtl.runtime.sdk.sla import SLAPhase, SLAPolicy, SLATracker, check_violations
 from qmtl.runtime.sdk.sync_bridge import SyncMethods
 from qmtl.runtime.sdk.timestamps import InstantLike, check_span_bounds, format_iso, parse_instant
 
@@ -231,7 +236,7 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
         with tracker.phase(SLAPhase.STORAGE_WAIT):
             ledger = await self.storage.read_ledger(node_id, interval)
         outcome = FetchOutcome(compute_missing_ranges(ledger, window.start, window.end, interval))
-        self._check_violations(tracker, outcome)
+        check_violations(tracker, outcome.handled)
         repaired = bool(outcome.missing) and source != "storage_only"
         if repaired:
             await self._repair(node_id, interval, tracker, outcome)
@@ -245,7 +250,7 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
             if repaired:  # the ledger moved on: say what is missing *now*
                 ledger = await self.storage.read_ledger(node_id, interval)
                 outcome.missing = compute_missing_ranges(ledger, window.start, window.end, interval)
-        self._check_violations(tracker, outcome)
+        check_violations(tracker, outcome.handled)
         live = self.live_feed is not None and source in (
             "storage_backfill_live",
             "artifact_prefers",
@@ -255,7 +260,7 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
             raw = await consult_live(
                 self.live_feed, node_id, interval, window, tracker, raw, outcome, self.clock
             )
-            self._check_violations(tracker, outcome)
+            check_violations(tracker, outcome.handled)
         if outcome.live_rows:
             revision = None  # live bars are not the store's
         if source != "artifact_prefers":
@@ -423,7 +428,7 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
             outcome.errors += task.result().errors
         else:
             outcome.partial = True
-        self._check_violations(tracker, outcome)
+        check_violations(tracker, outcome.handled)
 
     def _spawn(self, node_id: str, interval: int, ranges: list[Range]) -> asyncio.Task[Any]:
         assert self.backfiller is not None
@@ -431,26 +436,6 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-    # -- SLA --------------------------------------------------------------------------------
-
-    def _check_violations(self, tracker: SLATracker, outcome: FetchOutcome) -> None:
-        """Log each new violation once; raise now under ``FAIL_FAST``."""
-        for violation in tracker.violations:
-            if violation.phase in outcome.handled:
-                continue
-            outcome.handled.add(violation.phase)
-            log_event(
-                logger,
-                SLA_PHASE_EXCEEDED,
-                level=logging.WARNING,
-                node_id=tracker.node_id,
-                phase=violation.phase.value,
-                elapsed_ms=violation.elapsed_ms,
-                budget_ms=violation.budget_ms,
-                mode=violation.mode.value,
-            )
-        tracker.raise_if_fail_fast()
 
     # -- result -----------------------------------------------------------------------------
 
@@ -469,7 +454,7 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
         view: ArtifactView | None = None,
     ) -> SeamlessFetchResult:
         tracker.finish()
-        self._check_violations(tracker, outcome)
+        check_violations(tracker, outcome.handled)
         decision = tracker.decision()
         metadata = served_metadata(
             node_id=node_id,

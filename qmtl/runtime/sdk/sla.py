@@ -23,6 +23,7 @@ observes histograms from the values it returns.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -30,6 +31,7 @@ from typing import Literal
 
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.errors import SeamlessSLAExceeded
+from qmtl.runtime.sdk.events import SLA_PHASE_EXCEEDED, log_event
 
 __all__ = [
     "SLAAction",
@@ -39,7 +41,10 @@ __all__ = [
     "SLATracker",
     "SLAViolation",
     "SLAViolationMode",
+    "check_violations",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class SLAPhase(StrEnum):
@@ -275,3 +280,23 @@ class SLATracker:
             raise SeamlessSLAExceeded(
                 v.phase.value, node_id=self.node_id, elapsed_ms=v.elapsed_ms, budget_ms=v.budget_ms
             )
+
+
+def check_violations(tracker: SLATracker, handled: set[SLAPhase]) -> None:
+    """Log each violation of ``tracker`` not in ``handled`` once (``seamless.sla.
+    phase_exceeded``), add it there, and raise now if the policy says ``FAIL_FAST``."""
+    for violation in tracker.violations:
+        if violation.phase in handled:
+            continue
+        handled.add(violation.phase)
+        log_event(
+            logger,
+            SLA_PHASE_EXCEEDED,
+            level=logging.WARNING,
+            node_id=tracker.node_id,
+            phase=violation.phase.value,
+            elapsed_ms=violation.elapsed_ms,
+            budget_ms=violation.budget_ms,
+            mode=violation.mode.value,
+        )
+    tracker.raise_if_fail_fast()
