@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -30,6 +31,7 @@ from qmtl.runtime.sdk.cache import CacheKey, ResultCache
 from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.config import CacheConfig
 from qmtl.runtime.sdk.domain_gate import Downgrade, GateVerdict
+from qmtl.runtime.sdk.fetch_result import SeamlessFetchMetadata, SeamlessFetchResult
 from qmtl.runtime.sdk.history_storage import LedgerUpdate
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.runtime.sdk.seamless_data_provider import SeamlessDataProvider
@@ -237,14 +239,17 @@ async def test_a_cache_hit_is_re_gated_and_never_crosses_a_world(tmp_path: Path)
     first = await made.provider.fetch(T0, T0 + DAY, world_id="w1", **args)
     assert first.metadata.cache_key is not None and not first.metadata.downgraded
     made.clock.advance(30)
+    first.frame.loc[:, "close"] = -1.0  # a caller changing its frame in place
     hit = await made.provider.fetch(T0, T0 + DAY, world_id="w1", **args)
-    assert hit.frame is first.frame  # served from memory
+    assert set(hit.metadata.sla_phases_ms) == {"total"}  # served from memory, timed as such
+    assert (hit.frame["close"] > 0).all()  # ...and a copy: the caller's change is not served
+    hit.frame.loc[:, "close"] = -2.0
     assert hit.metadata.staleness_ms == pytest.approx(first.metadata.staleness_ms + 30_000)
     other = await made.provider.fetch(T0, T0 + DAY, world_id="w2", **args)
-    assert other.frame is not first.frame  # another world: never the same entry
+    assert set(other.metadata.sla_phases_ms) != {"total"}  # another world: never a hit
     made.clock.advance(DAY)  # still cached, but the re-gated hit is now too stale
     stale = await made.provider.fetch(T0, T0 + DAY, world_id="w1", **args)
-    assert stale.frame is first.frame
+    assert set(stale.metadata.sla_phases_ms) == {"total"} and (stale.frame["close"] > 0).all()
     assert (stale.metadata.downgrade_mode, stale.metadata.downgrade_reason) == (
         "HOLD", "freshness_breach",
     )  # fmt: skip
@@ -252,16 +257,32 @@ async def test_a_cache_hit_is_re_gated_and_never_crosses_a_world(tmp_path: Path)
     await made.close()
 
 
+def complete_result() -> SeamlessFetchResult:
+    """A small complete result (nothing missing), as the cache keeps them."""
+    values: dict[str, Any] = {
+        "node_id": NODE, "interval": 60, "requested_range": Range(0, 60), "rows": 1,
+        "coverage_bounds": Range(0, 60), "missing_ranges": (), "coverage_ratio": 1.0,
+        "conformance_flags": {}, "conformance_warnings": (), "conformance_version": "v2",
+        "strategy": "SEAMLESS", "partial": False, "downgraded": False,
+        "sla_phases_ms": {}, "artifacts": (),
+    }  # fmt: skip
+    for field in dataclasses.fields(SeamlessFetchMetadata):
+        values.setdefault(field.name, None)
+    columns = {c: np.zeros(1) for c in ("open", "high", "low", "close", "volume")}
+    frame = frame_from_columns({"ts": np.zeros(1, dtype=np.int64), **columns})
+    return SeamlessFetchResult(frame, SeamlessFetchMetadata(**values))
+
+
 def test_the_cache_key_parts_decide_and_a_domain_switch_purges_the_world() -> None:
     clock = FakeClock(0.0)
     cache = ResultCache(CacheConfig(ttl_ms=1000, max_shards=3), clock=clock)
-    result: Any = type(
-        "R", (), {"metadata": type("M", (), {"missing_ranges": (), "partial": False})()}
-    )()
+    result = complete_result()
     key = CacheKey(NODE, 0, 60, 60, "v2", "a:b", None)
     alias = CacheKey(NODE, 0, 60, 60, "v2", "a", None)  # same rendered prefix, other world
     assert cache.put(key, result, domain="live")
-    assert cache.get(alias, domain="live") is None and cache.get(key, domain="live") is result
+    assert cache.get(alias, domain="live") is None
+    hit = cache.get(key, domain="live")
+    assert hit is not None and hit.frame.equals(result.frame) and hit.frame is not result.frame
     assert cache.get(CacheKey(NODE, 0, 60, 60, "v2", "a:b", 5), domain="live") is None  # as_of
     clock.advance(1.0)
     assert cache.get(key, domain="live") is None  # ttl

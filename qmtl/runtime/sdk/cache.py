@@ -9,10 +9,15 @@ world id containing ``:`` cannot alias another key. A world that switches execut
 loses its entries. Only complete results are kept (nothing missing, nothing partial): a
 partial answer must be asked again. The provider re-gates a hit before serving it (its
 staleness is recomputed against the clock of the new fetch).
+
+Frames are copied in and out (a deep copy of a year of 1m bars costs ~10 ms): a caller that
+changes its frame in place can never change what the next hit serves. Expiry is timed on the
+clock's monotonic time, so a wall-clock step neither shortens nor lengthens an entry's life.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -74,17 +79,17 @@ class ResultCache:
         return key.render(self.config.key_template)
 
     def get(self, key: CacheKey, *, domain: str | None) -> SeamlessFetchResult | None:
-        """The cached result of ``key``, if fresh; a domain switch of ``key.world_id``
-        purges that world first."""
+        """A copy of the cached result of ``key``, if fresh; a domain switch of
+        ``key.world_id`` purges that world first."""
         self._note_domain(key.world_id, domain)
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if (self.clock.now() - entry.stored_at) * 1000.0 >= self.config.ttl_ms:
+        if (self.clock.monotonic() - entry.stored_at) * 1000.0 >= self.config.ttl_ms:
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
-        return entry.result
+        return _copy(entry.result)
 
     def put(self, key: CacheKey, result: SeamlessFetchResult, *, domain: str | None) -> bool:
         """Keep ``result`` under ``key`` when it is complete; ``True`` if kept."""
@@ -92,7 +97,7 @@ class ResultCache:
         if meta.missing_ranges or meta.partial:
             return False
         self._note_domain(key.world_id, domain)
-        self._entries[key] = _Entry(result, self.clock.now(), domain)
+        self._entries[key] = _Entry(_copy(result), self.clock.monotonic(), domain)
         self._entries.move_to_end(key)
         while len(self._entries) > self.config.max_shards:
             self._entries.popitem(last=False)
@@ -109,3 +114,16 @@ class ResultCache:
         if world_id in self._domains and self._domains[world_id] != domain:
             self.purge_world(world_id)
         self._domains[world_id] = domain
+        if len(self._domains) > 4 * self.config.max_shards:  # forget worlds with no entries
+            alive = {k.world_id for k in self._entries}
+            self._domains = {w: d for w, d in self._domains.items() if w in alive}
+
+
+def _copy(result: SeamlessFetchResult) -> SeamlessFetchResult:
+    """A result sharing nothing mutable with ``result``."""
+    meta = dataclasses.replace(
+        result.metadata,
+        conformance_flags=dict(result.metadata.conformance_flags),
+        sla_phases_ms=dict(result.metadata.sla_phases_ms),
+    )
+    return type(result)(result.frame.copy(deep=True), meta)

@@ -134,6 +134,7 @@ class Governor:
         """A cached result of ``key``, re-gated for this fetch; ``None`` on a miss."""
         if self.cache is None:
             return None
+        started = self.clock.monotonic()
         hit = self.cache.get(key, domain=context.execution_domain)
         if hit is None:
             return None
@@ -144,6 +145,7 @@ class Governor:
         meta = dataclasses.replace(
             meta,
             staleness_ms=staleness_ms,
+            sla_phases_ms={"total": (self.clock.monotonic() - started) * 1000.0},
             cache_key=self.cache.key_text(key),
             downgraded=False,
             downgrade_mode=None,
