@@ -31,6 +31,7 @@ from qmtl.runtime.sdk.bars import frame_from_columns
 from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.config import DEFAULT_PARTITION_TEMPLATE
 from qmtl.runtime.sdk.conformance import ConformanceReport
+from qmtl.runtime.sdk.errors import StorageError
 from qmtl.runtime.sdk.fingerprint import FingerprintMetadata, compute_fingerprint
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
@@ -204,6 +205,7 @@ from qmtl.runtime.io.artifact_stores import LocalArtifactStore
 from qmtl.runtime.sdk.bars import frame_from_columns
 from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.conformance import ConformanceReport
+from qmtl.runtime.sdk.errors import StorageError
 from qmtl.runtime.sdk.history_coverage import Range
 
 T0, N = 1_704_067_200, 400_000
@@ -285,6 +287,9 @@ async def test_verify_names_a_flipped_byte_and_a_missing_file(tmp_path: Path) ->
         data = bytearray(first.read_bytes())
         data[len(data) // 2] ^= 0xFF
         first.write_bytes(bytes(data))
+        fresh = ArtifactRegistrar(store)  # no decoded copy cached: reads the damaged file
+        with pytest.raises(StorageError, match="is damaged"):
+            await fresh.read(NODE, 60, Range(T0, T0 + 3600))  # a flipped byte is never served
         (tmp_path / two.uri.removeprefix(f"file://{tmp_path}/")).unlink()
         problems = [str(p) for p in await verify(registrar)]
     assert any("sha256" in p for p in problems) and any("missing" in p for p in problems)

@@ -282,7 +282,7 @@ def _show_one(args: argparse.Namespace, value: str) -> int:
 
     async def read() -> bytes:
         try:
-            return await registrar.store.get(key)
+            return bytes(await registrar.store.get(key))
         except ArtifactNotFoundError:
             raise ValueError(
                 f"--manifest: no manifest {key} in {registrar.store.root_uri}"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import socket
 import time
@@ -38,7 +37,15 @@ from urllib.parse import unquote
 import pandas as pd
 
 from qmtl import __version__
-from qmtl.runtime.io.artifact_files import parquet_bytes, read_parquet_bars
+from qmtl.runtime.io.artifact_files import parquet_bytes
+from qmtl.runtime.io.artifact_read import (
+    artifact_view,
+    covering_catalog,
+    load_entries,
+    merge_entries,
+    parse_manifest,
+    read_frame,
+)
 from qmtl.runtime.sdk.artifact_catalog import (
     ArtifactCatalog,
     ArtifactEntry,
@@ -56,8 +63,8 @@ from qmtl.runtime.sdk.artifact_keys import (
     manifest_prefix,
 )
 from qmtl.runtime.sdk.artifact_publisher import ArtifactPublication, ArtifactRead, ArtifactView
-from qmtl.runtime.sdk.artifact_store import ArtifactNotFoundError, ArtifactStore
-from qmtl.runtime.sdk.bars import empty_frame
+from qmtl.runtime.sdk.artifact_store import ArtifactStore
+from qmtl.runtime.sdk.bars import BarColumns
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.config import DEFAULT_PARTITION_TEMPLATE
 from qmtl.runtime.sdk.errors import StorageError
@@ -138,23 +145,21 @@ class ArtifactRegistrar:
         self.host = socket.gethostname()
         self._catalogs: dict[str, ArtifactCatalog] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tables: OrderedDict[str, pd.DataFrame] = OrderedDict()
+        self._tables: OrderedDict[str, BarColumns] = OrderedDict()
 
     # -- catalog ----------------------------------------------------------------------------
 
     async def catalog(self, node_id: str) -> ArtifactCatalog:
         """Every manifest of ``node_id`` in the store (other processes' included), read
-        once each: manifests are immutable, so only new keys are fetched."""
+        once each: manifests are immutable, so only new keys are fetched (this also completes
+        the partial catalog a read may have left, :mod:`~qmtl.runtime.io.artifact_read`)."""
         known = self._catalogs.get(node_id) or ArtifactCatalog(node_id)
         have = {e.manifest_key for e in known.entries}
         new = [k for k in await self.store.list(manifest_prefix(node_id)) if k not in have]
         if new:
-            documents = await asyncio.gather(*(self.store.get(k) for k in new))
-            entries = [
-                ArtifactEntry.from_manifest(_json(doc, key), key)
-                for doc, key in zip(documents, new, strict=True)
-            ]
-            known = ArtifactCatalog.of(node_id, [*known.entries, *entries])
+            entries = await load_entries(self.store, new)
+            # with whatever other tasks of this registrar cached meanwhile
+            known = merge_entries(node_id, self._catalogs.get(node_id), [*known.entries, *entries])
             self._catalogs[node_id] = known
         return known
 
@@ -169,7 +174,7 @@ class ArtifactRegistrar:
         catalog = await self.catalog(node_id)
         entries = catalog.visible(_as_of_ms(as_of))
         documents = await asyncio.gather(*(self.store.get(e.manifest_key) for e in entries))
-        return [_json(d, e.manifest_key) for d, e in zip(documents, entries, strict=True)]
+        return [parse_manifest(d, e.manifest_key) for d, e in zip(documents, entries, strict=True)]
 
     # -- publish ----------------------------------------------------------------------------
 
@@ -400,7 +405,7 @@ class ArtifactRegistrar:
             )
 
     async def _publication(self, entry: ArtifactEntry) -> ArtifactPublication:
-        manifest = _json(await self.store.get(entry.manifest_key), entry.manifest_key)
+        manifest = parse_manifest(await self.store.get(entry.manifest_key), entry.manifest_key)
         return ArtifactPublication(
             dataset_fingerprint=entry.dataset_fingerprint,
             as_of=entry.as_of,
@@ -419,80 +424,46 @@ class ArtifactRegistrar:
         self, node_id: str, interval: int, window: Range, *, as_of: str | int | None = None
     ) -> ArtifactView:
         """Which artifacts serve ``window`` as of ``as_of`` (nothing read but manifests)."""
-        return _view(self.store, await self.catalog(node_id), window, interval, as_of)
+        as_of_ms = _as_of_ms(as_of)
+        catalog = await covering_catalog(
+            self.store, self._catalogs, node_id, window, interval, as_of_ms, full=self.catalog
+        )
+        return artifact_view(self.store, catalog, window, interval, as_of_ms)
 
     async def read(
         self, node_id: str, interval: int, window: Range, *, as_of: str | int | None = None
     ) -> ArtifactRead:
-        """The bars of ``window`` as of ``as_of`` (ISO-8601 or epoch ms; ``None``: now)."""
+        """The bars of ``window`` as of ``as_of`` (ISO-8601 or epoch ms; ``None``: now): only
+        the manifests that serve it are read (:mod:`~qmtl.runtime.io.artifact_read`)."""
         check_interval(node_id, interval)
-        catalog = await self.catalog(node_id)
-        view = _view(self.store, catalog, window, interval, as_of)
-        plan = catalog.plan(window, _as_of_ms(as_of))
-        tables = await asyncio.gather(*(self._table(e) for e in view.entries))
-        by_key = {e.data_key: t for e, t in zip(view.entries, tables, strict=True)}
-        pieces = []
-        for part, entry in plan:
-            table = by_key[entry.data_key]
-            ts = table["ts"].to_numpy()
-            pieces.append(table.loc[(ts >= part.start) & (ts < part.end)])
-        frame = pd.concat(pieces, ignore_index=True) if pieces else empty_frame()
-        return ArtifactRead(frame, view)
+        as_of_ms = _as_of_ms(as_of)
+        catalog = await covering_catalog(
+            self.store, self._catalogs, node_id, window, interval, as_of_ms, full=self.catalog
+        )
+        plan = catalog.plan(window, as_of_ms)
+        view = artifact_view(self.store, catalog, window, interval, as_of_ms, plan)
+        return ArtifactRead(await self._table(plan), view)
 
-    async def _table(self, entry: ArtifactEntry) -> pd.DataFrame:
-        cached = self._tables.get(entry.data_key)
-        if cached is not None:
-            self._tables.move_to_end(entry.data_key)
-            return cached
-        try:
-            data = await self.store.get(entry.data_key)
-        except ArtifactNotFoundError as exc:
-            raise StorageError(
-                f"artifact data {self.store.uri_of(entry.data_key)} named by "
-                f"{entry.manifest_key} is missing"
-            ) from exc
-        table = await asyncio.to_thread(read_parquet_bars, data)
-        self._tables[entry.data_key] = table
+    async def _table(self, plan: list[tuple[Range, ArtifactEntry]]) -> pd.DataFrame:
+        """The bars of ``plan``: decoded files are cached (immutable, so never stale), the
+        rest fetched and decoded (:func:`~qmtl.runtime.io.artifact_read.read_frame`)."""
+        cached: dict[str, BarColumns] = {}
+        for _, entry in plan:
+            columns = self._tables.get(entry.data_key)
+            if columns is not None:
+                self._tables.move_to_end(entry.data_key)
+                cached[entry.data_key] = columns
+        frame, decoded = await read_frame(self.store, plan, cached)
+        self._tables.update(decoded)
         while len(self._tables) > _TABLE_CACHE:
             self._tables.popitem(last=False)
-        return table
+        return frame
 
     async def close(self) -> None:
         await self.store.close()
-
-
-def _view(
-    store: ArtifactStore,
-    catalog: ArtifactCatalog,
-    window: Range,
-    interval: int,
-    as_of: str | int | None,
-) -> ArtifactView:
-    as_of_ms = _as_of_ms(as_of)
-    entries = tuple(
-        sorted({e for _, e in catalog.plan(window, as_of_ms)}, key=lambda e: e.as_of_ms)
-    )
-    newest = entries[-1] if entries else None
-    return ArtifactView(
-        entries=entries,
-        missing=tuple(catalog.missing(window, interval, as_of_ms)),
-        as_of=None if newest is None else newest.as_of,
-        manifest_uri=None if newest is None else store.uri_of(newest.manifest_key),
-        artifacts=tuple(store.uri_of(e.data_key) for e in entries),
-    )
 
 
 def _as_of_ms(as_of: str | int | None) -> int | None:
     if as_of is None or isinstance(as_of, int):
         return as_of
     return as_of_to_ms(as_of)
-
-
-def _json(document: bytes, key: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(document)
-    except ValueError as exc:
-        raise ValueError(f"manifest {key}: not JSON ({exc})") from None
-    if not isinstance(parsed, dict):
-        raise ValueError(f"manifest {key}: not a JSON object")
-    return parsed

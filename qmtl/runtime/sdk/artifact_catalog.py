@@ -16,6 +16,7 @@ publication therefore never changes what an earlier ``as_of`` sees.
 from __future__ import annotations
 
 import json
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -184,7 +185,8 @@ class ArtifactCatalog:
         """The manifests published at or before ``as_of_ms`` (all when ``None``)."""
         if as_of_ms is None:
             return list(self.entries)
-        return [e for e in self.entries if e.as_of_ms <= as_of_ms]
+        # entries are sorted by as_of: the visible ones are a prefix
+        return list(self.entries[: bisect_right(self.entries, as_of_ms, key=lambda e: e.as_of_ms)])
 
     def by_fingerprint(self, fingerprint: str) -> ArtifactEntry | None:
         return next((e for e in self.entries if e.dataset_fingerprint == fingerprint), None)
@@ -196,15 +198,30 @@ class ArtifactCatalog:
     def plan(self, window: Range, as_of_ms: int | None = None) -> list[tuple[Range, ArtifactEntry]]:
         """Which artifact serves which part of ``window``: for each part, the newest visible
         artifact holding it; sorted by start. Parts no visible artifact holds are missing."""
-        uncovered = [window] if not window.empty else []
+        # The uncovered parts of the window: disjoint, sorted, as parallel bound lists, so
+        # each artifact finds the parts it overlaps by bisection (thousands of small
+        # artifacts cost no more than their count).
+        starts, ends = ([window.start], [window.end]) if not window.empty else ([], [])
         chosen: list[tuple[Range, ArtifactEntry]] = []
         for entry in reversed(self.visible(as_of_ms)):
-            if not uncovered:
+            if not starts:
                 break
-            pieces = [p for r in uncovered if (p := r.intersect(entry.range)) is not None]
-            if pieces:
-                chosen += [(p, entry) for p in pieces]
-                uncovered = subtract_ranges(uncovered, pieces)
+            first = bisect_right(ends, entry.start)  # parts ending after the entry starts
+            last = bisect_left(starts, entry.end)  # parts starting before the entry ends
+            if first >= last or entry.start >= entry.end:
+                continue
+            left_starts: list[int] = []
+            left_ends: list[int] = []
+            for start, end in zip(starts[first:last], ends[first:last], strict=True):
+                lo, hi = max(start, entry.start), min(end, entry.end)
+                chosen.append((Range(lo, hi), entry))
+                if start < lo:
+                    left_starts.append(start)
+                    left_ends.append(lo)
+                if hi < end:
+                    left_starts.append(hi)
+                    left_ends.append(end)
+            starts[first:last], ends[first:last] = left_starts, left_ends
         return sorted(chosen, key=lambda item: item[0].start)
 
     def missing(self, window: Range, interval: int, as_of_ms: int | None = None) -> list[Range]:

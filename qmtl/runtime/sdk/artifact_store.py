@@ -14,7 +14,10 @@ from __future__ import annotations
 import re
 from typing import Protocol, Self, runtime_checkable
 
-__all__ = ["MAX_KEY_BYTES", "ArtifactNotFoundError", "ArtifactStore", "check_key"]
+__all__ = ["MAX_KEY_BYTES", "ArtifactNotFoundError", "ArtifactStore", "Blob", "check_key"]
+
+Blob = bytes | memoryview
+"""What a store reads back: the bytes, or a read-only view of the store's own buffer."""
 
 #: S3 keys are at most 1024 bytes; local paths stay far below PATH_MAX with it.
 MAX_KEY_BYTES = 1024
@@ -66,8 +69,10 @@ class ArtifactStore(Protocol):
         ``True`` when created; ``False`` when ``key`` already existed (left untouched)."""
         ...
 
-    async def get(self, key: str) -> bytes:
-        """The bytes under ``key``; :class:`ArtifactNotFoundError` when there are none."""
+    async def get(self, key: str) -> Blob:
+        """The bytes under ``key`` (a read-only buffer: ``bytes`` or a ``memoryview`` of
+        the store's own memory, never copied); :class:`ArtifactNotFoundError` when there are
+        none."""
         ...
 
     async def list(self, prefix: str) -> list[str]:
