@@ -370,3 +370,18 @@ async def test_the_registrar_on_s3(s3_bucket: Any) -> None:
         assert len(full.frame) == 120 and [e.kind for e in full.view.entries] == ["compaction"]
         digest = hashlib.sha256(await store.get(full.view.entries[0].data_key)).hexdigest()
         assert digest == full.view.entries[0].data_sha256
+
+
+async def test_an_unreadable_manifest_is_a_store_failure_and_a_verify_finding(
+    tmp_path: Path,
+) -> None:
+    async with LocalArtifactStore(tmp_path) as store:
+        registrar = ArtifactRegistrar(store, clock=FakeClock(LATER))
+        one = await publish(registrar, bars(T0, T0 + 3600), Range(T0, T0 + 3600))
+        manifest = tmp_path / one.manifest_uri.removeprefix(f"file://{tmp_path}/")
+        manifest.write_bytes(b"{not json")
+        fresh = ArtifactRegistrar(store)
+        with pytest.raises(StorageError, match="not JSON"):
+            await fresh.catalog(NODE)
+        (problem,) = await verify(ArtifactRegistrar(store))
+    assert problem.manifest_key == "(catalog)" and "not JSON" in problem.problem

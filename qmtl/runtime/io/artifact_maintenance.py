@@ -25,6 +25,7 @@ from qmtl.runtime.io.artifact import ArtifactRegistrar
 from qmtl.runtime.io.artifact_files import read_parquet_bars
 from qmtl.runtime.sdk.artifact_store import ArtifactNotFoundError
 from qmtl.runtime.sdk.conformance import ConformanceReport
+from qmtl.runtime.sdk.errors import StorageError
 from qmtl.runtime.sdk.fingerprint import FingerprintMetadata, compute_fingerprint
 from qmtl.runtime.sdk.history_coverage import Range, merge_ranges
 from qmtl.runtime.sdk.node_id import parse_node_id
@@ -115,7 +116,11 @@ async def verify(registrar: ArtifactRegistrar, node_id: str | None = None) -> li
     nodes = [node_id] if node_id is not None else await registrar.nodes()
     problems: list[VerifyProblem] = []
     for node in nodes:
-        catalog = await registrar.catalog(node)
+        try:
+            catalog = await registrar.catalog(node)
+        except StorageError as exc:  # an unreadable manifest: a finding, not the end
+            problems.append(VerifyProblem(node, "(catalog)", str(exc)))
+            continue
         for entry in catalog.entries:
             problems += [
                 VerifyProblem(node, entry.manifest_key, p) for p in await _check(registrar, entry)

@@ -117,10 +117,13 @@ async def load_entries(store: ArtifactStore, keys: Sequence[str]) -> list[Artifa
         return lambda: store.get(key)
 
     documents = await _gather_bounded([getter(k) for k in keys], CONCURRENCY)
-    return [
-        ArtifactEntry.from_manifest(parse_manifest(doc, key), key)
-        for doc, key in zip(documents, keys, strict=True)
-    ]
+    try:
+        return [
+            ArtifactEntry.from_manifest(parse_manifest(doc, key), key)
+            for doc, key in zip(documents, keys, strict=True)
+        ]
+    except ValueError as exc:  # the store holds a manifest nobody can read: its problem
+        raise StorageError(f"artifact store {store.root_uri}: {exc}") from exc
 
 
 def as_of_stamp(as_of_ms: int) -> str:
