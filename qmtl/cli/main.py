@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         artifacts_cmd,
         backfill_cmd,
         config_cmd,
+        coordinator_cmd,
         coverage_cmd,
         demo_cmd,
         exchanges_cmd,
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         artifacts_cmd,
         config_cmd,
         exchanges_cmd,
+        coordinator_cmd,
     )
     for module in (*commands, simulator_cmd):
         module.register(subparsers)

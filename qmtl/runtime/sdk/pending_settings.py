@@ -39,7 +39,6 @@ PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
         "seamless.observability.storage_wait_warn_ms": _OPERATIONS,
         "seamless.observability.backfill_wait_warn_ms": _OPERATIONS,
         "environment.coordinator_url": _COORDINATOR,
-        "environment.coordinator_token": _COORDINATOR,
     }
 )
 
