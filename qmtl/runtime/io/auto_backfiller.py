@@ -35,6 +35,11 @@ Single flight: a batch never runs while an *overlapping* batch of the same node 
 process; its caller waits for that one, re-reads the ledger and fetches only what is still
 missing. Disjoint batches never wait on each other. Running batches are shielded from their
 callers' cancellation (a fetch that gives up under its SLA leaves the backfill running).
+
+Across processes: with a ``coordinator``, each batch first claims its lease (``lease_ms``,
+default ``seamless.backfill.distributed_lease_ttl_ms``); a batch another worker holds is not
+fetched and its outcome says so (``held``); an unreachable coordinator falls back to the
+in-process single flight above (:mod:`~qmtl.runtime.io.batch_leases`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qmtl.runtime.io.batch_leases import BatchLeases
 from qmtl.runtime.io.group_commit import GroupCommitter
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.backfill_types import BackfillReport, BatchOutcome
@@ -73,6 +79,7 @@ from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from qmtl.runtime.sdk.backfill_coordinator import BackfillCoordinator
     from qmtl.runtime.sdk.backfill_types import DataFetcher
     from qmtl.runtime.sdk.history_storage import HistoryStorage
 
@@ -126,7 +133,8 @@ class _Incomplete(Exception):
 
 
 class DataFetcherAutoBackfiller:
-    """Backfills missing ranges of any node from ``fetcher`` into ``storage``."""
+    """Backfills missing ranges of any node from ``fetcher`` into ``storage``; with a
+    ``coordinator``, only batches whose lease it grants (held ``lease_ms`` milliseconds)."""
 
     def __init__(
         self,
@@ -141,6 +149,8 @@ class DataFetcherAutoBackfiller:
         source: str = "ccxt",
         stabilization_bars: int = DEFAULT_STABILIZATION_BARS,
         on_batch: Callable[[str, BatchOutcome], None] | None = None,
+        coordinator: BackfillCoordinator | None = None,
+        lease_ms: int | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.storage = storage
@@ -158,6 +168,16 @@ class DataFetcherAutoBackfiller:
         self._claimed: dict[_NodeKey, int] = {}
         self._completed: dict[_NodeKey, int] = {}
         self._storage_failure: StorageError | None = None
+        self.coordinator = coordinator
+        self._leases = (
+            None
+            if coordinator is None
+            else BatchLeases(
+                coordinator,
+                lease_ms=self.config.distributed_lease_ttl_ms if lease_ms is None else lease_ms,
+                clock=self.clock,
+            )
+        )
 
     async def backfill(
         self, node_id: str, interval: int, ranges: Sequence[Range]
@@ -222,7 +242,7 @@ class DataFetcherAutoBackfiller:
                 return [BatchOutcome(batch, attempts=0, shared=True)]
             groups = [await self._single_flight(node_id, interval, r, started) for r in rest]
             return [o for group in groups for o in group]
-        task = asyncio.create_task(self._attempts(node_id, interval, batch, started))
+        task = asyncio.create_task(self._leased(node_id, interval, batch, started))
         table[batch] = task
         task.add_done_callback(lambda _t: self._forget(node_key, batch, task))
         return [await asyncio.shield(task)]
@@ -235,6 +255,15 @@ class DataFetcherAutoBackfiller:
                 del self._inflight[node_key]
         if self.on_batch is not None and not task.cancelled() and task.exception() is None:
             self.on_batch(node_key[0], task.result())
+
+    async def _leased(
+        self, node_id: str, interval: int, batch: Range, started: float
+    ) -> BatchOutcome:
+        if self._leases is None:
+            return await self._attempts(node_id, interval, batch, started)
+        return await self._leases.run(
+            node_id, interval, batch, lambda: self._attempts(node_id, interval, batch, started)
+        )
 
     # -- attempts -----------------------------------------------------------------------------
 

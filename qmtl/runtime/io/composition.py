@@ -111,10 +111,23 @@ def build_provider(
 ) -> EnhancedQuestDBProvider:
     """The provider of ``config``: its store, one fetcher per exchange behind an
     :class:`ExchangeRouter`, its SLA, backfill and conformance settings; ``strategy`` wins
-    over ``seamless.strategy``. Opens nothing yet (safe before ``asyncio.run``)."""
+    over ``seamless.strategy``; with ``environment.coordinator_url``, a
+    :class:`~qmtl.runtime.io.coordinator_client.DistributedBackfillCoordinator` its batches
+    claim their leases from. Opens nothing yet (safe before ``asyncio.run``)."""
     from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider, ExchangeRouter
 
     router = ExchangeRouter(build_fetchers(config, clock=clock, metrics=metrics))
+    environment = config.environment
+    coordinator = None
+    if environment.coordinator_url:
+        from qmtl.runtime.io.coordinator_client import DistributedBackfillCoordinator
+
+        coordinator = DistributedBackfillCoordinator(
+            environment.coordinator_url,
+            token=environment.coordinator_token,
+            worker_id=environment.worker_id,
+            clock=clock,
+        )
     registrar = build_registrar(
         config.seamless.artifact,
         worker_id=config.environment.worker_id,
@@ -124,6 +137,7 @@ def build_provider(
     return EnhancedQuestDBProvider(
         fetcher=router,
         registrar=registrar,
+        coordinator=coordinator,
         strategy=strategy or config.seamless.strategy,
         config=config,
         clock=clock,

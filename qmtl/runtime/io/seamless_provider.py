@@ -66,7 +66,8 @@ class ExchangeRouter:
 
 class EnhancedQuestDBProvider(SeamlessDataProvider):
     """Storage by DSN + ccxt backfill + the engine. ``async with`` it, or ``await aclose()``
-    to stop background backfills and close the fetcher and the store."""
+    to stop background backfills and close the fetcher, the store and the ``coordinator``
+    (its batches claim their leases from it: :mod:`~qmtl.runtime.io.batch_leases`)."""
 
     def __init__(
         self,
@@ -111,6 +112,10 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
             metrics=metrics,
             stabilization_bars=(
                 settings.artifact.stabilization_bars if settings else DEFAULT_STABILIZATION_BARS
+            ),
+            coordinator=coordinator,
+            lease_ms=(
+                backfill_config.distributed_lease_ttl_ms if backfill_config is not None else None
             ),
         )
         self.auto_backfiller = backfiller
@@ -160,6 +165,9 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
     async def aclose(self) -> None:
         await super().aclose()
         await self.auto_backfiller.aclose()  # before the client closes under its batches
+        close_coordinator = getattr(self.coordinator, "aclose", None)
+        if close_coordinator is not None:
+            await close_coordinator()
         close = getattr(self.fetcher, "aclose", None)
         if close is not None:
             await close()

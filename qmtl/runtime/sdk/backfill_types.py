@@ -56,7 +56,9 @@ class DataFetcher(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
-    """What became of one batch: rows stored and ranges established, or the final error."""
+    """What became of one batch: rows stored and ranges established, or the final error.
+    ``held``: another worker's live coordinator lease holds the batch, so it was not fetched
+    (``attempts == 0``, ``error`` says so) and stays *missing*; a later pass asks again."""
 
     batch: Range
     attempts: int
@@ -66,6 +68,7 @@ class BatchOutcome:
     error: str | None = None
     conformance: ConformanceReport | None = None
     shared: bool = False  # another caller's batch covered it (single flight)
+    held: bool = False  # another worker's lease holds it: not fetched, still missing
 
     @property
     def ok(self) -> bool:

@@ -29,7 +29,6 @@ PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
     {
         "seamless.backfill.mode": _ARTIFACTS,
         "seamless.backfill.single_flight_ttl_ms": _COORDINATOR,
-        "seamless.backfill.distributed_lease_ttl_ms": _COORDINATOR,
         "seamless.live.ws.enabled": _LIVE,
         "seamless.live.ws.reconnect_backoff_ms": _LIVE,
         "seamless.live.ws.dedupe_by": _LIVE,
@@ -38,7 +37,6 @@ PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
         "seamless.observability.backfill_completion_ratio_min": _OPERATIONS,
         "seamless.observability.storage_wait_warn_ms": _OPERATIONS,
         "seamless.observability.backfill_wait_warn_ms": _OPERATIONS,
-        "environment.coordinator_url": _COORDINATOR,
     }
 )
 
@@ -46,8 +44,6 @@ PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
 #: accepted and refused (or ignored, as documented) until the capability lands.
 PENDING_PARAMETERS: Mapping[str, str] = MappingProxyType(
     {
-        "SeamlessDataProvider.coordinator": _COORDINATOR,
-        "EnhancedQuestDBProvider.coordinator": _COORDINATOR,
         "CcxtBackfillConfig.symbols": _COORDINATOR,
         "CcxtBackfillConfig.timeframe": _COORDINATOR,
     }

@@ -83,9 +83,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: What each constructor argument already in the signature waits for.
-_NOT_YET = {"coordinator": "the distributed backfill coordinator"}
-
 _UNBOUNDED_SLA = SLAPolicy(
     max_wait_storage_ms=None,
     max_wait_backfill_ms=None,
@@ -132,8 +129,6 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
         except ValueError:
             valid = ", ".join(s.value for s in DataAvailabilityStrategy)
             raise ValueError(f"strategy must be one of {valid}, got {strategy!r}") from None
-        if coordinator is not None:  # in the signature already; refused until it is built
-            raise ValueError(f"coordinator: {_NOT_YET['coordinator']} is not available yet")
         if early_fingerprint and not getattr(registrar, "early_fingerprint", False):
             raise ValueError(
                 "early_fingerprint: the registrar records preview fingerprints; give one "
@@ -141,6 +136,8 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
             )
         self.storage = storage
         self.backfiller = backfiller
+        # The backfiller claims its batches from it; kept here to say which one is in use.
+        self.coordinator = coordinator
         self.live_feed = live_feed
         self.conformance = conformance or ConformancePipeline()
         self.sla = sla
