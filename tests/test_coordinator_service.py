@@ -318,7 +318,7 @@ def test_cli_serves_until_interrupted(tmp_path: Path) -> None:
             with urllib.request.urlopen(request, timeout=5) as resp:
                 assert resp.status == 200
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=10)
+            _, err = proc.communicate(timeout=30)
             assert proc.returncode == 0, err
             assert (tmp_path / "leases.db").exists()
         finally:

@@ -56,7 +56,7 @@ class CoordinatorServer:
         if self._runner is not None:
             return
         await self.store.open()
-        runner = web.AppRunner(self.app, access_log=None)
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)  # Ctrl-C is prompt
         try:
             await runner.setup()
             site = web.TCPSite(runner, self.host, self._requested_port)
