@@ -364,3 +364,25 @@ async def test_a_provider_without_coordinator_url_has_none(tmp_path: Path) -> No
         assert provider.auto_backfiller.coordinator is None
     finally:
         await provider.aclose()
+
+
+async def test_a_window_a_worker_on_the_same_store_filled_is_not_fetched_again(
+    tmp_path: Path,
+) -> None:
+    """The coordinator grants a completed window again (for workers with stores of their
+    own); a worker on the *same* store asks the store first, completes the lease and fetches
+    nothing. (Worker B planned the window before worker A filled it.)"""
+    from qmtl.runtime.io import DataFetcherAutoBackfiller, InMemoryBackfillCoordinator
+    from qmtl.runtime.io.storage import open_storage
+    from tests.fetchers import ScriptedFetcher
+
+    node, window = "ohlcv:binance:BTC/USDT:1m", Range(1_704_067_200, 1_704_067_200 + 3600)
+    coordinator = InMemoryBackfillCoordinator()
+    fetcher = ScriptedFetcher()
+    async with open_storage(f"duckdb:///{tmp_path / 'shared.duckdb'}") as store:
+        first = DataFetcherAutoBackfiller(fetcher, store, coordinator=coordinator, lease_ms=60_000)
+        second = DataFetcherAutoBackfiller(fetcher, store, coordinator=coordinator, lease_ms=60_000)
+        assert not (await first.backfill(node, 60, [window])).failed
+        report = await second.backfill(node, 60, [window])
+    assert fetcher.calls == [(window.start, window.end)]  # fetched once, by the first worker
+    assert [o.shared for o in report.outcomes] == [True] and not report.failed

@@ -224,7 +224,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description=(__doc__ or "").replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--days", type=int, default=3, help="days of 1m bars per symbol")
+    parser.add_argument(
+        "--days", type=int, help="days of bars per symbol (default 3; 1 with --cluster)"
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a local cluster instead: throwaway PostgreSQL and Redis, the coordinator and "
+        "4 workers filling 20 nodes",
+    )
     parser.add_argument(
         "--dir",
         type=Path,
@@ -244,6 +252,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return _run_cluster(args)
+    if args.days is None:
+        args.days = 3
     if not 1 <= args.days <= 365:
         raise ValueError(f"--days must be within 1..365, got {args.days}")
     dsn = None if args.dsn is None else StorageConfig(dsn=args.dsn).dsn  # checked up front
@@ -255,3 +267,20 @@ def _run(args: argparse.Namespace) -> int:
         print_json(result)
     complete = all(not n["missing"] for n in result["nodes"])
     return 0 if complete else 1
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    from qmtl.cli.demo_cluster import print_cluster, run_cluster
+
+    if args.dsn is not None or args.artifacts is not None:
+        raise ValueError("--cluster runs its own PostgreSQL: drop --dsn and --artifacts")
+    days = 1 if args.days is None else args.days
+    if not 1 <= days <= 30:
+        raise ValueError(f"--days must be within 1..30 with --cluster, got {days}")
+    result = asyncio.run(run_cluster(days, quiet=args.json))
+    if args.json:
+        print_json(result)
+    else:
+        print_cluster(result)
+    ok = all(w["exit"] == 0 for w in result["workers"])
+    return 0 if ok and all(n["complete"] for n in result["nodes"]) else 1

@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         fetch_cmd,
         list_cmd,
         simulator_cmd,
+        worker_cmd,
     )
 
     parser = _Parser(
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         config_cmd,
         exchanges_cmd,
         coordinator_cmd,
+        worker_cmd,
     )
     for module in (*commands, simulator_cmd):
         module.register(subparsers)

@@ -262,8 +262,17 @@ class DataFetcherAutoBackfiller:
         if self._leases is None:
             return await self._attempts(node_id, interval, batch, started)
         return await self._leases.run(
-            node_id, interval, batch, lambda: self._attempts(node_id, interval, batch, started)
+            node_id,
+            interval,
+            batch,
+            lambda: self._attempts(node_id, interval, batch, started),
+            filled=lambda: self._filled(node_id, interval, batch),
         )
+
+    async def _filled(self, node_id: str, interval: int, batch: Range) -> bool:
+        """Whether the store already covers ``batch`` (another worker on it filled it)."""
+        ledger = await self.storage.read_ledger(node_id, interval)
+        return not compute_missing_ranges(ledger, batch.start, batch.end, interval)
 
     # -- attempts -----------------------------------------------------------------------------
 

@@ -3,7 +3,11 @@
 Before a batch is fetched, its lease key ``{node_id}:{interval}:{start}:{end}::`` (no world,
 no ``as_of``: the hot store is shared by every world) is claimed from the coordinator:
 
-- granted: the batch runs; a background task heartbeats the lease every ``lease_ms / 3``
+- granted: the store is asked first whether the batch is still missing — a worker sharing
+  this store may have filled it between this pass's ledger read and the claim (the
+  coordinator grants a completed window again, for workers with stores of their own); if
+  it is filled, the lease is completed at once and nothing is fetched. Otherwise the batch
+  runs; a background task heartbeats the lease every ``lease_ms / 3``
   while it does (cancelled when the batch ends); then the lease is completed, or failed with
   the outcome's error when the batch failed for good (it may be claimed again at once). A
   batch cancelled in flight (the provider closing) fails its lease too, so that another
@@ -78,8 +82,11 @@ class BatchLeases:
         interval: int,
         batch: Range,
         work: Callable[[], Awaitable[BatchOutcome]],
+        *,
+        filled: Callable[[], Awaitable[bool]] | None = None,
     ) -> BatchOutcome:
-        """``work()`` under the batch's lease, or the outcome of a batch not fetched."""
+        """``work()`` under the batch's lease, or the outcome of a batch not fetched
+        (``filled()`` says the store covers it already: module docstring)."""
         key = batch_lease_key(node_id, interval, batch)
         try:
             lease = await self.coordinator.claim(key, self.lease_ms)
@@ -96,6 +103,9 @@ class BatchLeases:
         self._outage = False
         if lease is None:
             return BatchOutcome(batch, attempts=0, error=HELD_ERROR, held=True)
+        if filled is not None and await filled():
+            await self._settle(lease, None)
+            return BatchOutcome(batch, attempts=0, shared=True)
         held = [lease]
         beat = asyncio.create_task(self._heartbeat(held))
         try:

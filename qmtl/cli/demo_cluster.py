@@ -1,0 +1,202 @@
+"""``qmtl-seamless demo --cluster``: a whole cluster on one machine, then torn down.
+
+Starts a throwaway PostgreSQL (the shared hot store and the coordinator's lease store) and
+Redis (the shared rate-limit budget), the exchange simulator in this process on a real port,
+``qmtl-seamless coordinator serve`` and :data:`WORKERS` ``qmtl-seamless worker`` processes
+sharing one configuration: 10 symbols × 2 timeframes (1m, 5m) of closed bars over the last
+``days`` days. Shows each worker's progress lines prefixed with its name, then the lease
+states the coordinator reports, how often each klines window was requested (once each, when
+the leases did their job), and the final coverage as ``qmtl-seamless list`` reports it for
+the PostgreSQL store. Everything it started is stopped before it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+
+from qmtl.cli._common import console, number_table
+from qmtl.runtime.sdk.node_id import format_node_id, parse_node_id
+from qmtl.runtime.sdk.timestamps import format_iso
+from qmtl.services.exchange_sim import Scenario, run_simulator
+from qmtl.testing.servers import PostgresServer, RedisServer
+
+__all__ = ["SYMBOLS", "TIMEFRAMES", "WORKERS", "run_cluster"]
+
+SYMBOLS: Final = (
+    "BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "ADA/USDT",
+    "DOGE/USDT", "BNB/USDT", "LTC/USDT", "DOT/USDT", "AVAX/USDT",
+)  # fmt: skip
+TIMEFRAMES: Final = ("1m", "5m")
+WORKERS: Final = 4
+_CLI: Final = (sys.executable, "-m", "qmtl.cli.main")
+_ALIGN: Final = 300  # the window ends on a bar boundary of every timeframe
+
+
+def _config(sim: str, coordinator: str, redis: str) -> str:
+    return (
+        "exchanges:\n"
+        "  binance:\n"
+        f"    symbols: [{', '.join(SYMBOLS)}]\n"
+        f"    timeframes: [{', '.join(TIMEFRAMES)}]\n"
+        f"    urls: {{rest: '{sim}'}}\n"
+        "seamless:\n"
+        f"  rate_limit: {{redis_dsn: '{redis}'}}\n"
+        "  backfill: {distributed_lease_ttl_ms: 10000}\n"
+        "environment:\n"
+        f"  coordinator_url: '{coordinator}'\n"
+    )
+
+
+async def _echo(name: str, stream: asyncio.StreamReader, lines: list[str], quiet: bool) -> None:
+    while line := await stream.readline():
+        text = line.decode(errors="replace").rstrip()
+        lines.append(text)
+        if not quiet:  # progress lines name their worker; anything else gets its name
+            shown = text if text.startswith(f"worker {name}: ") else f"[{name}] {text}"
+            print(shown, file=sys.stderr, flush=True)
+
+
+async def _collect(name: str, proc: asyncio.subprocess.Process, quiet: bool) -> dict[str, Any]:
+    """One worker's exit code, JSON summary and progress lines (echoed as they come)."""
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    lines: list[str] = []
+    out, _ = await asyncio.gather(proc.stdout.read(), _echo(name, proc.stderr, lines, quiet))
+    code = await proc.wait()
+    summary = json.loads(out) if code in (0, 1) and out.strip() else None
+    return {"worker": name, "exit": code, "summary": summary, "progress_lines": len(lines)}
+
+
+async def _lease_states(coordinator: str, nodes: list[str]) -> Counter[str]:
+    states: Counter[str] = Counter()
+    async with aiohttp.ClientSession() as session:
+        for node in nodes:
+            url = f"{coordinator}/v1/leases/inspect"
+            params = {"prefix": f"{node}:", "limit": "1000"}
+            async with session.get(url, params=params) as response:
+                body = await response.json()
+            states.update(str(lease["state"]) for lease in body["leases"])
+    return states
+
+
+async def _cluster(days: int, pg: str, redis: str, tmp: Path, quiet: bool) -> dict[str, Any]:
+    now = int(time.time())
+    end = now - now % _ALIGN
+    start = end - days * 86_400
+    nodes = [format_node_id("binance", s, tf) for s in SYMBOLS for tf in TIMEFRAMES]
+    scenario = Scenario.from_dict({"seed": 7, "latency_ms": 5, "symbols": {s: {} for s in SYMBOLS}})
+    async with run_simulator(scenario) as sim:
+        coordinator = await asyncio.create_subprocess_exec(
+            *_CLI, "coordinator", "serve", "--dsn", pg, "--port", "0",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            assert coordinator.stdout is not None
+            first = (await asyncio.wait_for(coordinator.stdout.readline(), 30)).decode().strip()
+            if not first.startswith("coordinator: "):
+                raise ConnectionError(f"the coordinator did not start: {first!r}")
+            url = first.removeprefix("coordinator: ")
+            config = tmp / "cluster.yaml"
+            await asyncio.to_thread(config.write_text, _config(sim.base_url, url, redis))
+            if not quiet:
+                print(
+                    f"cluster: simulator {sim.base_url}, coordinator {url}, store {pg}, "
+                    f"redis {redis}\n{WORKERS} workers x {len(nodes)} nodes, "
+                    f"[{format_iso(start)}, {format_iso(end)})",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+            started = time.perf_counter()
+            workers = []
+            for i in range(WORKERS):
+                name = f"worker-{i + 1}"
+                proc = await asyncio.create_subprocess_exec(
+                    *_CLI, "worker", "--config", str(config), "--dsn", pg, "--start", str(start),
+                    "--end", str(end), "--poll-s", "0.5", "--json",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    env={**os.environ, "QMTL_SEAMLESS_WORKER": name},
+                )  # fmt: skip
+                workers.append((name, proc))
+            results = await asyncio.gather(*(_collect(n, p, quiet) for n, p in workers))
+            seconds = time.perf_counter() - started
+            states = await _lease_states(url, nodes)
+        finally:
+            if coordinator.returncode is None:
+                coordinator.terminate()
+            await coordinator.wait()
+        windows = Counter((k.symbol, k.interval, k.start_time) for k in sim.request_log.klines)
+        statuses = sim.request_log.statuses()
+    listing = await asyncio.create_subprocess_exec(
+        *_CLI, "list", "--dsn", pg, "--json", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    listed, _ = await listing.communicate()
+    stored = {(n["node_id"], n["interval"]): n for n in json.loads(listed)["nodes"]}
+    coverage = []
+    for node in nodes:
+        interval = parse_node_id(node).interval
+        entry = stored.get((node, interval), {})
+        complete = (
+            entry.get("missing_bars") == 0
+            and entry.get("first_bar") == start
+            and entry.get("last_bar") == end - interval
+        )
+        coverage.append(
+            {"node_id": node, "stored_bars": entry.get("stored_bars", 0),
+             "expected_bars": (end - start) // interval, "complete": complete}
+        )  # fmt: skip
+    return {
+        "window": [start, end],
+        "seconds": round(seconds, 3),
+        "workers": results,
+        "leases": dict(states),
+        "klines_requests": sum(windows.values()),
+        "klines_windows_fetched_twice": sum(1 for n in windows.values() if n > 1),
+        "http_429": statuses.get(429, 0),
+        "nodes": coverage,
+    }
+
+
+async def run_cluster(days: int, *, quiet: bool = False) -> dict[str, Any]:
+    """Start the cluster, let the workers fill ``days`` days, report, stop everything."""
+    tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="qmtl-cluster-"))
+    pg_server = PostgresServer()
+    redis_server = RedisServer()
+    try:
+        await asyncio.to_thread(pg_server.start)
+        await asyncio.to_thread(redis_server.start)
+        return await _cluster(days, pg_server.dsn, redis_server.dsn, tmp, quiet)
+    finally:
+        await asyncio.to_thread(redis_server.close)
+        await asyncio.to_thread(pg_server.close)
+
+
+def print_cluster(result: dict[str, Any]) -> None:
+    """The human report of :func:`run_cluster` (stdout)."""
+    console.print(
+        f"{len(result['workers'])} workers in {result['seconds']} s: "
+        + ", ".join(f"{w['worker']} exit {w['exit']}" for w in result["workers"]),
+        soft_wrap=True,
+    )
+    leases = ", ".join(f"{k} {v}" for k, v in sorted(result["leases"].items())) or "none"
+    console.print(f"leases at the coordinator: {leases}")
+    console.print(
+        f"{result['klines_requests']} klines requests, "
+        f"{result['klines_windows_fetched_twice']} windows fetched twice, "
+        f"{result['http_429']} answers 429"
+    )
+    rows = [
+        (n["node_id"], f"{n['stored_bars']:,}", f"{n['expected_bars']:,}",
+         "yes" if n["complete"] else "NO")
+        for n in result["nodes"]
+    ]  # fmt: skip
+    console.print(number_table("coverage (list)", "node", ("stored", "expected", "complete"), rows))

@@ -1,0 +1,195 @@
+"""``qmtl-seamless worker`` processes against real servers: one simulator (in this process, on
+a real port, so its request log is readable), one coordinator (a subprocess), one PostgreSQL
+hot store and one Redis budget. Many workers fetch every window exactly once; a worker killed
+mid-lease loses its window to another worker once the lease expires."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from qmtl.runtime.io.storage import open_storage
+from qmtl.runtime.sdk.history_coverage import compute_missing_ranges
+from qmtl.runtime.sdk.lease_rules import parse_lease_key
+from qmtl.runtime.sdk.node_id import format_node_id, parse_node_id
+from qmtl.services.exchange_sim import Scenario, run_simulator
+from tests.cli_rig import one_error_line
+
+SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+TIMEFRAMES = ("1m", "5m")
+START, END = 1_706_745_600, 1_706_745_600 + 2 * 86_400  # 2024-02-01 .. 2024-02-03
+CLI = [sys.executable, "-m", "qmtl.cli.main"]
+
+
+def _scenario(latency_ms: float) -> Scenario:
+    return Scenario.from_dict(
+        {"seed": 7, "latency_ms": latency_ms, "symbols": {s: {} for s in SYMBOLS}}
+    )
+
+
+def _config(tmp: Path, *, sim: str, coordinator: str, redis: str, ttl_ms: int = 120_000) -> Path:
+    path = tmp / f"worker-{ttl_ms}.yaml"
+    path.write_text(
+        "exchanges:\n"
+        "  binance:\n"
+        f"    symbols: [{', '.join(SYMBOLS)}]\n"
+        f"    timeframes: [{', '.join(TIMEFRAMES)}]\n"
+        f"    urls: {{rest: '{sim}'}}\n"
+        "seamless:\n"
+        f"  rate_limit: {{redis_dsn: '{redis}'}}\n"
+        f"  backfill: {{distributed_lease_ttl_ms: {ttl_ms}}}\n"
+        "environment:\n"
+        f"  coordinator_url: '{coordinator}'\n"
+    )
+    return path
+
+
+@asynccontextmanager
+async def _coordinator(tmp: Path) -> AsyncIterator[str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "coordinator", "serve", "--dsn", f"sqlite:///{tmp / 'leases.db'}", "--port", "0",
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
+        assert line.startswith("coordinator: http://"), line
+        yield line.removeprefix("coordinator: ")
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def _worker(config: Path, dsn: str, name: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "QMTL_SEAMLESS_WORKER": name}
+    return await asyncio.create_subprocess_exec(
+        *CLI, "worker", "--config", str(config), "--dsn", dsn, "--start", str(START),
+        "--end", str(END), "--poll-s", "0.2", "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+
+
+async def _inspect(coordinator: str) -> list[dict[str, object]]:
+    async with aiohttp.ClientSession() as session:
+        url = f"{coordinator}/v1/leases/inspect?prefix=ohlcv&limit=1000"
+        async with session.get(url) as response:
+            body = await response.json()
+    leases: list[dict[str, object]] = body["leases"]
+    return leases
+
+
+async def _assert_complete(dsn: str) -> None:
+    store = open_storage(dsn)
+    try:
+        listed = {(n.node_id, n.interval) for n in await store.list_nodes()}
+        for symbol in SYMBOLS:
+            for tf in TIMEFRAMES:
+                node = format_node_id("binance", symbol, tf)
+                interval = parse_node_id(node).interval
+                assert (node, interval) in listed
+                ledger = await store.read_ledger(node, interval)
+                assert compute_missing_ranges(ledger, START, END, interval) == [], node
+    finally:
+        await store.close()
+
+
+def _klines_windows(sim_log: object) -> Counter[tuple[str | None, str | None, int | None]]:
+    return Counter((k.symbol, k.interval, k.start_time) for k in sim_log.klines)  # type: ignore[attr-defined]
+
+
+def test_worker_without_a_coordinator_is_a_usage_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("exchanges:\n  binance: {symbols: [BTC/USDT], timeframes: [1m]}\n")
+    env = {k: v for k, v in os.environ.items() if k != "QMTL_SEAMLESS_COORDINATOR_URL"}
+    done = subprocess.run(
+        [*CLI, "worker", "--config", str(config), "--days", "1"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    line = one_error_line(done.stderr, "worker")
+    assert "worker needs a coordinator: set environment.coordinator_url or " in line
+
+
+@pytest.mark.slow
+async def test_four_workers_fetch_every_window_exactly_once(
+    tmp_path: Path, postgres_dsn: str, redis_dsn: str
+) -> None:
+    async with run_simulator(_scenario(latency_ms=20)) as sim, _coordinator(tmp_path) as coord:
+        config = _config(tmp_path, sim=sim.base_url, coordinator=coord, redis=redis_dsn)
+        procs = [await _worker(config, postgres_dsn, f"w{i}") for i in range(4)]
+        results = [await asyncio.wait_for(p.communicate(), 90) for p in procs]
+        for proc, (out, err) in zip(procs, results, strict=True):
+            assert proc.returncode == 0, err.decode()
+            summary = json.loads(out)
+            assert len(summary["nodes"]) == len(SYMBOLS) * len(TIMEFRAMES)
+            assert all(n["missing"] == 0 for n in summary["nodes"]), summary
+            assert f"worker {summary['worker']}: " in err.decode()
+        windows = _klines_windows(sim.request_log)
+        assert windows, "nothing was fetched"
+        twice = {w: n for w, n in windows.items() if n != 1}
+        assert not twice, f"windows fetched more than once: {twice}"
+        assert sim.request_log.count(status=429) == 0
+        assert sim.request_log.count(status=418) == 0
+        states = Counter(str(lease["state"]) for lease in await _inspect(coord))
+        assert set(states) == {"completed"}, states
+    await _assert_complete(postgres_dsn)
+
+
+@pytest.mark.slow
+async def test_a_killed_workers_window_is_fetched_again_after_its_lease_expires(
+    tmp_path: Path, postgres_dsn: str, redis_dsn: str
+) -> None:
+    async with run_simulator(_scenario(latency_ms=4000)) as sim, _coordinator(tmp_path) as coord:
+        config = _config(tmp_path, sim=sim.base_url, coordinator=coord, redis=redis_dsn,
+                         ttl_ms=2000)  # fmt: skip
+        first = await _worker(config, postgres_dsn, "doomed")
+        held: list[dict[str, object]] = []
+        for _ in range(200):
+            held = [x for x in await _inspect(coord) if x["state"] == "held"]
+            if held:
+                break
+            await asyncio.sleep(0.05)
+        assert held, "the first worker never held a lease"
+        first.send_signal(signal.SIGKILL)
+        await first.communicate()
+        key = parse_lease_key(str(held[0]["key"]))
+        window = ("".join(parse_node_id(key.node_id).symbol.split("/")),
+                  parse_node_id(key.node_id).timeframe, key.start * 1000)  # fmt: skip
+        before = _klines_windows(sim.request_log)[window]
+        sim.set_scenario(_scenario(latency_ms=0))
+        second = await _worker(config, postgres_dsn, "rescuer")
+        out, err = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 0, err.decode()
+        assert all(n["missing"] == 0 for n in json.loads(out)["nodes"])
+        assert _klines_windows(sim.request_log)[window] == before + 1
+        after = {str(x["key"]): x for x in await _inspect(coord)}
+        assert after[str(held[0]["key"])]["state"] == "completed"
+        assert after[str(held[0]["key"])]["held_by"] != held[0]["held_by"]
+    await _assert_complete(postgres_dsn)
+
+
+@pytest.mark.slow
+def test_demo_cluster_fills_every_node_with_four_workers() -> None:
+    done = subprocess.run(
+        [*CLI, "demo", "--cluster", "--days", "1", "--json"],
+        capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [w["exit"] for w in result["workers"]] == [0, 0, 0, 0]
+    assert len(result["nodes"]) == 20
+    assert all(n["complete"] for n in result["nodes"]), result["nodes"]
+    assert result["klines_windows_fetched_twice"] == 0
+    assert result["http_429"] == 0
+    assert set(result["leases"]) == {"completed"}
