@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
 from typing import Any
 
@@ -58,7 +60,15 @@ async def serve(
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until ``stop`` is set (forever when ``None``); ``started`` is set once bound."""
+    """Serve until ``stop`` is set, or SIGINT / SIGTERM arrives (a service manager stops it
+    with SIGTERM: leases in flight are answered, then the store is closed); ``started`` is
+    set once bound. The handlers are installed explicitly: a process started with SIGINT
+    ignored (as under some supervisors) would otherwise never stop on Ctrl-C."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
     server = CoordinatorServer(
         open_lease_store(dsn), metrics=default_metrics(), host=host, port=port, token=token
     )
@@ -67,7 +77,7 @@ async def serve(
         print(f"coordinator: {server.base_url}", flush=True)
         if started is not None:
             started.set()
-        await (stop or asyncio.Event()).wait()
+        await stop.wait()
     finally:
         await server.stop()
 
@@ -77,8 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be within 0..65535, got {args.port}")
     open_lease_store(args.dsn)  # a bad DSN is a one-line usage error before anything starts
     token = settings(args).environment.coordinator_token
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
         asyncio.run(serve(args.dsn, host=args.host, port=args.port, token=token))
-    except KeyboardInterrupt:
-        print("coordinator stopped", file=sys.stderr)
+    print("coordinator stopped", file=sys.stderr)
     return 0

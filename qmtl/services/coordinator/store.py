@@ -147,6 +147,9 @@ class SQLiteLeaseStore:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 5000")
             conn.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: a commit no longer syncs the log; a power loss may drop the last
+            # transactions but never corrupts the file (a lost grant is a lease re-claimed).
+            conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(_SCHEMA_SQL)
             conn.execute(_INDEX_SQL)
         except sqlite3.Error as exc:
