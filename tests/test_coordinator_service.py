@@ -356,3 +356,23 @@ def test_the_coordinator_stops_gracefully_on_sigterm_and_on_an_ignored_sigint(
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
+
+
+async def test_concurrent_claims_each_grant_a_key_once_on_either_store(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    """200 claims of 20 keys at once on one coordinator: SQLite applies them in batched
+    transactions, PostgreSQL under row locks; either way one grant per key, in order."""
+    server, metrics = await start()
+
+    async def claim(i: int) -> tuple[int, str]:
+        status, _ = await call(
+            http, server, "/v1/leases/claim", {"key": key(i % 20), "lease_ms": 60_000}
+        )
+        return status, key(i % 20)
+
+    results = await asyncio.gather(*(claim(i) for i in range(200)))
+    granted = [k for status, k in results if status == 200]
+    assert sorted(granted) == sorted(key(i) for i in range(20))
+    assert all(status in (200, 409) for status, _ in results)
+    assert count(metrics, "claim") == 20

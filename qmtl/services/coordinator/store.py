@@ -22,6 +22,7 @@ Keys and values are bound as parameters, never spliced into SQL. The schema is c
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import sqlite3
 import time
@@ -132,6 +133,8 @@ class SQLiteLeaseStore:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        self._pending: list[_Queued] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteLeaseStore({str(self.path)!r})"
@@ -175,8 +178,65 @@ class SQLiteLeaseStore:
     async def apply(
         self, key: str, node_id: str, decide: Callable[[LeaseRecord | None, int], _O]
     ) -> Applied[_O]:
-        def work(conn: sqlite3.Connection) -> Applied[_O]:
-            conn.execute("BEGIN IMMEDIATE")
+        """Queue the decision; decisions queued while one batch runs are applied together,
+        in order, in one ``BEGIN IMMEDIATE`` transaction and one thread hop (each sees the
+        writes of those before it). One hop and one commit per batch instead of per
+        request is what lets one writer keep up with many clients."""
+        future: asyncio.Future[Applied[Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append((key, node_id, decide, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        applied: Applied[_O] = await future
+        return applied
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            items = [(key, node, decide) for key, node, decide, _ in batch]
+            try:
+                results = await self._call(functools.partial(_apply_batch, items=items))
+            except BaseException as exc:  # the store failed: every request of the batch did
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (*_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue  # its caller gave up (the decision stands: it was applied)
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def inspect(self, prefix: str, limit: int) -> list[LeaseRecord]:
+        def work(conn: sqlite3.Connection) -> list[LeaseRecord]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM {_TABLE} WHERE substr(lease_key, 1, length(?)) = ? "
+                "ORDER BY lease_key LIMIT ?",
+                (prefix, prefix, limit),
+            ).fetchall()
+            return [_record(row) for row in rows]
+
+        return await self._call(work)
+
+
+_Queued = tuple[str, str, Callable[[LeaseRecord | None, int], Any], "asyncio.Future[Applied[Any]]"]
+
+
+def _apply_batch(
+    conn: sqlite3.Connection,
+    *,
+    items: list[tuple[str, str, Callable[[LeaseRecord | None, int], Any]]],
+) -> list[Applied[Any] | BaseException]:
+    """Apply ``items`` in order in one transaction; a decision that raises is rolled back
+    alone (a savepoint each) and its exception returned in its place."""
+    results: list[Applied[Any] | BaseException] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for key, node_id, decide in items:
+            conn.execute("SAVEPOINT decision")
             try:
                 row = conn.execute(
                     f"SELECT {_COLUMNS} FROM {_TABLE} WHERE lease_key = ?", (key,)
@@ -190,24 +250,18 @@ class SQLiteLeaseStore:
                         _values(record),
                     )
                 completed, claimed = conn.execute(_RATIO_SQL.format(p1="?"), (node_id,)).fetchone()
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return Applied(outcome, _ratio(completed, claimed))
-
-        return await self._call(work)
-
-    async def inspect(self, prefix: str, limit: int) -> list[LeaseRecord]:
-        def work(conn: sqlite3.Connection) -> list[LeaseRecord]:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM {_TABLE} WHERE substr(lease_key, 1, length(?)) = ? "
-                "ORDER BY lease_key LIMIT ?",
-                (prefix, prefix, limit),
-            ).fetchall()
-            return [_record(row) for row in rows]
-
-        return await self._call(work)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO decision")
+                conn.execute("RELEASE decision")
+                results.append(exc)
+                continue
+            conn.execute("RELEASE decision")
+            results.append(Applied(outcome, _ratio(completed, claimed)))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return results
 
 
 class PostgresLeaseStore:
