@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import importlib
 import sqlite3
 import time
@@ -264,6 +265,30 @@ def _apply_batch(
     return results
 
 
+#: The key's row (if any), the database clock and the node's counts *without* the key,
+#: in one statement (the key's own state is added back once decided).
+_READ_SQL: Final = (
+    "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms, "
+    f"t.lease_key, t.node_id, t.token, t.lease_until_ms, t.state, t.reason, t.updated_ms, "
+    f"(SELECT SUM(CASE WHEN state = 'completed' THEN 1 ELSE 0 END) FROM {_TABLE} "
+    "WHERE node_id = $2 AND lease_key <> $1) AS completed, "
+    f"(SELECT COUNT(*) FROM {_TABLE} WHERE node_id = $2 AND lease_key <> $1) AS claimed "
+    f"FROM (SELECT 1) AS one LEFT JOIN {_TABLE} AS t ON t.lease_key = $1"
+)
+_UPSERT_SQL: Final = (
+    f"INSERT INTO {_TABLE} ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+    "ON CONFLICT (lease_key) DO UPDATE SET node_id = EXCLUDED.node_id, "
+    "token = EXCLUDED.token, lease_until_ms = EXCLUDED.lease_until_ms, "
+    "state = EXCLUDED.state, reason = EXCLUDED.reason, updated_ms = EXCLUDED.updated_ms"
+)
+
+
+def _advisory_key(key: str) -> int:
+    """The signed 64-bit advisory lock id of a lease key (SHA-256 based: stable across
+    replicas and versions, unlike ``hashtext``)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+
+
 class PostgresLeaseStore:
     """Leases in PostgreSQL at ``dsn``; safe for several coordinator replicas on one
     database (every decision holds the key's lock in its transaction)."""
@@ -314,30 +339,39 @@ class PostgresLeaseStore:
     ) -> Applied[_O]:
         pool = await self._pool_or_fail()
         asyncpg = importlib.import_module("asyncpg")
+        lock = _advisory_key(key)
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
-                row = await conn.fetchrow(
-                    f"SELECT {_COLUMNS} FROM {_TABLE} WHERE lease_key = $1 FOR UPDATE", key
-                )
-                now_ms = await conn.fetchval(
-                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-                )
-                outcome = decide(None if row is None else _record(row), int(now_ms))
-                record = _written(outcome)
-                if record is not None:
-                    await conn.execute(
-                        f"INSERT INTO {_TABLE} ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-                        "ON CONFLICT (lease_key) DO UPDATE SET node_id = EXCLUDED.node_id, "
-                        "token = EXCLUDED.token, lease_until_ms = EXCLUDED.lease_until_ms, "
-                        "state = EXCLUDED.state, reason = EXCLUDED.reason, "
-                        "updated_ms = EXCLUDED.updated_ms",
-                        *_values(record),
+            async with pool.acquire() as conn:
+                # 4 round trips: BEGIN with the key's lock (one simple query: the lock id is an
+                # integer, no parameter), then the row, the clock and the node's counts without
+                # this key in one statement — read after the lock, so every earlier decision
+                # on the key is visible — then the write, then COMMIT.
+                await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({lock})")
+                try:
+                    found = await conn.fetchrow(_READ_SQL, key, node_id)
+                    now_ms = int(found["now_ms"])
+                    columns = ("lease_key", "node_id", "token", "lease_until_ms", "state",
+                               "reason", "updated_ms")  # fmt: skip
+                    row = (
+                        None if found["lease_key"] is None else _record([found[c] for c in columns])
                     )
-                counts = await conn.fetchrow(_RATIO_SQL.format(p1="$1"), node_id)
+                    outcome = decide(row, now_ms)
+                    record = _written(outcome)
+                    if record is not None:
+                        await conn.execute(_UPSERT_SQL, *_values(record))
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    await conn.execute("ROLLBACK")
+                    raise
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise self._error(exc) from exc
-        return Applied(outcome, _ratio(counts[0], counts[1]))
+        final = record if record is not None else row
+        completed = int(found["completed"] or 0)
+        claimed = int(found["claimed"] or 0)
+        if final is not None:  # this key's own window, as it stands after the decision
+            claimed += 1
+            completed += final.state is LeaseState.COMPLETED
+        return Applied(outcome, _ratio(completed, claimed))
 
     async def inspect(self, prefix: str, limit: int) -> list[LeaseRecord]:
         pool = await self._pool_or_fail()
