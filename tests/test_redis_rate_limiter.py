@@ -5,7 +5,6 @@ surviving an outage (the server is stopped and restarted mid-test)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 import sys
@@ -187,9 +186,12 @@ async def test_slots_and_spacing_stay_per_process(make: Make) -> None:
 
     async with other.acquire(1):  # another process on the key is not spaced by ours
         pass
+    before = time.monotonic()
     await asyncio.gather(*(one() for _ in range(4)))
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert all(g >= 0.045 for g in gaps), gaps
+    # Lower bounds only: the i-th grant comes at least i spacings after the first, which
+    # comes after `before`; a busy machine can record a grant late, never early.
+    since = sorted(t - before for t in starts)
+    assert all(s >= 0.045 * i for i, s in enumerate(since)), since
 
 
 # --- penalties --------------------------------------------------------------------------------
