@@ -36,6 +36,7 @@ from qmtl.runtime.sdk.timestamps import LAST_INSTANT, format_iso, parse_instant
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
+    from qmtl.runtime.sdk.backfill_config import BackfillConfig
     from qmtl.runtime.sdk.backfill_types import BatchOutcome
     from qmtl.runtime.sdk.config import QMTLConfig
     from qmtl.runtime.sdk.history_storage import HistoryStorage
@@ -45,6 +46,7 @@ __all__ = [
     "add_exchange_options",
     "add_store_options",
     "add_window_options",
+    "check_window_size",
     "console",
     "coverage_table",
     "err_console",
@@ -254,6 +256,14 @@ def window_bounds(
             f"--start {format_iso(start)} ({start}) is not before --end {format_iso(end)} ({end})"
         )
     return start, end
+
+
+def check_window_size(window: Range, nodes: Sequence[str], backfill: BackfillConfig) -> None:
+    """Refuse a window over ``backfill.max_range_bars`` for any of ``nodes`` before anything
+    is opened: the provider refuses it too, but only once the store is open and the other
+    nodes' backfills are running."""
+    for node in nodes:
+        backfill.check_range_bars(window, parse_node_id(node).interval, of=node)
 
 
 def window_from_args(

@@ -21,6 +21,7 @@ from qmtl.cli._common import (
     add_exchange_options,
     add_store_options,
     add_window_options,
+    check_window_size,
     console,
     coverage_table,
     gap_lines,
@@ -35,8 +36,6 @@ from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
 from qmtl.runtime.sdk.coverage_report import CoverageReport
 from qmtl.runtime.sdk.history_coverage import Range
-from qmtl.runtime.sdk.node_id import parse_node_id
-from qmtl.runtime.sdk.timestamps import format_iso
 
 __all__ = ["register"]
 
@@ -81,26 +80,13 @@ async def _report(provider: EnhancedQuestDBProvider, node: str, window: Range) -
     return await provider.coverage_report(node_id=node, start=window.start, end=window.end)
 
 
-def _check_size(window: Range, nodes: tuple[str, ...], limit: int) -> None:
-    """The provider refuses a window over ``backfill.max_range_bars`` too, but only once the
-    store is open and the other nodes' backfills are running: refuse it before that."""
-    for node in nodes:
-        bars = window.bars(parse_node_id(node).interval)
-        if bars > limit:
-            raise ValueError(
-                f"[{format_iso(window.start)}, {format_iso(window.end)}) is {bars:,} bars of "
-                f"{node}, more than backfill.max_range_bars ({limit:,}): ask for less, or "
-                "raise the limit"
-            )
-
-
 def _run(args: argparse.Namespace) -> int:
     window = window_from_args(args, default_days=1)
     config = resolve_config(args, ())
     nodes = config.node_ids()
     if not nodes:
         raise ValueError(f"{args.config}: no exchanges/symbols configured, nothing to backfill")
-    _check_size(window, nodes, config.seamless.backfill.max_range_bars)
+    check_window_size(window, nodes, config.seamless.backfill)
     provider = build_provider(config, strategy="AUTO_BACKFILL")
     log = BatchLog()
     store, reports = asyncio.run(_backfill(provider, nodes, window, log, quiet=args.json))

@@ -38,6 +38,7 @@ from qmtl.cli._common import (
     add_exchange_options,
     add_store_options,
     add_window_options,
+    check_window_size,
     console,
     coverage_table,
     print_json,
@@ -50,9 +51,9 @@ from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
 from qmtl.runtime.sdk.history_coverage import Range, compute_missing_ranges
 from qmtl.runtime.sdk.node_id import parse_node_id
-from qmtl.runtime.sdk.timestamps import format_iso
 
 if TYPE_CHECKING:
+    from qmtl.runtime.sdk.backfill_config import BackfillConfig
     from qmtl.runtime.sdk.backfill_types import BatchOutcome
     from qmtl.runtime.sdk.config import QMTLConfig
     from qmtl.runtime.sdk.coverage_report import CoverageReport
@@ -228,19 +229,12 @@ def _summary(run: _Run, *, as_json: bool) -> None:
         console.print(coverage_table(run.reports, title=f"worker {run.worker}"))
 
 
-def _check(window: Range, nodes: tuple[str, ...], limit: int, poll_s: float) -> None:
+def _check(window: Range, nodes: tuple[str, ...], backfill: BackfillConfig, poll_s: float) -> None:
     if not math.isfinite(poll_s) or poll_s <= 0:
         raise ValueError(f"--poll-s must be a finite number > 0, got {poll_s}")
     if not nodes:
         raise ValueError("no exchanges/symbols configured, nothing to fill")
-    for node in nodes:
-        bars = window.bars(parse_node_id(node).interval)
-        if bars > limit:
-            raise ValueError(
-                f"[{format_iso(window.start)}, {format_iso(window.end)}) is {bars:,} bars of "
-                f"{node}, more than backfill.max_range_bars ({limit:,}): ask for less, or "
-                "raise the limit"
-            )
+    check_window_size(window, nodes, backfill)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -249,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
     if not config.environment.coordinator_url:
         raise ValueError(NO_COORDINATOR)
     nodes = config.node_ids()
-    _check(window, nodes, config.seamless.backfill.max_range_bars, args.poll_s)
+    _check(window, nodes, config.seamless.backfill, args.poll_s)
     run = _Run(worker=config.environment.worker_id or socket.gethostname(), poll_s=args.poll_s)
     try:
         asyncio.run(_work(config, run, nodes, window, follow=args.follow, quiet=args.json))

@@ -7,7 +7,12 @@ names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from qmtl.runtime.sdk.timestamps import format_iso
+
+if TYPE_CHECKING:
+    from qmtl.runtime.sdk.history_coverage import Range
 
 __all__ = ["BackfillConfig", "BackfillMode"]
 
@@ -65,6 +70,17 @@ class BackfillConfig:
             raise ValueError(f"jitter_ratio: must be a number, got {self.jitter_ratio!r}")
         if not 0.0 <= float(self.jitter_ratio) <= 1.0:
             raise ValueError(f"jitter_ratio: must be within [0, 1], got {self.jitter_ratio!r}")
+
+    def check_range_bars(self, window: Range, interval: int, *, of: str) -> None:
+        """``ValueError`` (one line) when ``window`` holds more than ``max_range_bars`` bars
+        of ``interval`` seconds; ``of`` names what they are bars of (a node, an interval)."""
+        bars = window.bars(interval)
+        if bars > self.max_range_bars:
+            raise ValueError(
+                f"[{format_iso(window.start)}, {format_iso(window.end)}) is {bars:,} bars of "
+                f"{of}, more than backfill.max_range_bars ({self.max_range_bars:,}): ask for "
+                "less, or raise the limit"
+            )
 
 
 def _positive_int(name: str, value: object, *, maximum: int | None = None) -> None:

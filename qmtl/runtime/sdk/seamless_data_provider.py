@@ -64,7 +64,7 @@ from qmtl.runtime.sdk.served_artifacts import publish_covered, publishes
 from qmtl.runtime.sdk.served_bars import ServedBars
 from qmtl.runtime.sdk.sla import SLAPhase, SLAPolicy, SLATracker, check_violations
 from qmtl.runtime.sdk.sync_bridge import SyncMethods
-from qmtl.runtime.sdk.timestamps import InstantLike, check_span_bounds, format_iso, parse_instant
+from qmtl.runtime.sdk.timestamps import InstantLike, check_span_bounds, parse_instant
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -367,14 +367,7 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
             parse_instant(start, name="start"), parse_instant(end, name="end"), interval
         )
         check_span_bounds(window.start, window.end)
-        bars = window.bars(interval)
-        limit = self.backfill_config.max_range_bars
-        if bars > limit:
-            raise ValueError(
-                f"[{format_iso(window.start)}, {format_iso(window.end)}) is {bars:,} bars of "
-                f"{interval} s, more than backfill.max_range_bars ({limit:,}): ask for less, "
-                "or raise the limit"
-            )
+        self.backfill_config.check_range_bars(window, interval, of=f"{interval} s")
         return window
 
     async def wait_background(self) -> None:
