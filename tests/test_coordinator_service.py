@@ -327,37 +327,6 @@ def test_cli_serves_until_interrupted(tmp_path: Path) -> None:
                 proc.communicate()
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT while ignored at start"])
-def test_the_coordinator_stops_gracefully_on_sigterm_and_on_an_ignored_sigint(
-    how: str, tmp_path: Path
-) -> None:
-    """A service manager stops it with SIGTERM; a supervisor (or a test runner) may start it
-    with SIGINT ignored, which a Python process inherits: both must still stop it (before,
-    the second kept it running forever)."""
-    sig = signal.SIGTERM if how == "SIGTERM" else signal.SIGINT
-
-    def ignore_sigint() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    cmd = [sys.executable, "-m", "qmtl.cli.main", "coordinator", "serve", "--port", "0"]
-    with subprocess.Popen(
-        [*cmd, "--dsn", f"sqlite:///{tmp_path}/leases.db"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=ignore_sigint if sig == signal.SIGINT else None,
-    ) as proc:  # fmt: skip
-        try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().startswith("coordinator: http://127.0.0.1:")
-            proc.send_signal(sig)
-            _, err = proc.communicate(timeout=30)
-            assert proc.returncode == 0, err
-            assert "coordinator stopped" in err
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-
-
 async def test_concurrent_claims_each_grant_a_key_once_on_either_store(
     start: Start, http: aiohttp.ClientSession
 ) -> None:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
 import re
+import signal
 import sys
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,7 @@ from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.timestamps import LAST_INSTANT, format_iso, parse_instant
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 
     from qmtl.runtime.sdk.backfill_config import BackfillConfig
     from qmtl.runtime.sdk.backfill_types import BatchOutcome
@@ -59,6 +61,7 @@ __all__ = [
     "segment_lines",
     "settings",
     "show_store",
+    "stop_signals",
     "store_dsn",
     "usage_handler",
     "window_bounds",
@@ -161,6 +164,28 @@ async def open_read_only(dsn: str) -> AsyncIterator[tuple[HistoryStorage, str]]:
         yield store, location
     finally:
         await store.close()
+
+
+@contextmanager
+def stop_signals(stop: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
+    """An event set by ``stop`` (when given), SIGINT or SIGTERM, while the block runs: how a
+    serving command waits (a service manager stops it with SIGTERM; the caller then shuts
+    down gracefully). Enter it *before* announcing the service, so no signal finds the
+    default handler. The handlers are installed explicitly, and removed on exit: a process
+    started with SIGINT ignored (as under some supervisors and test runners) would otherwise
+    never stop on Ctrl-C. Call it in the event loop's thread."""
+    event = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, event.set)  # only in the main thread
+            installed.append(sig)
+    try:
+        yield event
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 def show_store(location: str) -> None:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 from typing import Any
 
-from qmtl.cli._common import settings, usage_handler
+from qmtl.cli._common import settings, stop_signals, usage_handler
 from qmtl.runtime.sdk.metrics import default_metrics
 from qmtl.services.coordinator.server import CoordinatorServer
 from qmtl.services.coordinator.store import DEFAULT_DSN, open_lease_store
@@ -60,26 +59,20 @@ async def serve(
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until ``stop`` is set, or SIGINT / SIGTERM arrives (a service manager stops it
-    with SIGTERM: leases in flight are answered, then the store is closed); ``started`` is
-    set once bound. The handlers are installed explicitly: a process started with SIGINT
-    ignored (as under some supervisors) would otherwise never stop on Ctrl-C."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
+    """Serve until ``stop`` is set, or SIGINT / SIGTERM arrives (``stop_signals``: leases
+    in flight are answered, then the store is closed); ``started`` is set once bound."""
     server = CoordinatorServer(
         open_lease_store(dsn), metrics=default_metrics(), host=host, port=port, token=token
     )
-    await server.start()
-    try:
-        print(f"coordinator: {server.base_url}", flush=True)
-        if started is not None:
-            started.set()
-        await stop.wait()
-    finally:
-        await server.stop()
+    with stop_signals(stop) as stopping:
+        await server.start()
+        try:
+            print(f"coordinator: {server.base_url}", flush=True)
+            if started is not None:
+                started.set()
+            await stopping.wait()
+        finally:
+            await server.stop()
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
-from qmtl.cli._common import usage_handler
+from qmtl.cli._common import stop_signals, usage_handler
 from qmtl.services.exchange_sim.scenario import Scenario
 from qmtl.services.exchange_sim.server import SimulatorServer
 
@@ -53,18 +54,20 @@ async def serve(
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> SimulatorServer:
-    """Serve until ``stop`` is set (forever when ``None``); ``started`` is set once bound."""
+    """Serve until ``stop`` is set, or SIGINT / SIGTERM arrives (``stop_signals``);
+    ``started`` is set once bound."""
     server = SimulatorServer(scenario, host=host, port=port)
-    await server.start()
-    try:
-        print(f"rest: {server.base_url}", flush=True)
-        print(f"ws: {server.ws_url}/stream/ws", flush=True)
-        print(f"symbols: {', '.join(scenario.symbols)}", flush=True)
-        if started is not None:
-            started.set()
-        await (stop or asyncio.Event()).wait()
-    finally:
-        await server.stop()
+    with stop_signals(stop) as stopping:
+        await server.start()
+        try:
+            print(f"rest: {server.base_url}", flush=True)
+            print(f"ws: {server.ws_url}/stream/ws", flush=True)
+            print(f"symbols: {', '.join(scenario.symbols)}", flush=True)
+            if started is not None:
+                started.set()
+            await stopping.wait()
+        finally:
+            await server.stop()
     return server
 
 
@@ -72,8 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be within 0..65535, got {args.port}")
     scenario = Scenario.from_yaml(Path(args.scenario)) if args.scenario else Scenario()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
         asyncio.run(serve(scenario, host=args.host, port=args.port))
-    except KeyboardInterrupt:
-        print("simulator stopped", file=sys.stderr)
+    print("simulator stopped", file=sys.stderr)
     return 0
