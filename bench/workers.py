@@ -26,22 +26,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from qmtl.services.exchange_sim import Scenario, SimulatorServer, run_simulator
+from qmtl.testing.cluster import coordinator_process, start_worker
 from qmtl.testing.servers import PostgresServer, RedisServer
 
 DAY = 86_400
-CLI = [sys.executable, "-m", "qmtl.cli.main"]
 START = 1_704_067_200  # 2024-01-01
 
 
@@ -66,32 +62,6 @@ def _config(
     return path
 
 
-@asynccontextmanager
-async def _coordinator(tmp: Path) -> AsyncIterator[str]:
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, "coordinator", "serve", "--dsn", f"sqlite:///{tmp / 'leases.db'}", "--port", "0",
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
-        if not line.startswith("coordinator: http://"):
-            raise RuntimeError(f"coordinator did not start: {line!r}")
-        yield line.removeprefix("coordinator: ")
-    finally:
-        proc.terminate()
-        await proc.wait()
-
-
-async def _worker(config: Path, dsn: str, name: str, end: int) -> asyncio.subprocess.Process:
-    env = {**os.environ, "QMTL_SEAMLESS_WORKER": name}
-    return await asyncio.create_subprocess_exec(
-        *CLI, "worker", "--config", str(config), "--dsn", dsn, "--start", str(START),
-        "--end", str(end), "--poll-s", "0.2", "--json",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-
-
 async def run_once(
     sim: SimulatorServer, pg: PostgresServer, redis_dsn: str, workers: int,
     args: argparse.Namespace,
@@ -102,7 +72,7 @@ async def run_once(
     dsn = await asyncio.to_thread(pg.create_database, run)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        async with _coordinator(tmp) as coord:
+        async with coordinator_process(f"sqlite:///{tmp / 'leases.db'}") as coord:
             config = _config(
                 tmp / "worker.yaml", sim=sim.base_url, coordinator=coord, redis=redis_dsn,
                 symbols=symbols, run=run, workers=workers, args=args,
@@ -110,7 +80,10 @@ async def run_once(
             sim.set_scenario(sim.scenario)  # weight window, bans and counters afresh
             sim.request_log.reset()
             began, launched_ms = time.perf_counter(), time.time() * 1000
-            procs = [await _worker(config, dsn, f"w{i}", end) for i in range(workers)]
+            procs = [
+                await start_worker(config, dsn=dsn, start=START, end=end, name=f"w{i}", poll_s=0.2)
+                for i in range(workers)
+            ]
             results = await asyncio.gather(*(p.communicate() for p in procs))
             wall = time.perf_counter() - began
             exited_ms = time.time() * 1000

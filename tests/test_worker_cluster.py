@@ -10,10 +10,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -24,12 +21,12 @@ from qmtl.runtime.sdk.history_coverage import compute_missing_ranges
 from qmtl.runtime.sdk.lease_rules import parse_lease_key
 from qmtl.runtime.sdk.node_id import format_node_id, parse_node_id
 from qmtl.services.exchange_sim import Scenario, run_simulator
+from qmtl.testing.cluster import CLI, coordinator_process, start_worker
 from tests.cli_rig import one_error_line
 
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
 TIMEFRAMES = ("1m", "5m")
 START, END = 1_706_745_600, 1_706_745_600 + 2 * 86_400  # 2024-02-01 .. 2024-02-03
-CLI = [sys.executable, "-m", "qmtl.cli.main"]
 
 
 def _scenario(latency_ms: float) -> Scenario:
@@ -53,31 +50,6 @@ def _config(tmp: Path, *, sim: str, coordinator: str, redis: str, ttl_ms: int = 
         f"  coordinator_url: '{coordinator}'\n"
     )
     return path
-
-
-@asynccontextmanager
-async def _coordinator(tmp: Path) -> AsyncIterator[str]:
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, "coordinator", "serve", "--dsn", f"sqlite:///{tmp / 'leases.db'}", "--port", "0",
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
-        assert line.startswith("coordinator: http://"), line
-        yield line.removeprefix("coordinator: ")
-    finally:
-        proc.terminate()
-        await proc.wait()
-
-
-async def _worker(config: Path, dsn: str, name: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "QMTL_SEAMLESS_WORKER": name}
-    return await asyncio.create_subprocess_exec(
-        *CLI, "worker", "--config", str(config), "--dsn", dsn, "--start", str(START),
-        "--end", str(END), "--poll-s", "0.2", "--json",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
 
 
 async def _inspect(coordinator: str) -> list[dict[str, object]]:
@@ -125,9 +97,17 @@ def test_worker_without_a_coordinator_is_a_usage_error(tmp_path: Path) -> None:
 async def test_four_workers_fetch_every_window_exactly_once(
     tmp_path: Path, postgres_dsn: str, redis_dsn: str
 ) -> None:
-    async with run_simulator(_scenario(latency_ms=20)) as sim, _coordinator(tmp_path) as coord:
+    async with (
+        run_simulator(_scenario(latency_ms=20)) as sim,
+        coordinator_process(f"sqlite:///{tmp_path / 'leases.db'}") as coord,
+    ):
         config = _config(tmp_path, sim=sim.base_url, coordinator=coord, redis=redis_dsn)
-        procs = [await _worker(config, postgres_dsn, f"w{i}") for i in range(4)]
+        procs = [
+            await start_worker(
+                config, dsn=postgres_dsn, start=START, end=END, name=f"w{i}", poll_s=0.2
+            )
+            for i in range(4)
+        ]
         results = [await asyncio.wait_for(p.communicate(), 90) for p in procs]
         for proc, (out, err) in zip(procs, results, strict=True):
             assert proc.returncode == 0, err.decode()
@@ -150,10 +130,15 @@ async def test_four_workers_fetch_every_window_exactly_once(
 async def test_a_killed_workers_window_is_fetched_again_after_its_lease_expires(
     tmp_path: Path, postgres_dsn: str, redis_dsn: str
 ) -> None:
-    async with run_simulator(_scenario(latency_ms=4000)) as sim, _coordinator(tmp_path) as coord:
+    async with (
+        run_simulator(_scenario(latency_ms=4000)) as sim,
+        coordinator_process(f"sqlite:///{tmp_path / 'leases.db'}") as coord,
+    ):
         config = _config(tmp_path, sim=sim.base_url, coordinator=coord, redis=redis_dsn,
                          ttl_ms=2000)  # fmt: skip
-        first = await _worker(config, postgres_dsn, "doomed")
+        first = await start_worker(
+            config, dsn=postgres_dsn, start=START, end=END, name="doomed", poll_s=0.2
+        )
         held: list[dict[str, object]] = []
         for _ in range(200):
             held = [x for x in await _inspect(coord) if x["state"] == "held"]
@@ -168,7 +153,9 @@ async def test_a_killed_workers_window_is_fetched_again_after_its_lease_expires(
                   parse_node_id(key.node_id).timeframe, key.start * 1000)  # fmt: skip
         before = _klines_windows(sim.request_log)[window]
         sim.set_scenario(_scenario(latency_ms=0))
-        second = await _worker(config, postgres_dsn, "rescuer")
+        second = await start_worker(
+            config, dsn=postgres_dsn, start=START, end=END, name="rescuer", poll_s=0.2
+        )
         out, err = await asyncio.wait_for(second.communicate(), 60)
         assert second.returncode == 0, err.decode()
         assert all(n["missing"] == 0 for n in json.loads(out)["nodes"])

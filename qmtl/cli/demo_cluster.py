@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from qmtl.cli._common import console, number_table
 from qmtl.runtime.sdk.node_id import format_node_id, parse_node_id
 from qmtl.runtime.sdk.timestamps import format_iso
 from qmtl.services.exchange_sim import Scenario, run_simulator
+from qmtl.testing.cluster import CLI, coordinator_process, start_worker
 from qmtl.testing.servers import PostgresServer, RedisServer
 
 __all__ = ["SYMBOLS", "TIMEFRAMES", "WORKERS", "run_cluster"]
@@ -38,7 +38,6 @@ SYMBOLS: Final = (
 )  # fmt: skip
 TIMEFRAMES: Final = ("1m", "5m")
 WORKERS: Final = 4
-_CLI: Final = (sys.executable, "-m", "qmtl.cli.main")
 _ALIGN: Final = 300  # the window ends on a bar boundary of every timeframe
 
 
@@ -96,16 +95,7 @@ async def _cluster(days: int, pg: str, redis: str, tmp: Path, quiet: bool) -> di
     nodes = [format_node_id("binance", s, tf) for s in SYMBOLS for tf in TIMEFRAMES]
     scenario = Scenario.from_dict({"seed": 7, "latency_ms": 5, "symbols": {s: {} for s in SYMBOLS}})
     async with run_simulator(scenario) as sim:
-        coordinator = await asyncio.create_subprocess_exec(
-            *_CLI, "coordinator", "serve", "--dsn", pg, "--port", "0",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            assert coordinator.stdout is not None
-            first = (await asyncio.wait_for(coordinator.stdout.readline(), 30)).decode().strip()
-            if not first.startswith("coordinator: "):
-                raise ConnectionError(f"the coordinator did not start: {first!r}")
-            url = first.removeprefix("coordinator: ")
+        async with coordinator_process(pg) as url:
             config = tmp / "cluster.yaml"
             await asyncio.to_thread(config.write_text, _config(sim.base_url, url, redis))
             if not quiet:
@@ -119,24 +109,17 @@ async def _cluster(days: int, pg: str, redis: str, tmp: Path, quiet: bool) -> di
             workers = []
             for i in range(WORKERS):
                 name = f"worker-{i + 1}"
-                proc = await asyncio.create_subprocess_exec(
-                    *_CLI, "worker", "--config", str(config), "--dsn", pg, "--start", str(start),
-                    "--end", str(end), "--poll-s", "0.5", "--json",
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                    env={**os.environ, "QMTL_SEAMLESS_WORKER": name},
-                )  # fmt: skip
+                proc = await start_worker(
+                    config, dsn=pg, start=start, end=end, name=name, poll_s=0.5
+                )
                 workers.append((name, proc))
             results = await asyncio.gather(*(_collect(n, p, quiet) for n, p in workers))
             seconds = time.perf_counter() - started
             states = await _lease_states(url, nodes)
-        finally:
-            if coordinator.returncode is None:
-                coordinator.terminate()
-            await coordinator.wait()
         windows = Counter((k.symbol, k.interval, k.start_time) for k in sim.request_log.klines)
         statuses = sim.request_log.statuses()
     listing = await asyncio.create_subprocess_exec(
-        *_CLI, "list", "--dsn", pg, "--json", stdout=asyncio.subprocess.PIPE,
+        *CLI, "list", "--dsn", pg, "--json", stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     listed, _ = await listing.communicate()
