@@ -40,7 +40,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 from qmtl.runtime.sdk.node_id import TIMEFRAMES, parse_node_id
 
@@ -96,6 +96,17 @@ class LeaseKey:
         return (
             f"{self.node_id}:{self.interval}:{self.start}:{self.end}:{self.world_id}:{self.as_of}"
         )
+
+    def event_fields(self) -> dict[str, Any]:
+        """The window's fields of the coordinator log events (client's and server's)."""
+        return {
+            "node_id": self.node_id,
+            "interval": self.interval,
+            "batch_start": self.start,
+            "batch_end": self.end,
+            "world": self.world_id,
+            "requested_as_of": self.as_of,
+        }
 
 
 def _int_part(name: str, text: str) -> int:

@@ -196,12 +196,7 @@ def _log(
         event,
         coordinator_id=state.coordinator_id,
         lease_key=record.key,
-        node_id=key.node_id,
-        interval=key.interval,
-        batch_start=key.start,
-        batch_end=key.end,
-        world=key.world_id,
-        requested_as_of=key.as_of,
+        **key.event_fields(),
         worker=record.held_by,
         lease_token=record.held_by,  # a digest: the fencing token itself is never logged
         lease_until_ms=record.lease_until_ms,
