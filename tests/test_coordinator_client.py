@@ -386,3 +386,44 @@ async def test_a_window_a_worker_on_the_same_store_filled_is_not_fetched_again(
         report = await second.backfill(node, 60, [window])
     assert fetcher.calls == [(window.start, window.end)]  # fetched once, by the first worker
     assert [o.shared for o in report.outcomes] == [True] and not report.failed
+
+
+async def test_a_provider_that_requires_leases_fetches_nothing_while_the_coordinator_is_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's mode (``leases.require_lease``): with the coordinator unreachable no window
+    is fetched — the batches come back held, still missing (never known-empty), the outage is
+    logged once and dated — and once a coordinator answers on that URL, the next pass fills
+    the range and the outage is over."""
+    window = Range(JAN1, JAN1 + 86_400)
+    url = dead_url()
+    scenario = Scenario.from_dict({"seed": 3, "symbols": ["BTC/USDT"]})
+    async with run_simulator(scenario) as sim:
+        config = provider_config(tmp_path, "strict", sim.base_url, url)
+        provider = EnhancedQuestDBProvider.from_config(config, strategy="AUTO_BACKFILL")
+        leases = provider.auto_backfiller.leases
+        assert leases is not None and not leases.require_lease  # the library falls back
+        leases.require_lease = True
+        async with provider:
+            with caplog.at_level(logging.INFO, logger="qmtl"):
+                served = await provider.ensure_data_available(
+                    window.start, window.end, node_id=NODE
+                )
+            assert served is False
+            assert sim.request_log.klines == []
+            ledger = await provider.storage.read_ledger(NODE, 60)
+            missing = compute_missing_ranges(ledger, window.start, window.end, 60)
+            assert missing == [window]
+            assert leases.outage_since is not None and leases.outage_error is not None
+            assert leases.outage_error.url == url
+            failed = [
+                r for r in caplog.records if getattr(r, "event", None) == COORDINATOR_CLAIM_FAILED
+            ]
+            assert len(failed) == 1 and "waiting for it" in failed[0].error  # type: ignore[attr-defined]
+            port = int(url.rsplit(":", 1)[1])
+            store = SQLiteLeaseStore(tmp_path / "leases.db")
+            metrics = SeamlessMetrics(CollectorRegistry())
+            async with run_coordinator(store, metrics=metrics, port=port):
+                assert await provider.ensure_data_available(window.start, window.end, node_id=NODE)
+            assert leases.outage_since is None and leases.outage_error is None
+            assert sim.request_log.klines

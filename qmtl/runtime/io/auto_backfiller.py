@@ -169,7 +169,9 @@ class DataFetcherAutoBackfiller:
         self._completed: dict[_NodeKey, int] = {}
         self._storage_failure: StorageError | None = None
         self.coordinator = coordinator
-        self._leases = (
+        #: The batches' leases (``None`` without a coordinator); ``qmtl-seamless worker`` sets
+        #: its ``require_lease``.
+        self.leases = (
             None
             if coordinator is None
             else BatchLeases(
@@ -259,9 +261,9 @@ class DataFetcherAutoBackfiller:
     async def _leased(
         self, node_id: str, interval: int, batch: Range, started: float
     ) -> BatchOutcome:
-        if self._leases is None:
+        if self.leases is None:
             return await self._attempts(node_id, interval, batch, started)
-        return await self._leases.run(
+        return await self.leases.run(
             node_id,
             interval,
             batch,

@@ -19,7 +19,11 @@ no ``as_of``: the hot store is shared by every world) is claimed from the coordi
   is granted again (the other worker filled *its* store, not this one) and fetched here.
 - the coordinator is unreachable (:class:`CoordinatorUnavailable`): the batch runs anyway,
   protected by in-process single flight only; ``seamless.coordinator.claim_failed`` is
-  logged once per outage (the next claim the coordinator answers ends the outage).
+  logged once per outage (the next claim the coordinator answers ends the outage;
+  :attr:`BatchLeases.outage_since` says since when it lasts). With ``require_lease`` (a
+  ``qmtl-seamless worker``, whose only job is to cooperate) the batch is instead **not
+  fetched**: its outcome is ``held=True`` with :data:`UNREACHABLE_ERROR`, so the worker asks
+  again later rather than fetch windows other workers may hold.
 - the coordinator refuses the claim itself (a ``ValueError``: wrong bearer token, bad key):
   the batch fails with that error without being fetched — a configuration to fix, not an
   outage to paper over.
@@ -46,12 +50,15 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk.clock import Clock
     from qmtl.runtime.sdk.history_coverage import Range
 
-__all__ = ["HELD_ERROR", "BatchLeases", "batch_lease_key"]
+__all__ = ["HELD_ERROR", "UNREACHABLE_ERROR", "BatchLeases", "batch_lease_key"]
 
 logger = logging.getLogger(__name__)
 
 #: The error of a batch another worker's live lease holds (not fetched, still missing).
 HELD_ERROR: Final = "held by another worker"
+#: The error of a batch not fetched because leases are required and the coordinator is
+#: unreachable (still missing).
+UNREACHABLE_ERROR: Final = "coordinator unreachable, not fetched without a lease"
 
 
 @runtime_checkable
@@ -66,15 +73,27 @@ def batch_lease_key(node_id: str, interval: int, batch: Range) -> str:
 
 class BatchLeases:
     """Runs batches under leases of ``coordinator`` held for ``lease_ms`` (milliseconds,
-    renewed every third of it). ``clock`` paces the heartbeats. One event loop only."""
+    renewed every third of it). ``clock`` paces the heartbeats and dates outages.
+    ``require_lease``: never fetch without a lease (module docstring). One event loop only."""
 
-    def __init__(self, coordinator: BackfillCoordinator, *, lease_ms: int, clock: Clock) -> None:
+    def __init__(
+        self,
+        coordinator: BackfillCoordinator,
+        *,
+        lease_ms: int,
+        clock: Clock,
+        require_lease: bool = False,
+    ) -> None:
         if isinstance(lease_ms, bool) or not isinstance(lease_ms, int) or lease_ms < 3:
             raise ValueError(f"lease_ms must be an integer >= 3, got {lease_ms!r}")
         self.coordinator = coordinator
         self.lease_ms = lease_ms
         self.clock = clock
-        self._outage = False
+        self.require_lease = require_lease
+        #: When the current outage began (``clock.monotonic()`` seconds) and its first
+        #: error; ``None`` while the coordinator answers.
+        self.outage_since: float | None = None
+        self.outage_error: CoordinatorUnavailable | None = None
 
     async def run(
         self,
@@ -91,16 +110,23 @@ class BatchLeases:
         try:
             lease = await self.coordinator.claim(key, self.lease_ms)
         except CoordinatorUnavailable as exc:
-            if not self._outage:
-                self._outage = True
+            if self.outage_since is None:
+                self.outage_since, self.outage_error = self.clock.monotonic(), exc
+                then = (
+                    "waiting for it"
+                    if self.require_lease
+                    else "falling back to in-process single flight"
+                )
                 log_event(
                     logger, COORDINATOR_CLAIM_FAILED, level=logging.WARNING, lease_key=key,
-                    error=f"{exc} (falling back to in-process single flight)",
+                    error=f"{exc} ({then})",
                 )  # fmt: skip
+            if self.require_lease:
+                return BatchOutcome(batch, attempts=0, error=UNREACHABLE_ERROR, held=True)
             return await work()
         except ValueError as exc:
             return BatchOutcome(batch, attempts=0, error=f"coordinator refused the claim: {exc}")
-        self._outage = False
+        self.outage_since = self.outage_error = None
         if lease is None:
             return BatchOutcome(batch, attempts=0, error=HELD_ERROR, held=True)
         if filled is not None and await filled():

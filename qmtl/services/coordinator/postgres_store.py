@@ -1,0 +1,207 @@
+"""Leases in PostgreSQL: several coordinator replicas on one database.
+
+Each batch of decisions (:class:`~qmtl.services.coordinator.lease_rows.DecisionQueue`) is
+one transaction on one pooled ``asyncpg`` connection (imported on first use), five round
+trips whatever the batch size:
+
+1. ``BEGIN`` and a transaction-scoped advisory lock on every key of the batch, taken in
+   ascending lock-id order (so replicas locking overlapping batches never deadlock). A key
+   without a row has nothing to ``SELECT … FOR UPDATE``; the advisory lock holds it anyway.
+2. The batch's rows and the database's clock — read after the locks, so every earlier
+   decision on these keys, by any replica, is visible. ``now_ms`` is the database's clock,
+   so replicas agree on expiry.
+3. Per node of the batch, its completed and claimed windows *without* the batch's keys (the
+   batch's own rows are added back as they stand after each decision).
+4. The rows the decisions wrote, one per key, in one ``INSERT … ON CONFLICT`` of arrays.
+5. ``COMMIT``.
+
+Keys and values are bound as parameters, never spliced into SQL (the lock ids are integers
+this module computes). Driver errors surface as
+:class:`~qmtl.runtime.sdk.errors.StorageError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
+
+from qmtl.runtime.sdk.errors import StorageError
+from qmtl.runtime.sdk.lease_rules import LeaseRecord, LeaseState
+from qmtl.services.coordinator.lease_rows import (
+    COLUMNS,
+    INDEX_SQL,
+    SCHEMA_SQL,
+    TABLE,
+    Applied,
+    DecisionQueue,
+    Pending,
+    ratio,
+    record_of,
+    values_of,
+    written,
+)
+
+__all__ = ["PostgresLeaseStore", "advisory_key"]
+
+_O = TypeVar("_O")
+
+_ROWS_SQL: Final = (
+    "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms, "
+    f"{', '.join(f't.{c.strip()}' for c in COLUMNS.split(','))} "
+    f"FROM (SELECT 1) AS one LEFT JOIN {TABLE} AS t ON t.lease_key = ANY($1::text[])"
+)
+_COUNTS_SQL: Final = (
+    "SELECT node_id, COUNT(*) FILTER (WHERE state = 'completed') AS completed, "
+    f"COUNT(*) AS claimed FROM {TABLE} "
+    "WHERE node_id = ANY($1::text[]) AND lease_key <> ALL($2::text[]) GROUP BY node_id"
+)
+_UPSERT_SQL: Final = (
+    f"INSERT INTO {TABLE} ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::text[], "
+    "$3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[]) "
+    "ON CONFLICT (lease_key) DO UPDATE SET node_id = EXCLUDED.node_id, "
+    "token = EXCLUDED.token, lease_until_ms = EXCLUDED.lease_until_ms, "
+    "state = EXCLUDED.state, reason = EXCLUDED.reason, updated_ms = EXCLUDED.updated_ms"
+)
+
+
+def advisory_key(key: str) -> int:
+    """The signed 64-bit advisory lock id of a lease key (SHA-256 based: stable across
+    replicas and versions, unlike ``hashtext``)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+
+
+def _lock_sql(keys: Sequence[str]) -> str:
+    ids = ",".join(str(i) for i in sorted({advisory_key(k) for k in keys}))
+    return (
+        "BEGIN; SELECT pg_advisory_xact_lock(k) "
+        f"FROM (SELECT unnest(ARRAY[{ids}]::bigint[]) AS k ORDER BY 1) AS ordered"
+    )
+
+
+class PostgresLeaseStore:
+    """Leases in PostgreSQL at ``dsn``; safe for several coordinator replicas on one
+    database (every decision holds its key's lock in its transaction)."""
+
+    def __init__(self, dsn: str, *, max_pool_size: int = 4) -> None:
+        self._dsn = dsn
+        self._max = max_pool_size
+        self._pool: Any = None
+        self._lock = asyncio.Lock()
+        self._queue = DecisionQueue(self._apply_batch)
+
+    def __repr__(self) -> str:
+        _, at, tail = self._dsn.rpartition("@")
+        shown = f"postgresql://***@{tail}" if at else self._dsn  # credentials masked
+        return f"PostgresLeaseStore({shown!r})"
+
+    def _error(self, exc: BaseException) -> StorageError:
+        return StorageError(f"postgres lease store: {str(exc) or type(exc).__name__}")
+
+    async def open(self) -> None:
+        async with self._lock:
+            if self._pool is not None:
+                return
+            asyncpg = importlib.import_module("asyncpg")
+            try:
+                pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max)
+                async with pool.acquire() as conn, conn.transaction():
+                    # Replicas may start together: CREATE … IF NOT EXISTS races in the catalog.
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", TABLE)
+                    await conn.execute(SCHEMA_SQL)
+                    await conn.execute(INDEX_SQL)
+            except (OSError, asyncpg.PostgresError) as exc:
+                raise self._error(exc) from exc
+            self._pool = pool
+
+    async def close(self) -> None:
+        async with self._lock:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                await pool.close()
+
+    def _pool_or_fail(self) -> Any:
+        if self._pool is None:
+            raise StorageError(f"{self!r} is not open")
+        return self._pool
+
+    async def apply(
+        self, key: str, node_id: str, decide: Callable[[LeaseRecord | None, int], _O]
+    ) -> Applied[_O]:
+        applied: Applied[_O] = await self._queue.submit(Pending(key, node_id, decide))
+        return applied
+
+    async def _apply_batch(self, batch: Sequence[Pending]) -> list[Applied[Any] | BaseException]:
+        pool = self._pool_or_fail()
+        asyncpg = importlib.import_module("asyncpg")
+        keys = list(dict.fromkeys(p.key for p in batch))
+        nodes = list(dict.fromkeys(p.node_id for p in batch))
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute(_lock_sql(keys))
+                try:
+                    found = await conn.fetch(_ROWS_SQL, keys)
+                    counts = await conn.fetch(_COUNTS_SQL, nodes, keys)
+                    rows = {r["lease_key"]: record_of(list(r.values())[1:]) for r in found
+                            if r["lease_key"] is not None}  # fmt: skip
+                    base = {r["node_id"]: (int(r["completed"]), int(r["claimed"])) for r in counts}
+                    results, writes = _decide(batch, rows, base, int(found[0]["now_ms"]))
+                    if writes:
+                        columns = list(zip(*(values_of(r) for r in writes.values()), strict=True))
+                        await conn.execute(_UPSERT_SQL, *columns)
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    await conn.execute("ROLLBACK")
+                    raise
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._error(exc) from exc
+        return results
+
+    async def inspect(self, prefix: str, limit: int) -> list[LeaseRecord]:
+        pool = self._pool_or_fail()
+        asyncpg = importlib.import_module("asyncpg")
+        try:
+            rows = await pool.fetch(
+                f"SELECT {COLUMNS} FROM {TABLE} WHERE left(lease_key, length($1)) = $1 "
+                'ORDER BY lease_key COLLATE "C" LIMIT $2',
+                prefix,
+                limit,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._error(exc) from exc
+        return [record_of(row) for row in rows]
+
+
+def _decide(
+    batch: Sequence[Pending],
+    rows: dict[str, LeaseRecord],
+    base: dict[str, tuple[int, int]],
+    now_ms: int,
+) -> tuple[list[Applied[Any] | BaseException], dict[str, LeaseRecord]]:
+    """Run the batch's decisions in order on ``rows`` (updated in place): each result, and
+    the final row of every key a decision wrote. A node's ratio counts its rows outside the
+    batch (``base``: completed, claimed) plus the batch's rows of that node as they stand."""
+    results: list[Applied[Any] | BaseException] = []
+    writes: dict[str, LeaseRecord] = {}
+    batch_keys: dict[str, set[str]] = {}
+    for item in batch:
+        batch_keys.setdefault(item.node_id, set()).add(item.key)
+    for item in batch:
+        try:
+            outcome = item.decide(rows.get(item.key), now_ms)
+        except Exception as exc:  # this decision writes nothing; the others stand
+            results.append(exc)
+            continue
+        record = written(outcome)
+        if record is not None:
+            rows[item.key] = writes[item.key] = record
+        completed, claimed = base.get(item.node_id, (0, 0))
+        for key in batch_keys[item.node_id]:
+            row = rows.get(key)
+            if row is not None:
+                claimed += 1
+                completed += row.state is LeaseState.COMPLETED
+        results.append(Applied(outcome, ratio(completed, claimed)))
+    return results, writes

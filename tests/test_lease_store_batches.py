@@ -1,0 +1,117 @@
+"""Lease stores apply concurrent decisions in batches (one transaction each): whatever the
+mix of claims, completes, fails and decisions that raise, on shared keys, every outcome and
+completion ratio equals applying the same decisions one at a time, in arrival order, to a
+dict — on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qmtl.runtime.sdk import lease_rules as rules
+from qmtl.runtime.sdk.lease_rules import LeaseKey, LeaseRecord
+from qmtl.services.coordinator import LeaseStore, PostgresLeaseStore, SQLiteLeaseStore
+
+LEASE_MS = 3_600_000  # far longer than an example: nothing expires, so `now` never matters
+
+#: (kind, node 0..1, window 0..2, token choice 0..3): complete/fail use the token of the
+#: claim numbered ``token choice`` in this example (or a stale one when there is none).
+op = st.tuples(
+    st.sampled_from(["claim", "complete", "fail", "raise"]),
+    st.integers(0, 1),
+    st.integers(0, 2),
+    st.integers(0, 3),
+)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def runner_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[asyncio.Runner, LeaseStore]]:
+    store: LeaseStore
+    if request.param == "sqlite":
+        store = SQLiteLeaseStore(tmp_path / "leases.db")
+    else:
+        store = PostgresLeaseStore(request.getfixturevalue("postgres_dsn"))
+    with asyncio.Runner() as runner:
+        runner.run(store.open())
+        yield runner, store
+        runner.run(store.close())
+
+
+def _decision(kind: str, key: LeaseKey, token: str) -> Callable[[LeaseRecord | None, int], Any]:
+    if kind == "claim":
+        return lambda row, now: rules.claim(row, key, now_ms=now, lease_ms=LEASE_MS, token=token)
+    if kind == "complete":
+        return lambda row, now: rules.complete(row, token, now_ms=now)
+    if kind == "fail":
+        return lambda row, now: rules.fail(row, token, "boom", now_ms=now)
+
+    def raising(row: LeaseRecord | None, now: int) -> Any:
+        raise RuntimeError("a decision that fails")
+
+    return raising
+
+
+def _summary(outcome: Any) -> tuple[str, str | None, str | None]:
+    record = getattr(outcome, "record", None)
+    if record is None:
+        return (type(outcome).__name__, None, None)
+    return (type(outcome).__name__, record.token, record.state.value)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=st.lists(op, min_size=1, max_size=24))
+def test_batched_decisions_equal_one_at_a_time_on_a_dict(
+    runner_store: tuple[asyncio.Runner, LeaseStore], ops: list[tuple[str, int, int, int]]
+) -> None:
+    runner, store = runner_store
+    tag = uuid.uuid4().hex[:8]  # fresh keys per example: the store is shared
+    claim_tokens: list[str] = []
+    calls = []
+    for kind, node_i, window, choice in ops:
+        node = f"ohlcv:model:{tag}{node_i}/USDT:1m"
+        key = LeaseKey(node, 60, window * 3600, (window + 1) * 3600)
+        if kind == "claim":
+            token = rules.new_token()
+            claim_tokens.append(token)
+        else:
+            token = claim_tokens[choice] if choice < len(claim_tokens) else "f" * 32
+        calls.append((str(key), node, _decision(kind, key, token)))
+
+    async def concurrently() -> list[Any]:  # submitted in order, in as few batches as may be
+        return await asyncio.gather(
+            *(store.apply(k, n, d) for k, n, d in calls), return_exceptions=True
+        )
+
+    got = runner.run(concurrently())
+    rows: dict[str, LeaseRecord] = {}
+    for (key, node, decide), result in zip(calls, got, strict=True):
+        try:
+            outcome = decide(rows.get(key), 0)
+        except RuntimeError:
+            assert isinstance(result, RuntimeError), result
+            continue
+        written = getattr(outcome, "record", None)
+        if isinstance(outcome, rules.Granted | rules.Changed):
+            rows[key] = written
+        mine = [r for r in rows.values() if r.node_id == node]
+        done = sum(r.state is rules.LeaseState.COMPLETED for r in mine)
+        assert not isinstance(result, BaseException), result
+        assert _summary(result.outcome) == _summary(outcome)
+        assert result.completion_ratio == pytest.approx(done / len(mine) if mine else 0.0)
+    stored = runner.run(store.inspect(f"ohlcv:model:{tag}", 100))
+    assert {r.key: (r.token, r.state) for r in stored} == {
+        k: (r.token, r.state) for k, r in rows.items()
+    }
