@@ -44,7 +44,7 @@ import aiohttp
 from qmtl.runtime.io.coordinator_client import DistributedBackfillCoordinator
 from qmtl.runtime.sdk import lease_rules as rules
 from qmtl.runtime.sdk.backfill_coordinator import Lease
-from qmtl.services.coordinator.store import LeaseStore, open_lease_store
+from qmtl.services.coordinator import LeaseStore, open_lease_store
 from qmtl.testing.servers import PostgresServer
 
 __all__ = ["main"]

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchLog",
     "add_exchange_options",
+    "add_metrics_option",
     "add_store_options",
     "add_window_options",
     "check_window_size",
@@ -98,6 +99,18 @@ def add_exchange_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="REST root replacing the exchange's hosts (overrides exchanges.<id>.urls.rest), "
         "e.g. the simulator http://127.0.0.1:8080",
+    )
+
+
+def add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-port``: every long-running command takes it
+    (:func:`~qmtl.runtime.io.metrics_endpoint.serve_metrics`: all interfaces, only when given)."""
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus /metrics on this port while running (0 picks a free one); "
+        "binds all interfaces, so a scraper on another host can reach it",
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from qmtl.cli._common import (
     BatchLog,
     add_exchange_options,
+    add_metrics_option,
     add_store_options,
     add_window_options,
     check_window_size,
@@ -33,9 +34,11 @@ from qmtl.cli._common import (
 from qmtl.cli.main import missing_data_exit
 from qmtl.cli.progress import backfill_progress
 from qmtl.runtime.io.composition import build_provider
+from qmtl.runtime.io.metrics_endpoint import serve_metrics
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
 from qmtl.runtime.sdk.coverage_report import CoverageReport
 from qmtl.runtime.sdk.history_coverage import Range
+from qmtl.runtime.sdk.metrics import default_metrics
 
 __all__ = ["register"]
 
@@ -46,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     add_exchange_options(parser)
     add_window_options(parser)
     parser.add_argument("--json", action="store_true", help="print the gap report as JSON")
+    add_metrics_option(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -56,8 +60,9 @@ async def _backfill(
     log: BatchLog,
     *,
     quiet: bool,
+    metrics_port: int | None = None,
 ) -> tuple[str, list[CoverageReport]]:
-    async with provider:
+    async with serve_metrics(metrics_port, default_metrics().registry), provider:
         store = await provider.storage.resolved_location()
         if not quiet:
             show_store(store)
@@ -87,9 +92,11 @@ def _run(args: argparse.Namespace) -> int:
     if not nodes:
         raise ValueError(f"{args.config}: no exchanges/symbols configured, nothing to backfill")
     check_window_size(window, nodes, config.seamless.backfill)
-    provider = build_provider(config, strategy="AUTO_BACKFILL")
+    provider = build_provider(config, strategy="AUTO_BACKFILL")  # records in default_metrics()
     log = BatchLog()
-    store, reports = asyncio.run(_backfill(provider, nodes, window, log, quiet=args.json))
+    store, reports = asyncio.run(
+        _backfill(provider, nodes, window, log, quiet=args.json, metrics_port=args.metrics_port)
+    )
     if args.json:
         print_json(
             {

@@ -4,7 +4,9 @@ Lease state lives in the store named by ``--dsn``: ``sqlite:///path`` for one ma
 default ``sqlite:///.qmtl/leases.db``) or ``postgresql://...`` for restarts and several
 replicas on one database. The bearer token is ``environment.coordinator_token``
 (``QMTL_SEAMLESS_COORDINATOR_TOKEN``), as the configuration loader resolves it; without one
-the service answers anyone. Prints ``coordinator: http://host:port`` once listening.
+the service answers anyone. Prints ``coordinator: http://host:port`` once listening. The
+service answers ``/metrics`` on its own port; ``--metrics-port`` serves them on another one too
+(all interfaces: :mod:`~qmtl.runtime.io.metrics_endpoint`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import contextlib
 import sys
 from typing import Any
 
-from qmtl.cli._common import settings, stop_signals, usage_handler
+from qmtl.cli._common import add_metrics_option, settings, stop_signals, usage_handler
+from qmtl.runtime.io.metrics_endpoint import serve_metrics
 from qmtl.runtime.sdk.metrics import default_metrics
 from qmtl.services.coordinator.server import CoordinatorServer
 from qmtl.services.coordinator.store import DEFAULT_DSN, open_lease_store
@@ -46,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     serve_parser.add_argument(
         "--port", type=int, default=8787, help="TCP port (0 picks a free one)"
     )
+    add_metrics_option(serve_parser)
     serve_parser.set_defaults(handler=_serve)
     parser.set_defaults(handler=usage_handler(parser))
 
@@ -58,19 +62,23 @@ async def serve(
     token: str | None,
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve until ``stop`` is set, or SIGINT / SIGTERM arrives (``stop_signals``: leases
-    in flight are answered, then the store is closed); ``started`` is set once bound."""
+    in flight are answered, then the store is closed); ``started`` is set once bound.
+    ``metrics_port`` also serves the metrics there (``None``: only on the service's port)."""
+    metrics = default_metrics()
     server = CoordinatorServer(
-        open_lease_store(dsn), metrics=default_metrics(), host=host, port=port, token=token
+        open_lease_store(dsn), metrics=metrics, host=host, port=port, token=token
     )
     with stop_signals(stop) as stopping:
         await server.start()
         try:
-            print(f"coordinator: {server.base_url}", flush=True)
-            if started is not None:
-                started.set()
-            await stopping.wait()
+            async with serve_metrics(metrics_port, metrics.registry):
+                print(f"coordinator: {server.base_url}", flush=True)
+                if started is not None:
+                    started.set()
+                await stopping.wait()
         finally:
             await server.stop()
 
@@ -81,6 +89,14 @@ def _serve(args: argparse.Namespace) -> int:
     open_lease_store(args.dsn)  # a bad DSN is a one-line usage error before anything starts
     token = settings(args).environment.coordinator_token
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
-        asyncio.run(serve(args.dsn, host=args.host, port=args.port, token=token))
+        asyncio.run(
+            serve(
+                args.dsn,
+                host=args.host,
+                port=args.port,
+                token=token,
+                metrics_port=args.metrics_port,
+            )
+        )
     print("coordinator stopped", file=sys.stderr)
     return 0

@@ -3,7 +3,9 @@ format: ``docs/simulator.md``).
 
 Prints the REST and websocket roots on one line each, e.g. ``rest: http://127.0.0.1:8080``,
 so users can point ``exchanges.binance.urls`` at it. A bad scenario file is a one-line error
-(exit 2, from ``main``); a port in use is too (``OSError``).
+(exit 2, from ``main``); a port in use is too (``OSError``). The simulator records no metrics
+of its own: ``--metrics-port`` serves the process-wide registry (process and catalog
+metrics; :mod:`~qmtl.runtime.io.metrics_endpoint`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qmtl.cli._common import stop_signals, usage_handler
+from qmtl.cli._common import add_metrics_option, stop_signals, usage_handler
+from qmtl.runtime.io.metrics_endpoint import serve_metrics
+from qmtl.runtime.sdk.metrics import default_metrics
 from qmtl.services.exchange_sim.scenario import Scenario
 from qmtl.services.exchange_sim.server import SimulatorServer
 
@@ -41,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     serve_parser.add_argument(
         "--scenario", metavar="FILE", default=None, help="scenario YAML (default: built-in)"
     )
+    add_metrics_option(serve_parser)
     serve_parser.set_defaults(handler=_serve)
 
     parser.set_defaults(handler=usage_handler(parser))
@@ -53,19 +58,21 @@ async def serve(
     port: int,
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    metrics_port: int | None = None,
 ) -> SimulatorServer:
     """Serve until ``stop`` is set, or SIGINT / SIGTERM arrives (``stop_signals``);
-    ``started`` is set once bound."""
+    ``started`` is set once bound. ``metrics_port`` serves ``/metrics`` there too."""
     server = SimulatorServer(scenario, host=host, port=port)
     with stop_signals(stop) as stopping:
         await server.start()
         try:
-            print(f"rest: {server.base_url}", flush=True)
-            print(f"ws: {server.ws_url}/stream/ws", flush=True)
-            print(f"symbols: {', '.join(scenario.symbols)}", flush=True)
-            if started is not None:
-                started.set()
-            await stopping.wait()
+            async with serve_metrics(metrics_port, default_metrics().registry):
+                print(f"rest: {server.base_url}", flush=True)
+                print(f"ws: {server.ws_url}/stream/ws", flush=True)
+                print(f"symbols: {', '.join(scenario.symbols)}", flush=True)
+                if started is not None:
+                    started.set()
+                await stopping.wait()
         finally:
             await server.stop()
     return server
@@ -76,6 +83,6 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be within 0..65535, got {args.port}")
     scenario = Scenario.from_yaml(Path(args.scenario)) if args.scenario else Scenario()
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
-        asyncio.run(serve(scenario, host=args.host, port=args.port))
+        asyncio.run(serve(scenario, host=args.host, port=args.port, metrics_port=args.metrics_port))
     print("simulator stopped", file=sys.stderr)
     return 0

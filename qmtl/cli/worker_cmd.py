@@ -8,13 +8,28 @@ worker then waits ``--poll-s`` and asks again — the holder may finish it (the 
 covers it), fail it or die (its lease expires and the window is granted here) — until the
 store covers the node's range, or a pass makes no progress with nothing held elsewhere.
 
+A worker never fetches a window without its lease: while the coordinator is unreachable
+(``seamless.coordinator.claim_failed``, once per outage) its windows wait like held ones, and
+the worker gives up (exit 3) once the outage outlasts one lease TTL
+(``seamless.backfill.distributed_lease_ttl_ms``) — longer than any lease it could still hold.
+(The library, by contrast, falls back to in-process single flight: a strategy must not stop
+because the coordinator blinked.)
+
 Workers share one store (PostgreSQL): a lease granted for a window the store already covers
 (another worker completed it between this worker's ledger read and its claim) is completed
 at once instead of fetched, so a window is fetched once however the workers interleave.
 
+When publication is switched on (``seamless.artifact.publish_optional``, an
+``object_store_uri`` such as ``s3://bucket/prefix``), each covered node's range is published
+as artifacts by one worker of the cluster: the one granted the lease on that range in the
+world ``artifacts`` (the others skip it). A publication is content-addressed, so a worker
+that publishes without a lease (coordinator unreachable) at worst repeats a manifest of the
+same bars.
+
 Progress goes to stderr, one line per change (``worker <id>: <node> <done>/<total> bars``);
 the summary goes to stdout (``--json``: ``{worker, store, window, nodes: [{node_id, stored,
-known_empty, missing}]}``). ``--follow`` keeps going after the range is covered: every
+known_empty, missing, published}]}``; ``published``: ``{artifacts, as_of}`` from the worker
+that published the node, else ``null``). ``--follow`` keeps going after the range is covered: every
 ``--poll-s`` the end moves to now and new closed bars are filled, until Ctrl-C (exit 0).
 
 Exit codes as ``backfill``: 0 nothing missing; 1 something still missing; 2 a user mistake
@@ -26,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import socket
 import sys
@@ -36,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Final
 from qmtl.cli._common import (
     BatchLog,
     add_exchange_options,
+    add_metrics_option,
     add_store_options,
     add_window_options,
     check_window_size,
@@ -48,11 +65,17 @@ from qmtl.cli._common import (
 )
 from qmtl.cli.main import missing_data_exit
 from qmtl.runtime.io.composition import build_provider
+from qmtl.runtime.io.coordinator_client import CoordinatorUnavailable
+from qmtl.runtime.io.metrics_endpoint import serve_metrics
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
 from qmtl.runtime.sdk.history_coverage import Range, compute_missing_ranges
+from qmtl.runtime.sdk.lease_rules import LeaseKey
+from qmtl.runtime.sdk.metrics import default_metrics
 from qmtl.runtime.sdk.node_id import parse_node_id
+from qmtl.runtime.sdk.served_artifacts import publishes
 
 if TYPE_CHECKING:
+    from qmtl.runtime.io.batch_leases import BatchLeases
     from qmtl.runtime.sdk.backfill_config import BackfillConfig
     from qmtl.runtime.sdk.backfill_types import BatchOutcome
     from qmtl.runtime.sdk.config import QMTLConfig
@@ -60,6 +83,8 @@ if TYPE_CHECKING:
 
 __all__ = ["NO_COORDINATOR", "register"]
 
+#: The lease world of a node's publication (one publishing worker per node and range).
+PUBLISH_WORLD: Final = "artifacts"
 NO_COORDINATOR: Final = (
     "worker needs a coordinator: set environment.coordinator_url or QMTL_SEAMLESS_COORDINATOR_URL"
 )
@@ -89,6 +114,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "rounds (default 1)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_metrics_option(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -106,6 +132,22 @@ class _Run:
     store: str = ""
     window: Range | None = None
     reports: list[CoverageReport] = field(default_factory=list)
+    leases: BatchLeases | None = None
+    published: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+
+    def check_outage(self) -> None:
+        """Give up once the coordinator has been unreachable for longer than a lease lives."""
+        leases = self.leases
+        if leases is None or leases.outage_since is None or leases.outage_error is None:
+            return
+        down_s = leases.clock.monotonic() - leases.outage_since
+        if down_s * 1000 > leases.lease_ms:
+            url = leases.outage_error.url
+            raise CoordinatorUnavailable(
+                f"coordinator {url} unreachable for {down_s:.1f} s, longer than a lease lives "
+                f"({leases.lease_ms} ms): {leases.outage_error}",
+                url=url,
+            )
 
     def on_batch(self, node_id: str, outcome: BatchOutcome) -> None:
         if outcome.held:
@@ -161,10 +203,50 @@ async def _fill_node(
         if previous is not None and missing == previous and not held:
             return  # no progress possible: the summary says what is missing and why
         if previous is not None and held:
+            run.check_outage()
             await asyncio.sleep(run.poll_s)  # the holder may finish, fail or expire
         previous = missing
         run.held.discard(node)
         await provider.ensure_data_available(target.start, target.end, node_id=node)
+
+
+def _publication_on(provider: EnhancedQuestDBProvider) -> bool:
+    return provider.registrar is not None and publishes(
+        None,
+        publish_fingerprint=provider.publish_fingerprint,
+        publish_optional=provider.publish_optional,
+    )
+
+
+async def _publish(provider: EnhancedQuestDBProvider, run: _Run, node: str, window: Range) -> None:
+    """Publish ``node``'s covered range if this worker is granted its publication lease
+    (module docstring): a fetch publishes what it serves that is not yet published."""
+    interval = parse_node_id(node).interval
+    target = _target(window, interval, int(time.time()))
+    coordinator, leases = provider.coordinator, run.leases
+    if coordinator is None or leases is None or target.start >= target.end:
+        return
+    key = str(LeaseKey(node, interval, target.start, target.end, world_id=PUBLISH_WORLD))
+    lease = None
+    try:
+        lease = await coordinator.claim(key, leases.lease_ms)
+        if lease is None:
+            return  # another worker is publishing it
+    except CoordinatorUnavailable:
+        pass  # content-addressed: publishing without the lease at worst repeats a manifest
+    error: str | None = "publication failed"
+    try:
+        result = await provider.fetch(target.start, target.end, node_id=node)
+        meta = result.metadata
+        run.published[node] = (len(meta.artifacts), meta.as_of)
+        error = None
+    finally:
+        if lease is not None:
+            with contextlib.suppress(CoordinatorUnavailable, ValueError):
+                if error is None:
+                    await coordinator.complete(lease)
+                else:
+                    await coordinator.fail(lease, error)
 
 
 async def _round(
@@ -176,6 +258,9 @@ async def _round(
                 group.create_task(_fill_node(provider, run, node, window))
     except BaseExceptionGroup as failed:  # report the error, not the group
         raise failed.exceptions[0] from None
+    if _publication_on(provider):
+        for node in nodes:
+            await _publish(provider, run, node, window)
     run.window = window
     run.reports = [
         await provider.coverage_report(node_id=n, start=window.start, end=window.end) for n in nodes
@@ -190,10 +275,14 @@ async def _work(
     *,
     follow: bool,
     quiet: bool,
+    metrics_port: int | None = None,
 ) -> None:
-    provider = build_provider(config, strategy="AUTO_BACKFILL")
+    provider = build_provider(config, strategy="AUTO_BACKFILL")  # records in default_metrics()
     provider.auto_backfiller.on_batch = run.on_batch
-    async with provider:
+    run.leases = provider.auto_backfiller.leases  # a coordinator is configured (_run checks)
+    if run.leases is not None:
+        run.leases.require_lease = True
+    async with serve_metrics(metrics_port, default_metrics().registry), provider:
         run.store = await provider.storage.resolved_location()
         if not quiet:
             show_store(run.store)
@@ -203,6 +292,13 @@ async def _work(
             now = int(time.time())
             window = Range(window.start, max(window.end, now - now % 60))
             await _round(provider, run, nodes, window)
+
+
+def _published(run: _Run, node: str) -> dict[str, Any] | None:
+    if node not in run.published:
+        return None
+    artifacts, as_of = run.published[node]
+    return {"artifacts": artifacts, "as_of": as_of}
 
 
 def _summary(run: _Run, *, as_json: bool) -> None:
@@ -219,6 +315,7 @@ def _summary(run: _Run, *, as_json: bool) -> None:
                         "stored": r.data_bars,
                         "known_empty": r.empty_bars,
                         "missing": r.missing_bars,
+                        "published": _published(run, r.node_id),
                     }
                     for r in run.reports
                 ],
@@ -246,7 +343,17 @@ def _run(args: argparse.Namespace) -> int:
     _check(window, nodes, config.seamless.backfill, args.poll_s)
     run = _Run(worker=config.environment.worker_id or socket.gethostname(), poll_s=args.poll_s)
     try:
-        asyncio.run(_work(config, run, nodes, window, follow=args.follow, quiet=args.json))
+        asyncio.run(
+            _work(
+                config,
+                run,
+                nodes,
+                window,
+                follow=args.follow,
+                quiet=args.json,
+                metrics_port=args.metrics_port,
+            )
+        )
     except KeyboardInterrupt:
         if not args.follow:
             raise

@@ -48,7 +48,7 @@ from qmtl.runtime.sdk.events import (
     log_event,
 )
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
-from qmtl.services.coordinator.store import LeaseStore
+from qmtl.services.coordinator.lease_rows import LeaseStore
 
 __all__ = ["MAX_BODY_BYTES", "MAX_INSPECT_LIMIT", "CoordinatorState", "create_app", "state_of"]
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.services.coordinator.app import create_app
-from qmtl.services.coordinator.store import LeaseStore
+from qmtl.services.coordinator.lease_rows import LeaseStore
 
 __all__ = ["CoordinatorServer", "run_coordinator"]
 

@@ -11,18 +11,11 @@ from __future__ import annotations
 
 from typing import Final
 
-from qmtl.services.coordinator.lease_rows import Applied, LeaseStore
+from qmtl.services.coordinator.lease_rows import LeaseStore
 from qmtl.services.coordinator.postgres_store import PostgresLeaseStore
 from qmtl.services.coordinator.sqlite_store import SQLiteLeaseStore
 
-__all__ = [
-    "DEFAULT_DSN",
-    "Applied",
-    "LeaseStore",
-    "PostgresLeaseStore",
-    "SQLiteLeaseStore",
-    "open_lease_store",
-]
+__all__ = ["DEFAULT_DSN", "open_lease_store"]
 
 DEFAULT_DSN: Final = "sqlite:///.qmtl/leases.db"
 
