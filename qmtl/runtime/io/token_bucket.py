@@ -5,7 +5,10 @@ The bucket refills continuously at ``rate_per_ms`` and holds at most ``capacity`
 and is told when its request is due; when the bucket is short it goes negative and later
 callers queue behind (FIFO by construction, no polling). A request is issued only when its
 tokens are due, so over any window of ``W`` ms the spend never exceeds
-``capacity + rate_per_ms * W`` — ``burst_tokens + tokens_per_interval`` per ``interval_ms``.
+``max(capacity, c) + rate_per_ms * W`` for requests of cost at most ``c`` —
+``burst_tokens + tokens_per_interval`` per ``interval_ms`` when no request costs more than the
+burst (a dearer one, such as a 20-weight market load with a burst of 2, waits for its tokens
+first and spends them at once).
 
 A penalty (429/418) is :func:`penalize`: the bucket is drained to ``min(tokens, 0)`` and its
 clock moved to the end of the pause, so nothing new is due before it and refill resumes only
