@@ -26,7 +26,7 @@ from qmtl.runtime.io import (
 from qmtl.runtime.io.composition import build_fetchers
 from qmtl.runtime.sdk.backfill_coordinator import BackfillCoordinator, Lease
 from qmtl.runtime.sdk.backfill_types import FetchWindowResult
-from qmtl.runtime.sdk.clock import FakeClock
+from qmtl.runtime.sdk.clock import FakeClock, SystemClock
 from qmtl.runtime.sdk.config import QMTLConfig, load_config
 from qmtl.runtime.sdk.events import (
     COORDINATOR_CLAIM_FAILED,
@@ -427,3 +427,40 @@ async def test_a_provider_that_requires_leases_fetches_nothing_while_the_coordin
                 assert await provider.ensure_data_available(window.start, window.end, node_id=NODE)
             assert leases.outage_since is None and leases.outage_error is None
             assert sim.request_log.klines
+
+
+async def test_a_worker_holds_no_more_leases_than_it_can_fetch_at_once(tmp_path: Path) -> None:
+    """Leases are claimed only when a fetch slot is free: a worker planning many batches
+    never sits on windows (``max_concurrent_requests`` of them at most) that other workers
+    could be fetching meanwhile."""
+    from qmtl.runtime.io import DataFetcherAutoBackfiller, InMemoryBackfillCoordinator
+    from qmtl.runtime.io.storage import open_storage
+    from qmtl.runtime.sdk.backfill_config import BackfillConfig
+    from tests.fetchers import ScriptedFetcher
+
+    class Counting(InMemoryBackfillCoordinator):
+        held = 0
+        most = 0
+
+        async def claim(self, key: str, lease_ms: int) -> Lease | None:
+            lease = await super().claim(key, lease_ms)
+            if lease is not None:
+                Counting.held += 1
+                Counting.most = max(Counting.most, Counting.held)
+            return lease
+
+        async def complete(self, lease: Lease) -> None:
+            Counting.held -= 1
+            await super().complete(lease)
+
+    window = Range(JAN1, JAN1 + 86_400)  # 24 batches of 60 bars
+    config = BackfillConfig(window_bars=60, max_concurrent_requests=2)
+    fetcher = ScriptedFetcher(delay_s=0.01, clock=SystemClock())
+    async with open_storage(f"duckdb:///{tmp_path / 'w.duckdb'}") as store:
+        worker = DataFetcherAutoBackfiller(
+            fetcher, store, coordinator=Counting(), lease_ms=60_000, config=config
+        )
+        report = await worker.backfill(NODE, 60, [window])
+    assert not report.failed and len(report.outcomes) == 24
+    assert fetcher.max_in_flight == 2
+    assert Counting.most == 2, Counting.most  # was 2 x PLANNED_PER_SLOT before

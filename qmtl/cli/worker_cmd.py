@@ -30,7 +30,10 @@ Progress goes to stderr, one line per change (``worker <id>: <node> <done>/<tota
 the summary goes to stdout (``--json``: ``{worker, store, window, nodes: [{node_id, stored,
 known_empty, missing, published}]}``; ``published``: ``{artifacts, as_of}`` from the worker
 that published the node, else ``null``). ``--follow`` keeps going after the range is covered: every
-``--poll-s`` the end moves to now and new closed bars are filled, until Ctrl-C (exit 0).
+``--poll-s`` the end moves to now and new closed bars are filled, until Ctrl-C or SIGTERM
+(exit 0). Either signal stops a worker gracefully: the batches in flight are cancelled and
+their leases failed (another worker may take them at once), and the summary covers each
+node's closed bars up to the last round's end.
 
 Exit codes as ``backfill``: 0 nothing missing; 1 something still missing; 2 a user mistake
 (no coordinator configured, an unknown symbol); 3 the exchange or the store failed every
@@ -61,6 +64,7 @@ from qmtl.cli._common import (
     print_json,
     resolve_config,
     show_store,
+    stop_signals,
     window_from_args,
 )
 from qmtl.cli.main import missing_data_exit
@@ -75,6 +79,8 @@ from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.served_artifacts import publishes
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from qmtl.runtime.io.batch_leases import BatchLeases
     from qmtl.runtime.sdk.backfill_config import BackfillConfig
     from qmtl.runtime.sdk.backfill_types import BatchOutcome
@@ -134,6 +140,7 @@ class _Run:
     reports: list[CoverageReport] = field(default_factory=list)
     leases: BatchLeases | None = None
     published: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    stopped: bool = False  #: SIGINT or SIGTERM ended the run
 
     def check_outage(self) -> None:
         """Give up once the coordinator has been unreachable for longer than a lease lives."""
@@ -261,10 +268,42 @@ async def _round(
     if _publication_on(provider):
         for node in nodes:
             await _publish(provider, run, node, window)
+
+
+async def _rounds(
+    provider: EnhancedQuestDBProvider,
+    run: _Run,
+    nodes: tuple[str, ...],
+    window: Range,
+    *,
+    follow: bool,
+) -> None:
+    """One round over ``window``; with ``follow``, then one every ``poll_s`` with the end
+    moved to now (each node's target keeps to its closed bars)."""
     run.window = window
-    run.reports = [
-        await provider.coverage_report(node_id=n, start=window.start, end=window.end) for n in nodes
-    ]
+    await _round(provider, run, nodes, window)
+    while follow:
+        await asyncio.sleep(run.poll_s)
+        run.window = window = Range(window.start, max(window.end, int(time.time())))
+        await _round(provider, run, nodes, window)
+
+
+async def _until_stopped(stopping: asyncio.Event, work: Awaitable[None]) -> bool:
+    """Run ``work`` until it ends (``False``) or ``stopping`` is set (``True``: ``work`` is
+    cancelled — its batches in flight fail their leases, so others may take them at once)."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if task.done():
+        task.result()  # its error, if it failed
+        return False
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return True
 
 
 async def _work(
@@ -286,12 +325,18 @@ async def _work(
         run.store = await provider.storage.resolved_location()
         if not quiet:
             show_store(run.store)
-        await _round(provider, run, nodes, window)
-        while follow:
-            await asyncio.sleep(run.poll_s)
-            now = int(time.time())
-            window = Range(window.start, max(window.end, now - now % 60))
-            await _round(provider, run, nodes, window)
+        with stop_signals() as stopping:
+            work = _rounds(provider, run, nodes, window, follow=follow)
+            run.stopped = await _until_stopped(stopping, work)
+        now = int(time.time())
+        last = run.window or window
+        run.reports = []
+        for node in nodes:
+            target = _target(last, parse_node_id(node).interval, now)
+            report = await provider.coverage_report(
+                node_id=node, start=target.start, end=target.end
+            )
+            run.reports.append(report)
 
 
 def _published(run: _Run, node: str) -> dict[str, Any] | None:
@@ -342,23 +387,22 @@ def _run(args: argparse.Namespace) -> int:
     nodes = config.node_ids()
     _check(window, nodes, config.seamless.backfill, args.poll_s)
     run = _Run(worker=config.environment.worker_id or socket.gethostname(), poll_s=args.poll_s)
-    try:
-        asyncio.run(
-            _work(
-                config,
-                run,
-                nodes,
-                window,
-                follow=args.follow,
-                quiet=args.json,
-                metrics_port=args.metrics_port,
-            )
+    asyncio.run(
+        _work(
+            config,
+            run,
+            nodes,
+            window,
+            follow=args.follow,
+            quiet=args.json,
+            metrics_port=args.metrics_port,
         )
-    except KeyboardInterrupt:
-        if not args.follow:
-            raise
+    )
+    if run.stopped:
         print(f"worker {run.worker}: stopped", file=sys.stderr, flush=True)
     _summary(run, as_json=args.json)
+    if run.stopped and args.follow:
+        return 0  # following ends only when told to: that is its success
     if all(r.missing_bars == 0 for r in run.reports) and run.reports:
         return 0
     return missing_data_exit("worker", run.log.errors, progressed=run.log.succeeded > 0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final
 
@@ -23,13 +23,22 @@ _BANNER: Final = "coordinator: "
 
 
 @asynccontextmanager
-async def coordinator_process(dsn: str, *, timeout_s: float = 30.0) -> AsyncIterator[str]:
-    """``coordinator serve --dsn DSN --port 0`` in a subprocess; yields its URL once it
+async def coordinator_process(
+    dsn: str,
+    *,
+    timeout_s: float = 30.0,
+    port: int = 0,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[str]:
+    """``coordinator serve --dsn DSN --port PORT`` in a subprocess; yields its URL once it
     listens (``ConnectionError`` if it does not say so within ``timeout_s``), and stops it
-    with SIGTERM (a graceful stop) on exit."""
+    with SIGTERM (a graceful stop) on exit. ``port=0`` picks a free port; a fixed one
+    (:func:`qmtl.testing.servers.free_port`) lets a restarted coordinator keep its URL.
+    ``env`` is added to this process's environment."""
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "coordinator", "serve", "--dsn", dsn, "--port", "0",
+        *CLI, "coordinator", "serve", "--dsn", dsn, "--port", str(port),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -44,13 +53,20 @@ async def coordinator_process(dsn: str, *, timeout_s: float = 30.0) -> AsyncIter
 
 
 async def start_worker(
-    config: Path, *, dsn: str, start: int, end: int, name: str, poll_s: float
+    config: Path,
+    *,
+    dsn: str,
+    start: int,
+    end: int,
+    name: str,
+    poll_s: float,
+    extra_args: Sequence[str] = (),
 ) -> asyncio.subprocess.Process:
-    """``worker --config CONFIG --dsn DSN --start --end --json`` as worker ``name``
-    (``QMTL_SEAMLESS_WORKER``), stdout and stderr piped."""
+    """``worker --config CONFIG --dsn DSN --start --end --json [EXTRA_ARGS]`` as worker
+    ``name`` (``QMTL_SEAMLESS_WORKER``), stdout and stderr piped."""
     return await asyncio.create_subprocess_exec(
         *CLI, "worker", "--config", str(config), "--dsn", dsn, "--start", str(start),
-        "--end", str(end), "--poll-s", str(poll_s), "--json",
+        "--end", str(end), "--poll-s", str(poll_s), "--json", *extra_args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "QMTL_SEAMLESS_WORKER": name},
     )  # fmt: skip

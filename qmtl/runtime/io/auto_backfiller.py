@@ -163,6 +163,9 @@ class DataFetcherAutoBackfiller:
         self.stabilization_bars = stabilization_bars
         self.on_batch = on_batch  # progress hook: called with (node_id, outcome) per batch
         self._slots = asyncio.Semaphore(self.config.max_concurrent_requests)
+        #: Leased batches in flight: no more windows claimed than can be fetched at once, so
+        #: a worker never sits on leases other workers could be fetching.
+        self._lease_slots = asyncio.Semaphore(self.config.max_concurrent_requests)
         self._committer = GroupCommitter(storage)
         self._inflight: dict[_NodeKey, dict[Range, asyncio.Task[BatchOutcome]]] = {}
         self._claimed: dict[_NodeKey, int] = {}
@@ -263,13 +266,14 @@ class DataFetcherAutoBackfiller:
     ) -> BatchOutcome:
         if self.leases is None:
             return await self._attempts(node_id, interval, batch, started)
-        return await self.leases.run(
-            node_id,
-            interval,
-            batch,
-            lambda: self._attempts(node_id, interval, batch, started),
-            filled=lambda: self._filled(node_id, interval, batch),
-        )
+        async with self._lease_slots:
+            return await self.leases.run(
+                node_id,
+                interval,
+                batch,
+                lambda: self._attempts(node_id, interval, batch, started),
+                filled=lambda: self._filled(node_id, interval, batch),
+            )
 
     async def _filled(self, node_id: str, interval: int, batch: Range) -> bool:
         """Whether the store already covers ``batch`` (another worker on it filled it)."""

@@ -29,7 +29,11 @@ no ``as_of``: the hot store is shared by every world) is claimed from the coordi
   outage to paper over.
 
 Completing, failing and heartbeating never fail a batch: a lost lease is logged by the
-client, an unreachable coordinator here (the lease then expires on its own).
+client, an unreachable coordinator here. With ``require_lease`` a completion or failure the
+coordinator could not take is retried (every :data:`SETTLE_RETRY_S`) until the coordinator
+answers or the lease has expired — a worker's finished window must not sit held, blocking the
+others, because the coordinator restarted; otherwise it is tried once (a strategy's fetch is
+not held up) and the lease expires on its own.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ HELD_ERROR: Final = "held by another worker"
 #: The error of a batch not fetched because leases are required and the coordinator is
 #: unreachable (still missing).
 UNREACHABLE_ERROR: Final = "coordinator unreachable, not fetched without a lease"
+#: Seconds between attempts to settle a lease while the coordinator is unreachable.
+SETTLE_RETRY_S: Final = 0.5
 
 
 @runtime_checkable
@@ -146,18 +152,30 @@ class BatchLeases:
         return outcome
 
     async def _settle(self, lease: Lease, error: str | None) -> None:
-        try:
-            if error is None:
-                await self.coordinator.complete(lease)
-            else:
-                await self.coordinator.fail(lease, error)
-        except (CoordinatorUnavailable, ValueError) as exc:
-            logger.warning(
-                "could not %s lease %s (it will expire): %s",
-                "complete" if error is None else "fail",
-                lease.key,
-                exc,
-            )
+        verb = "complete" if error is None else "fail"
+        warned = False
+        while True:
+            try:
+                if error is None:
+                    await self.coordinator.complete(lease)
+                else:
+                    await self.coordinator.fail(lease, error)
+                return
+            except CoordinatorUnavailable as exc:
+                expired = self.clock.now() * 1000 >= lease.lease_until_ms
+                if not self.require_lease or expired:
+                    logger.warning("could not %s lease %s (it expires): %s", verb, lease.key, exc)
+                    return
+                if not warned:
+                    warned = True
+                    logger.warning(
+                        "coordinator unreachable: retrying to %s lease %s until it answers or "
+                        "the lease expires: %s", verb, lease.key, exc,
+                    )  # fmt: skip
+            except ValueError as exc:  # refused (stale token): the lease is already lost
+                logger.warning("could not %s lease %s: %s", verb, lease.key, exc)
+                return
+            await self.clock.sleep(SETTLE_RETRY_S)
 
     async def _heartbeat(self, held: list[Lease]) -> None:
         """Renew ``held[0]`` every third of the lease until cancelled or lost."""
