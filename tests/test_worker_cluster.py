@@ -17,12 +17,14 @@ import aiohttp
 import pytest
 
 from qmtl.runtime.io.storage import open_storage
+from qmtl.runtime.sdk.artifact_keys import manifest_prefix
 from qmtl.runtime.sdk.history_coverage import compute_missing_ranges
 from qmtl.runtime.sdk.lease_rules import parse_lease_key
 from qmtl.runtime.sdk.node_id import format_node_id, parse_node_id
 from qmtl.services.exchange_sim import Scenario, run_simulator
 from qmtl.testing.cluster import CLI, coordinator_process, start_worker
 from tests.cli_rig import one_error_line
+from tests.conftest import S3Bucket
 
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
 TIMEFRAMES = ("1m", "5m")
@@ -35,7 +37,9 @@ def _scenario(latency_ms: float) -> Scenario:
     )
 
 
-def _config(tmp: Path, *, sim: str, coordinator: str, redis: str, ttl_ms: int = 120_000) -> Path:
+def _config(
+    tmp: Path, *, sim: str, coordinator: str, redis: str, ttl_ms: int = 120_000, artifact: str = ""
+) -> Path:
     path = tmp / f"worker-{ttl_ms}.yaml"
     path.write_text(
         "exchanges:\n"
@@ -46,10 +50,27 @@ def _config(tmp: Path, *, sim: str, coordinator: str, redis: str, ttl_ms: int = 
         "seamless:\n"
         f"  rate_limit: {{redis_dsn: '{redis}'}}\n"
         f"  backfill: {{distributed_lease_ttl_ms: {ttl_ms}}}\n"
+        f"{artifact}"
         "environment:\n"
         f"  coordinator_url: '{coordinator}'\n"
     )
     return path
+
+
+def _s3_keys(bucket: S3Bucket, prefix: str) -> list[str]:
+    import boto3
+
+    client = boto3.client(
+        "s3", endpoint_url=bucket.endpoint_url, region_name=bucket.region,
+        aws_access_key_id=bucket.access_key, aws_secret_access_key=bucket.secret_key,
+    )  # fmt: skip
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket.bucket, Prefix=prefix
+        )
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+    finally:
+        client.close()
 
 
 async def _inspect(coordinator: str) -> list[dict[str, object]]:
@@ -94,27 +115,54 @@ def test_worker_without_a_coordinator_is_a_usage_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_four_workers_fetch_every_window_exactly_once(
-    tmp_path: Path, postgres_dsn: str, redis_dsn: str
+async def test_four_workers_fetch_every_window_exactly_once_and_publish_each_node_once(
+    tmp_path: Path, postgres_dsn: str, redis_dsn: str, s3_bucket: S3Bucket
 ) -> None:
+    """Besides every window fetched once: with publication on (an S3 artifact store), each
+    node's range is published by exactly one worker — one manifest per node in the bucket."""
+    artifact = (
+        f"  artifact: {{object_store_uri: '{s3_bucket.uri}/cluster', "
+        f"s3_endpoint_url: '{s3_bucket.endpoint_url}', publish_optional: true}}\n"
+    )
+    credentials = {
+        "AWS_ACCESS_KEY_ID": s3_bucket.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_bucket.secret_key,
+        "AWS_REGION": s3_bucket.region,
+    }
+    nodes = [format_node_id("binance", s, tf) for s in SYMBOLS for tf in TIMEFRAMES]
     async with (
         run_simulator(_scenario(latency_ms=20)) as sim,
         coordinator_process(f"sqlite:///{tmp_path / 'leases.db'}") as coord,
     ):
-        config = _config(tmp_path, sim=sim.base_url, coordinator=coord, redis=redis_dsn)
+        config = _config(
+            tmp_path, sim=sim.base_url, coordinator=coord, redis=redis_dsn, artifact=artifact
+        )
         procs = [
             await start_worker(
-                config, dsn=postgres_dsn, start=START, end=END, name=f"w{i}", poll_s=0.2
+                config,
+                dsn=postgres_dsn,
+                start=START,
+                end=END,
+                name=f"w{i}",
+                poll_s=0.2,
+                env=credentials,
             )
             for i in range(4)
         ]
         results = [await asyncio.wait_for(p.communicate(), 90) for p in procs]
+        publishers: Counter[str] = Counter()
         for proc, (out, err) in zip(procs, results, strict=True):
             assert proc.returncode == 0, err.decode()
             summary = json.loads(out)
-            assert len(summary["nodes"]) == len(SYMBOLS) * len(TIMEFRAMES)
+            assert len(summary["nodes"]) == len(nodes)
             assert all(n["missing"] == 0 for n in summary["nodes"]), summary
             assert f"worker {summary['worker']}: " in err.decode()
+            publishers.update(n["node_id"] for n in summary["nodes"] if n["published"])
+        assert publishers == Counter(nodes), publishers  # each node by exactly one worker
+        manifests = _s3_keys(s3_bucket, "cluster/")
+        for node in nodes:
+            mine = [k for k in manifests if k.startswith(f"cluster/{manifest_prefix(node)}")]
+            assert len(mine) == 1, (node, mine)
         windows = _klines_windows(sim.request_log)
         assert windows, "nothing was fetched"
         twice = {w: n for w, n in windows.items() if n != 1}
@@ -180,3 +228,20 @@ def test_demo_cluster_fills_every_node_with_four_workers() -> None:
     assert result["klines_windows_fetched_twice"] == 0
     assert result["http_429"] == 0
     assert set(result["leases"]) == {"completed"}
+    artifacts = result["artifacts"]  # each node published once, to the S3-compatible server
+    assert artifacts["uri"].startswith("s3://")
+    assert artifacts["nodes_published"] == 20 == artifacts["manifests"], artifacts
+    assert sum(artifacts["published_by"].values()) == 20
+
+
+def test_demo_cluster_without_a_server_binary_says_what_to_install() -> None:
+    """A machine without ``redis-server`` gets one line naming what is missing and exit 3;
+    the PostgreSQL it had already started is stopped again (no traceback, nothing left)."""
+    done = subprocess.run(
+        [*CLI, "demo", "--cluster"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "REDIS_SERVER_BIN": "/nonexistent/redis-server"},
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    line = one_error_line(done.stderr, "demo")
+    assert "/nonexistent/redis-server" in line and "qmtl-seamless[cluster]" in line

@@ -230,8 +230,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--cluster",
         action="store_true",
-        help="a local cluster instead: throwaway PostgreSQL and Redis, the coordinator and "
-        "4 workers filling 20 nodes",
+        help="a local cluster instead: throwaway PostgreSQL, Redis and S3-compatible servers, "
+        "the coordinator and 4 workers filling and publishing 20 nodes",
     )
     parser.add_argument(
         "--dir",
@@ -271,13 +271,21 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_cluster(args: argparse.Namespace) -> int:
     from qmtl.cli.demo_cluster import print_cluster, run_cluster
+    from qmtl.runtime.sdk.errors import SeamlessError
+    from qmtl.testing.servers import ServerUnavailable
 
     if args.dsn is not None or args.artifacts is not None:
         raise ValueError("--cluster runs its own PostgreSQL: drop --dsn and --artifacts")
     days = 1 if args.days is None else args.days
     if not 1 <= days <= 30:
         raise ValueError(f"--days must be within 1..30 with --cluster, got {days}")
-    result = asyncio.run(run_cluster(days, quiet=args.json))
+    try:
+        result = asyncio.run(run_cluster(days, quiet=args.json))
+    except ServerUnavailable as exc:  # exit 3: this machine lacks a server the cluster needs
+        raise SeamlessError(
+            f"demo --cluster could not start its servers: {exc} (it needs PostgreSQL and "
+            "Redis binaries and pip install 'qmtl-seamless[cluster]')"
+        ) from exc
     if args.json:
         print_json(result)
     else:

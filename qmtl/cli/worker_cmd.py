@@ -72,7 +72,7 @@ from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.coordinator_client import CoordinatorUnavailable
 from qmtl.runtime.io.metrics_endpoint import serve_metrics
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
-from qmtl.runtime.sdk.history_coverage import Range, compute_missing_ranges
+from qmtl.runtime.sdk.history_coverage import Range, compute_missing_ranges, subtract_ranges
 from qmtl.runtime.sdk.lease_rules import LeaseKey
 from qmtl.runtime.sdk.metrics import default_metrics
 from qmtl.runtime.sdk.node_id import parse_node_id
@@ -227,11 +227,12 @@ def _publication_on(provider: EnhancedQuestDBProvider) -> bool:
 
 async def _publish(provider: EnhancedQuestDBProvider, run: _Run, node: str, window: Range) -> None:
     """Publish ``node``'s covered range if this worker is granted its publication lease
-    (module docstring): a fetch publishes what it serves that is not yet published."""
+    (module docstring) and some of it is not published yet: a fetch publishes what it serves
+    that is not yet published. ``run.published`` records what this worker published."""
     interval = parse_node_id(node).interval
     target = _target(window, interval, int(time.time()))
-    coordinator, leases = provider.coordinator, run.leases
-    if coordinator is None or leases is None or target.start >= target.end:
+    coordinator, leases, registrar = provider.coordinator, run.leases, provider.registrar
+    if coordinator is None or leases is None or registrar is None or target.start >= target.end:
         return
     key = str(LeaseKey(node, interval, target.start, target.end, world_id=PUBLISH_WORLD))
     lease = None
@@ -243,9 +244,13 @@ async def _publish(provider: EnhancedQuestDBProvider, run: _Run, node: str, wind
         pass  # content-addressed: publishing without the lease at worst repeats a manifest
     error: str | None = "publication failed"
     try:
-        result = await provider.fetch(target.start, target.end, node_id=node)
-        meta = result.metadata
-        run.published[node] = (len(meta.artifacts), meta.as_of)
+        before = await registrar.catalog(node)
+        if subtract_ranges([target], before.published(interval)):  # a completed lease is
+            result = await provider.fetch(target.start, target.end, node_id=node)  # granted again
+            after = await registrar.catalog(node)
+            if after.last_as_of_ms != before.last_as_of_ms:  # else: nothing stable was new
+                meta = result.metadata
+                run.published[node] = (len(meta.artifacts), meta.as_of)
         error = None
     finally:
         if lease is not None:

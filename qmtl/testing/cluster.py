@@ -61,12 +61,14 @@ async def start_worker(
     name: str,
     poll_s: float,
     extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> asyncio.subprocess.Process:
     """``worker --config CONFIG --dsn DSN --start --end --json [EXTRA_ARGS]`` as worker
-    ``name`` (``QMTL_SEAMLESS_WORKER``), stdout and stderr piped."""
+    ``name`` (``QMTL_SEAMLESS_WORKER``), stdout and stderr piped; ``env`` is added to this
+    process's environment (e.g. the S3 credentials of an artifact store)."""
     return await asyncio.create_subprocess_exec(
         *CLI, "worker", "--config", str(config), "--dsn", dsn, "--start", str(start),
         "--end", str(end), "--poll-s", str(poll_s), "--json", *extra_args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "QMTL_SEAMLESS_WORKER": name},
+        env={**os.environ, **(env or {}), "QMTL_SEAMLESS_WORKER": name},
     )  # fmt: skip

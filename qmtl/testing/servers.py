@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import shutil
 import socket
@@ -88,7 +89,10 @@ class RedisServer:
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no",
         ]  # fmt: skip
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError as exc:  # a missing or unusable binary
+            raise ServerUnavailable(f"cannot run {self.binary}: {exc.strerror}") from exc
         _wait_for_port(self.port, 10.0, self._proc)
         return self
 
@@ -245,6 +249,7 @@ class MotoS3Server:
                 "moto[server] is missing; install the dev extra: pip install -e '.[all]'"
             ) from exc
         self._server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log on stderr
         self.endpoint_url = ""
 
     def start(self) -> MotoS3Server:
