@@ -115,3 +115,49 @@ def test_batched_decisions_equal_one_at_a_time_on_a_dict(
     assert {r.key: (r.token, r.state) for r in stored} == {
         k: (r.token, r.state) for k, r in rows.items()
     }
+
+
+async def test_decision_queue_answers_every_decision_whatever_the_timing() -> None:
+    """Up to two batches in flight, decisions arriving at every moment — including the step in
+    which both drainers find the queue empty and end: each is answered, in one batch, in
+    arrival order within its batch. (A drainer that left its slot a step after it ended once
+    stranded such a decision forever.)"""
+    from qmtl.services.coordinator.lease_rows import Applied, DecisionQueue, Pending
+
+    batches: list[list[str]] = []
+
+    async def apply_batch(batch: Any) -> list[Any]:
+        batches.append([p.key for p in batch])
+        for _ in range(len(batches) % 3):
+            await asyncio.sleep(0)
+        return [Applied(p.key, 0.0) for p in batch]
+
+    queue = DecisionQueue(apply_batch, in_flight=2)
+
+    async def one(i: int) -> str:
+        for _ in range(i % 5):
+            await asyncio.sleep(0)
+        applied = await queue.submit(Pending(str(i), "n", lambda row, now: None))
+        return str(applied.outcome)
+
+    got = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(2000))), 10)
+    assert got == [str(i) for i in range(2000)]
+    seen = [key for batch in batches for key in batch]
+    assert sorted(seen, key=int) == [str(i) for i in range(2000)]  # each decided once
+
+    async def at_once(batch: Any) -> list[Any]:  # a store that answers without suspending
+        return [Applied(p.key, 0.0) for p in batch]
+
+    queue = DecisionQueue(at_once, in_flight=2)
+
+    async def in_a_row(name: str) -> list[str]:  # each answer wakes it before the drainers end
+        answers = []
+        for i in range(3):
+            applied = await queue.submit(Pending(f"{name}{i}", "n", lambda row, now: None))
+            answers.append(str(applied.outcome))
+        return answers
+
+    assert await asyncio.wait_for(asyncio.gather(in_a_row("a"), in_a_row("b")), 5) == [
+        ["a0", "a1", "a2"],
+        ["b0", "b1", "b2"],
+    ]

@@ -103,23 +103,36 @@ BatchApplier = Callable[[Sequence[Pending]], Awaitable[list[Applied[Any] | BaseE
 
 
 class DecisionQueue:
-    """Queues decisions and hands them to ``apply_batch`` in batches, one batch in the
-    database at a time (module docstring). A store failure fails every decision of its
-    batch; a caller that gave up (cancelled) leaves its decision standing."""
+    """Queues decisions and hands them to ``apply_batch`` in batches, up to ``in_flight``
+    batches in the database at a time (module docstring). A store failure fails every
+    decision of its batch; a caller that gave up (cancelled) leaves its decision standing.
+    Decisions on one key in two batches in flight are ordered by the database's lock on
+    the key, as two requests racing on it would be."""
 
-    def __init__(self, apply_batch: BatchApplier) -> None:
+    def __init__(self, apply_batch: BatchApplier, *, in_flight: int = 1) -> None:
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be >= 1, got {in_flight}")
         self._apply_batch = apply_batch
+        self._in_flight = in_flight
         self._pending: list[tuple[Pending, asyncio.Future[Applied[Any]]]] = []
-        self._drainer: asyncio.Task[None] | None = None
+        self._drainers: set[asyncio.Task[None]] = set()
 
     async def submit(self, pending: Pending) -> Applied[Any]:
         future: asyncio.Future[Applied[Any]] = asyncio.get_running_loop().create_future()
         self._pending.append((pending, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
+        if len(self._drainers) < self._in_flight:
+            self._drainers.add(asyncio.create_task(self._drain()))
         return await future
 
     async def _drain(self) -> None:
+        try:
+            await self._drain_pending()
+        finally:  # leaves the set in the same step it finds nothing pending (no await between)
+            task = asyncio.current_task()
+            if task is not None:
+                self._drainers.discard(task)
+
+    async def _drain_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:

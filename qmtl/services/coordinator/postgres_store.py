@@ -1,19 +1,19 @@
 """Leases in PostgreSQL: several coordinator replicas on one database.
 
-Each batch of decisions (:class:`~qmtl.services.coordinator.lease_rows.DecisionQueue`) is
-one transaction on one pooled ``asyncpg`` connection (imported on first use), five round
-trips whatever the batch size:
+Each batch of decisions (:class:`~qmtl.services.coordinator.lease_rows.DecisionQueue`, up
+to :data:`BATCHES_IN_FLIGHT` at once) is one transaction on one pooled ``asyncpg``
+connection (imported on first use), four round trips whatever the batch size:
 
 1. ``BEGIN`` and a transaction-scoped advisory lock on every key of the batch, taken in
-   ascending lock-id order (so replicas locking overlapping batches never deadlock). A key
-   without a row has nothing to ``SELECT … FOR UPDATE``; the advisory lock holds it anyway.
-2. The batch's rows and the database's clock — read after the locks, so every earlier
-   decision on these keys, by any replica, is visible. ``now_ms`` is the database's clock,
-   so replicas agree on expiry.
-3. Per node of the batch, its completed and claimed windows *without* the batch's keys (the
-   batch's own rows are added back as they stand after each decision).
-4. The rows the decisions wrote, one per key, in one ``INSERT … ON CONFLICT`` of arrays.
-5. ``COMMIT``.
+   ascending lock-id order (so batches locking overlapping keys — of this replica or
+   another — never deadlock). A key without a row has nothing to ``SELECT … FOR UPDATE``;
+   the advisory lock holds it anyway.
+2. One statement, read after the locks (so every earlier decision on these keys, by any
+   replica, is visible): the database's clock (``now_ms``: replicas agree on expiry), the
+   batch's rows, and per node of the batch its completed and claimed windows (the batch's
+   own rows are taken out and added back as they stand after each decision).
+3. The rows the decisions wrote, one per key, in one ``INSERT … ON CONFLICT`` of arrays.
+4. ``COMMIT``.
 
 Keys and values are bound as parameters, never spliced into SQL (the lock ids are integers
 this module computes). Driver errors surface as
@@ -48,15 +48,15 @@ __all__ = ["PostgresLeaseStore", "advisory_key"]
 
 _O = TypeVar("_O")
 
-_ROWS_SQL: Final = (
+#: Batches in the database at once (each on its own connection): while one waits on a
+#: round trip, the next is already being decided.
+BATCHES_IN_FLIGHT: Final = 1
+
+_READ_SQL: Final = (
     "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms, "
-    f"{', '.join(f't.{c.strip()}' for c in COLUMNS.split(','))} "
-    f"FROM (SELECT 1) AS one LEFT JOIN {TABLE} AS t ON t.lease_key = ANY($1::text[])"
-)
-_COUNTS_SQL: Final = (
-    "SELECT node_id, COUNT(*) FILTER (WHERE state = 'completed') AS completed, "
-    f"COUNT(*) AS claimed FROM {TABLE} "
-    "WHERE node_id = ANY($1::text[]) AND lease_key <> ALL($2::text[]) GROUP BY node_id"
+    f"ARRAY(SELECT ROW({COLUMNS}) FROM {TABLE} WHERE lease_key = ANY($1::text[])) AS rows, "
+    "ARRAY(SELECT ROW(node_id, COUNT(*) FILTER (WHERE state = 'completed'), COUNT(*)) "
+    f"FROM {TABLE} WHERE node_id = ANY($2::text[]) GROUP BY node_id) AS counts"
 )
 _UPSERT_SQL: Final = (
     f"INSERT INTO {TABLE} ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::text[], "
@@ -85,12 +85,12 @@ class PostgresLeaseStore:
     """Leases in PostgreSQL at ``dsn``; safe for several coordinator replicas on one
     database (every decision holds its key's lock in its transaction)."""
 
-    def __init__(self, dsn: str, *, max_pool_size: int = 4) -> None:
+    def __init__(self, dsn: str, *, max_pool_size: int = BATCHES_IN_FLIGHT + 2) -> None:
         self._dsn = dsn
         self._max = max_pool_size
         self._pool: Any = None
         self._lock = asyncio.Lock()
-        self._queue = DecisionQueue(self._apply_batch)
+        self._queue = DecisionQueue(self._apply_batch, in_flight=BATCHES_IN_FLIGHT)
 
     def __repr__(self) -> str:
         _, at, tail = self._dsn.rpartition("@")
@@ -142,12 +142,16 @@ class PostgresLeaseStore:
             async with pool.acquire() as conn:
                 await conn.execute(_lock_sql(keys))
                 try:
-                    found = await conn.fetch(_ROWS_SQL, keys)
-                    counts = await conn.fetch(_COUNTS_SQL, nodes, keys)
-                    rows = {r["lease_key"]: record_of(list(r.values())[1:]) for r in found
-                            if r["lease_key"] is not None}  # fmt: skip
-                    base = {r["node_id"]: (int(r["completed"]), int(r["claimed"])) for r in counts}
-                    results, writes = _decide(batch, rows, base, int(found[0]["now_ms"]))
+                    found = await conn.fetchrow(_READ_SQL, keys, nodes)
+                    rows = {row[0]: record_of(row) for row in found["rows"]}
+                    base = {
+                        node: [int(done), int(claimed)] for node, done, claimed in found["counts"]
+                    }
+                    for row in rows.values():  # counted apart, as they stand after each decision
+                        counts = base[row.node_id]
+                        counts[0] -= row.state is LeaseState.COMPLETED
+                        counts[1] -= 1
+                    results, writes = _decide(batch, rows, base, int(found["now_ms"]))
                     if writes:
                         columns = list(zip(*(values_of(r) for r in writes.values()), strict=True))
                         await conn.execute(_UPSERT_SQL, *columns)
@@ -177,7 +181,7 @@ class PostgresLeaseStore:
 def _decide(
     batch: Sequence[Pending],
     rows: dict[str, LeaseRecord],
-    base: dict[str, tuple[int, int]],
+    base: dict[str, list[int]],
     now_ms: int,
 ) -> tuple[list[Applied[Any] | BaseException], dict[str, LeaseRecord]]:
     """Run the batch's decisions in order on ``rows`` (updated in place): each result, and
