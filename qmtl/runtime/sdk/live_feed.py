@@ -1,10 +1,31 @@
-"""The live-feed port: a source of the newest *closed* bars, consulted by ``fetch`` for the
-tail of a request the store does not hold yet (the ``live_wait`` phase). Polling and
-websocket implementations arrive with the live-data capability."""
+"""The live-feed port: a source of the newest *closed* bars.
+
+Two ways in, one contract:
+
+- :meth:`LiveDataFeed.latest_bars` — *pull*, what ``fetch`` calls for the tail of a request
+  the store does not hold yet (the ``live_wait`` phase, :func:`consult_live`): the closed bars
+  with ``ts >= since`` the feed has, first waiting — if the bar that closed most recently (by
+  the feed's clock) has not arrived yet — until it does. The caller bounds the wait (it
+  cancels the call when its budget is spent), so a feed never needs its own timeout here.
+- :meth:`LiveDataFeed.stream` — *push*, what ``qmtl-seamless live`` and long-running
+  consumers read: one :class:`LiveUpdate` per batch of bars that closed (in ``ts`` order, each
+  bar once), and one per reconnect saying which span was backfilled so that no hole is left.
+
+Bars are canonical columns (``ts`` = open time in epoch seconds, ``open, high, low, close,
+volume``), sorted, unique by ``ts`` (``dedupe_by: ts``). A forming bar is delivered only by a
+feed built with ``emit_building_candle`` and only through :meth:`stream` (flagged
+``forming``); :meth:`latest_bars` never returns one, and nothing forming is ever stored.
+
+Implementations: :class:`~qmtl.runtime.sdk.live_polling.PollingLiveFeed` (any
+:class:`~qmtl.runtime.sdk.backfill_types.DataFetcher`, paced by the shared limiter) and
+:class:`~qmtl.runtime.io.ccxt_live_feed.CcxtLiveFeed` (the exchange's websocket via ccxt.pro).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pandas as pd
@@ -18,14 +39,49 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk.fetch_outcome import FetchOutcome
     from qmtl.runtime.sdk.sla import SLATracker
 
-__all__ = ["LiveDataFeed", "consult_live"]
+__all__ = ["HealGap", "LiveDataFeed", "LiveUpdate", "consult_live"]
+
+#: How a feed hands a span it missed (while disconnected) to the backfiller:
+#: ``heal(node_id, interval, span)`` backfills ``span`` into the store and returns the parts
+#: still missing afterwards (empty: healed). Wired by the composition root.
+HealGap = Callable[[str, int, Range], Awaitable[tuple[Range, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveUpdate:
+    """What a feed's :meth:`~LiveDataFeed.stream` says: ``bars`` that closed (canonical
+    columns, sorted, never seen before on this stream; empty for a pure notice), or — with
+    ``forming`` — the still-forming bar (``emit_building_candle`` feeds only). After a
+    reconnect, ``reconnected`` is true and ``healed`` lists the spans the feed missed while
+    disconnected and had backfilled into the store before saying so (``failed``: spans whose
+    backfill did not succeed — still missing, reported, never dropped). ``received_at``:
+    epoch seconds (the feed's clock) when the update arrived."""
+
+    node_id: str
+    interval: int
+    bars: pd.DataFrame
+    received_at: float
+    forming: bool = False
+    reconnected: bool = False
+    healed: tuple[Range, ...] = field(default=())
+    failed: tuple[Range, ...] = field(default=())
 
 
 @runtime_checkable
 class LiveDataFeed(Protocol):
-    """A source of the newest *closed* bars (canonical columns, ``ts >= since``)."""
+    """A source of the newest *closed* bars (module docstring)."""
 
-    async def latest_bars(self, node_id: str, interval: int, since: int) -> pd.DataFrame: ...
+    async def latest_bars(self, node_id: str, interval: int, since: int) -> pd.DataFrame:
+        """Closed bars with ``ts >= since``, after waiting for the most recently closed one."""
+        ...
+
+    def stream(self, node_id: str, interval: int) -> AsyncIterator[LiveUpdate]:
+        """Updates for ``(node_id, interval)`` from now on, until the consumer stops."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop every subscription and release connections (idempotent)."""
+        ...
 
 
 async def consult_live(
