@@ -19,7 +19,7 @@ from qmtl.runtime.sdk.errors import (
     SeamlessSLAExceeded,
 )
 from qmtl.runtime.sdk.fingerprint import compute_fingerprint
-from qmtl.runtime.sdk.history_coverage import Range
+from qmtl.runtime.sdk.history_coverage import Range, compute_missing_ranges
 from qmtl.runtime.sdk.history_storage import HistoryStorage, LedgerUpdate
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 from qmtl.runtime.sdk.seamless_data_provider import (
@@ -211,6 +211,14 @@ async def test_live_feed_supplies_the_newest_bars(storage: HistoryStorage) -> No
     assert result.metadata.live_rows == 30 and len(result) == 30
     assert result.metadata.missing_ranges == ()
     assert "live_wait" in result.metadata.sla_phases_ms
+    assert rig.fetcher.calls == []  # asked before any backfill: the exchange was not
+    # ... and stored, bars and ledger: the next fetch serves them from the store
+    ledger = await storage.read_ledger(NODE, I)
+    assert compute_missing_ranges(ledger, T0, END, I) == []
+    rig.provider.live_feed = TailFeed(result.frame.iloc[:0])
+    again = await rig.provider.fetch(T0, END, node_id=NODE, interval=I)
+    assert again.metadata.live_rows == 0 and len(again) == 30
+    pd.testing.assert_frame_equal(again.frame, result.frame)
     await rig.settle()
 
 

@@ -24,22 +24,30 @@ Implementations: :class:`~qmtl.runtime.sdk.live_polling.PollingLiveFeed` (any
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from qmtl.runtime.sdk.clock import wait_within
+from qmtl.runtime.sdk.errors import StorageError
 from qmtl.runtime.sdk.history_coverage import Range, subtract_ranges
+from qmtl.runtime.sdk.history_storage import LedgerUpdate
 from qmtl.runtime.sdk.sla import SLAPhase
 
 if TYPE_CHECKING:
     from qmtl.runtime.sdk.clock import Clock
     from qmtl.runtime.sdk.fetch_outcome import FetchOutcome
+    from qmtl.runtime.sdk.history_storage import HistoryStorage
     from qmtl.runtime.sdk.sla import SLATracker
 
-__all__ = ["HealGap", "LiveDataFeed", "LiveUpdate", "consult_live"]
+__all__ = ["HealGap", "LiveDataFeed", "LiveUpdate", "closed_runs", "consult_live"]
+
+logger = logging.getLogger(__name__)
 
 #: How a feed hands a span it missed (while disconnected) to the backfiller:
 #: ``heal(node_id, interval, span)`` backfills ``span`` into the store and returns the parts
@@ -84,22 +92,38 @@ class LiveDataFeed(Protocol):
         ...
 
 
+def closed_runs(ts: npt.NDArray[np.int64], interval: int) -> list[Range]:
+    """The contiguous runs of bars opening at ``ts`` (sorted, unique): what a set of bars
+    covers, and nothing between them."""
+    if len(ts) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(ts) != interval) + 1
+    starts = ts[np.r_[0, breaks]]
+    ends = ts[np.r_[breaks - 1, len(ts) - 1]] + interval
+    return [Range(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
 async def consult_live(
     feed: LiveDataFeed,
+    storage: HistoryStorage,
     node_id: str,
     interval: int,
     window: Range,
     tracker: SLATracker,
-    raw: pd.DataFrame,
     outcome: FetchOutcome,
     clock: Clock,
 ) -> pd.DataFrame:
-    """Ask ``feed`` for the bars of the still-missing tail of ``window`` within the
-    ``live_wait`` budget (timed on ``tracker``); the bars it gives are appended to ``raw``
-    and no longer missing in ``outcome`` (they are served, not stored)."""
+    """Ask ``feed`` for the closed bars of the still-missing tail of ``window`` within the
+    ``live_wait`` budget (timed on ``tracker``) — before any backfill: the feed has them in
+    memory, the exchange's REST API would be asked again. The bars it gives are no longer
+    missing in ``outcome`` (``live_rows`` counts them) and are **stored** — bars and their
+    runs as DATA in the ledger, one transaction — so the next fetch serves them from the
+    store (closed bars only: a feed never gives a forming one here). Returns the bars that
+    could not be stored (the store failed): the caller serves them from memory."""
+    nothing = pd.DataFrame()
+    if not outcome.missing or outcome.missing[-1].end != window.end:
+        return nothing
     tail = outcome.missing[-1]
-    if tail.end != window.end:
-        return raw
     task = asyncio.create_task(feed.latest_bars(node_id, interval, tail.start))
     budget_ms = tracker.remaining_ms(SLAPhase.LIVE_WAIT)
     started = clock.monotonic()
@@ -110,13 +134,19 @@ async def consult_live(
     if not finished:
         task.cancel()
     if not finished or task.exception() is not None:
-        return raw
+        return nothing
     live = task.result()
     ts = live["ts"].to_numpy()
-    live = live.loc[(ts >= tail.start) & (ts < tail.end)]
+    live = live.loc[(ts >= tail.start) & (ts < tail.end)].reset_index(drop=True)
     if live.empty:
-        return raw
+        return nothing
+    runs = closed_runs(live["ts"].to_numpy(dtype=np.int64), interval)
     outcome.live_rows = len(live)
-    served = Range(int(live["ts"].min()), int(live["ts"].max()) + interval)
-    outcome.missing = subtract_ranges(outcome.missing, [served])
-    return pd.concat([raw, live], ignore_index=True)
+    outcome.missing = subtract_ranges(outcome.missing, runs)
+    update = LedgerUpdate(interval=interval, data=tuple(runs), source="live", fetched_at=clock.now())
+    try:
+        await storage.write_bars(node_id, live, ledger_update=update)
+    except StorageError as exc:
+        logger.warning("%s: live bars not stored, served from memory: %s", node_id, exc)
+        return live
+    return nothing

@@ -55,8 +55,9 @@ from qmtl.runtime.sdk.history_coverage import (
     Range,
     compute_missing_ranges,
     merge_ranges,
+    subtract_ranges,
 )
-from qmtl.runtime.sdk.live_feed import consult_live
+from qmtl.runtime.sdk.live_feed import closed_runs, consult_live
 from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
 from qmtl.runtime.sdk.node_id import check_interval
 from qmtl.runtime.sdk.provider_queries import StoreQueries
@@ -82,6 +83,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The domain sources that consult the live feed for the newest bars.
+_LIVE_SOURCES = frozenset({"storage_backfill_live", "artifact_prefers"})
 
 _UNBOUNDED_SLA = SLAPolicy(
     max_wait_storage_ms=None,
@@ -234,6 +238,13 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
             ledger = await self.storage.read_ledger(node_id, interval)
         outcome = FetchOutcome(compute_missing_ranges(ledger, window.start, window.end, interval))
         check_violations(tracker, outcome.handled)
+        unstored = None  # live bars the store refused: served from memory
+        if self.live_feed is not None and outcome.missing and source in _LIVE_SOURCES:
+            unstored = await consult_live(
+                self.live_feed, self.storage, node_id, interval, window, tracker, outcome,
+                self.clock,
+            )  # fmt: skip
+            check_violations(tracker, outcome.handled)
         repaired = bool(outcome.missing) and source != "storage_only"
         if repaired:
             await self._repair(node_id, interval, tracker, outcome)
@@ -247,19 +258,12 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
             if repaired:  # the ledger moved on: say what is missing *now*
                 ledger = await self.storage.read_ledger(node_id, interval)
                 outcome.missing = compute_missing_ranges(ledger, window.start, window.end, interval)
+        if unstored is not None and not unstored.empty:
+            runs = closed_runs(unstored["ts"].to_numpy(dtype="int64"), interval)
+            outcome.missing = subtract_ranges(outcome.missing, runs)
+            raw = pd.concat([raw, unstored], ignore_index=True)
+            revision = None  # these bars are not the store's
         check_violations(tracker, outcome.handled)
-        live = self.live_feed is not None and source in (
-            "storage_backfill_live",
-            "artifact_prefers",
-        )
-        if live and outcome.missing:
-            assert self.live_feed is not None
-            raw = await consult_live(
-                self.live_feed, node_id, interval, window, tracker, raw, outcome, self.clock
-            )
-            check_violations(tracker, outcome.handled)
-        if outcome.live_rows:
-            revision = None  # live bars are not the store's
         if source != "artifact_prefers":
             self._refuse_partial(node_id, interval, outcome, policy)
         frame, report, fingerprint = await self._served.conform(
