@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         exchanges_cmd,
         fetch_cmd,
         list_cmd,
+        live_cmd,
         simulator_cmd,
         worker_cmd,
     )
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         exchanges_cmd,
         coordinator_cmd,
         worker_cmd,
+        live_cmd,
     )
     for module in (*commands, simulator_cmd):
         module.register(subparsers)

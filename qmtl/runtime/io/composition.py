@@ -29,10 +29,13 @@ if TYPE_CHECKING:
     from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
     from qmtl.runtime.sdk.clock import Clock
     from qmtl.runtime.sdk.config import ArtifactConfig
+    from qmtl.runtime.sdk.history_coverage import Range
+    from qmtl.runtime.sdk.live_feed import HealGap, LiveDataFeed
     from qmtl.runtime.sdk.metrics import SeamlessMetrics
 
 __all__ = [
     "build_fetchers",
+    "build_live_feed",
     "build_provider",
     "build_registrar",
     "check_runtime",
@@ -134,15 +137,36 @@ def build_provider(
         clock=clock,
         metrics=metrics,
     )
-    return EnhancedQuestDBProvider(
+
+    async def heal(node_id: str, interval: int, span: Range) -> tuple[Range, ...]:
+        report = await provider.auto_backfiller.backfill(node_id, interval, [span])
+        return tuple(report.failed)
+
+    live_feed = (
+        build_live_feed(config, heal=heal, clock=clock) if config.seamless.live.ws.enabled else None
+    )
+    provider = EnhancedQuestDBProvider(
         fetcher=router,
         registrar=registrar,
         coordinator=coordinator,
+        live_feed=live_feed,
         strategy=strategy or config.seamless.strategy,
         config=config,
         clock=clock,
         metrics=metrics,
     )
+    return provider
+
+
+def build_live_feed(
+    config: QMTLConfig, *, heal: HealGap | None = None, clock: Clock | None = None
+) -> LiveDataFeed:
+    """The websocket live feed of ``config``'s exchanges (``seamless.live.ws``: reconnect
+    ladder, forming bars); a span it misses while reconnecting goes to ``heal`` (the
+    provider's backfiller, so no hole is left)."""
+    from qmtl.runtime.io.ccxt_live_feed import CcxtLiveFeed
+
+    return CcxtLiveFeed(config, heal=heal, clock=clock)
 
 
 def with_overrides(

@@ -164,6 +164,8 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
 
     async def aclose(self) -> None:
         await super().aclose()
+        if self.live_feed is not None:  # first: its reconnects heal through the backfiller
+            await self.live_feed.aclose()
         await self.auto_backfiller.aclose()  # before the client closes under its batches
         close_coordinator = getattr(self.coordinator, "aclose", None)
         if close_coordinator is not None:

@@ -45,7 +45,14 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk.history_storage import HistoryStorage
     from qmtl.runtime.sdk.sla import SLATracker
 
-__all__ = ["HealGap", "LiveDataFeed", "LiveUpdate", "closed_runs", "consult_live"]
+__all__ = [
+    "HealGap",
+    "LiveDataFeed",
+    "LiveUpdate",
+    "closed_runs",
+    "consult_live",
+    "store_closed_bars",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -140,13 +147,23 @@ async def consult_live(
     live = live.loc[(ts >= tail.start) & (ts < tail.end)].reset_index(drop=True)
     if live.empty:
         return nothing
-    runs = closed_runs(live["ts"].to_numpy(dtype=np.int64), interval)
     outcome.live_rows = len(live)
-    outcome.missing = subtract_ranges(outcome.missing, runs)
-    update = LedgerUpdate(interval=interval, data=tuple(runs), source="live", fetched_at=clock.now())
+    outcome.missing = subtract_ranges(
+        outcome.missing, closed_runs(live["ts"].to_numpy(dtype=np.int64), interval)
+    )
     try:
-        await storage.write_bars(node_id, live, ledger_update=update)
+        await store_closed_bars(storage, node_id, interval, live, fetched_at=clock.now())
     except StorageError as exc:
         logger.warning("%s: live bars not stored, served from memory: %s", node_id, exc)
         return live
     return nothing
+
+
+async def store_closed_bars(
+    storage: HistoryStorage, node_id: str, interval: int, bars: pd.DataFrame, *, fetched_at: float
+) -> int:
+    """Store a feed's closed ``bars`` and their runs as DATA in the ledger, in one
+    transaction (``source="live"``; ``fetched_at`` epoch seconds). Returns bars written."""
+    runs = closed_runs(bars["ts"].to_numpy(dtype=np.int64), interval)
+    update = LedgerUpdate(interval=interval, data=tuple(runs), source="live", fetched_at=fetched_at)
+    return await storage.write_bars(node_id, bars, ledger_update=update)
