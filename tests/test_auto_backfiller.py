@@ -332,3 +332,41 @@ async def test_batches_are_planned_lazily(storage: HistoryStorage) -> None:
     assert report.ok and report.rows == 5_000 and len(report.outcomes) == 500
     # the test, the commit writer, and (wrapper, batch) per planned batch
     assert fetcher.peak <= 2 + PLANNED_PER_SLOT * 4 * 2
+
+
+async def test_a_stuck_batch_holds_overlapping_callers_back_for_single_flight_ttl_only(
+    storage: HistoryStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``single_flight_ttl_ms``: a caller waits for an overlapping batch in flight at most
+    that long; a batch stuck longer (an exchange call that never answers) no longer holds it
+    back — it fetches the window itself. Within the TTL the window is fetched once."""
+    release = asyncio.Event()
+
+    class StuckFirst(ScriptedFetcher):
+        async def fetch_window(
+            self, start: int, end: int, *, node_id: str, interval: int
+        ) -> FetchWindowResult:
+            if not self.calls:
+                self.calls.append((start, end))
+                await release.wait()
+                self.calls.pop(0)
+            return await super().fetch_window(start, end, node_id=node_id, interval=interval)
+
+    window = Range(T0, T0 + 10 * I)
+    fetcher = StuckFirst()
+    backfiller, _, _ = make(storage, fetcher, single_flight_ttl_ms=50)
+    stuck = asyncio.create_task(backfiller.backfill(NODE, I, [window]))
+    await asyncio.sleep(0.01)
+    with caplog.at_level(logging.WARNING, logger="qmtl"):
+        second = await asyncio.wait_for(backfiller.backfill(NODE, I, [window]), 5)
+    assert second.ok and second.rows == 10
+    assert any("single_flight_ttl_ms" in r.getMessage() for r in caplog.records)
+    assert not stuck.done()
+    release.set()
+    assert (await stuck).ok
+    patient, _, _ = make(storage, ScriptedFetcher(delay_s=0.2), single_flight_ttl_ms=60_000)
+    other = Range(T0 + 50 * I, T0 + 60 * I)
+    first, again = await asyncio.gather(
+        patient.backfill(NODE, I, [other]), patient.backfill(NODE, I, [other])
+    )
+    assert first.ok and again.ok and len(patient.fetcher.calls) == 1  # type: ignore[attr-defined]

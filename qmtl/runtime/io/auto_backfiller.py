@@ -33,7 +33,9 @@ flight, re-running is idempotent, and a batch that fails for good leaves its ran
 
 Single flight: a batch never runs while an *overlapping* batch of the same node runs in this
 process; its caller waits for that one, re-reads the ledger and fetches only what is still
-missing. Disjoint batches never wait on each other. Running batches are shielded from their
+missing — for at most ``single_flight_ttl_ms``: a batch still in flight after that (a stuck
+exchange call) no longer holds the others back, which then fetch the window themselves.
+Disjoint batches never wait on each other. Running batches are shielded from their
 callers' cancellation (a fetch that gives up under its SLA leaves the backfill running).
 
 Across processes: with a ``coordinator``, each batch first claims its lease (``lease_ms``,
@@ -240,7 +242,15 @@ class DataFetcherAutoBackfiller:
         table = self._inflight.setdefault(node_key, {})
         overlapping = [t for r, t in table.items() if r.intersect(batch) is not None]
         if overlapping:
-            await asyncio.gather(*(asyncio.shield(t) for t in overlapping))
+            ttl_s = self.config.single_flight_ttl_ms / 1000.0
+            _, stuck = await asyncio.wait(overlapping, timeout=ttl_s)  # never cancels them
+            if stuck:  # a batch in flight longer than the TTL no longer holds others back
+                logger.warning(
+                    "%s: a batch overlapping %s is still in flight after %d ms "
+                    "(single_flight_ttl_ms): fetching it here too",
+                    node_id, batch, self.config.single_flight_ttl_ms,
+                )  # fmt: skip
+                return [await self._leased(node_id, interval, batch, started)]
             ledger = await self.storage.read_ledger(node_id, interval)
             rest = compute_missing_ranges(ledger, batch.start, batch.end, interval)
             if not rest:

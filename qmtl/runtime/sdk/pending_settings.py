@@ -28,7 +28,6 @@ _OPERATIONS = "operations (alerts and dashboards)"
 PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
     {
         "seamless.backfill.mode": _ARTIFACTS,
-        "seamless.backfill.single_flight_ttl_ms": _COORDINATOR,
         "seamless.live.ws.enabled": _LIVE,
         "seamless.live.ws.reconnect_backoff_ms": _LIVE,
         "seamless.live.ws.dedupe_by": _LIVE,
