@@ -109,6 +109,38 @@ async def _sim_reset(request: web.Request) -> web.Response:
     return _json({"reset": True})
 
 
+async def _json_body(request: web.Request) -> dict[str, Any] | None:
+    """The request's JSON object (an empty body is ``{}``); ``None`` for anything else."""
+    text = await request.text()
+    try:
+        body = json.loads(text) if text.strip() else {}
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+async def _sim_ws_drop(request: web.Request) -> web.Response:
+    """Cut every kline websocket, or those subscribed to ``{"symbol": "BTCUSDT"}``."""
+    body = await _json_body(request)
+    symbol = None if body is None else body.get("symbol")
+    if body is None or (symbol is not None and not isinstance(symbol, str)):
+        return _json({"error": 'expected {} or {"symbol": "BTCUSDT"}'}, 400)
+    return _json({"dropped": request.app[STATE_KEY].drop_websockets(symbol)})
+
+
+async def _sim_ws_pause(request: web.Request) -> web.Response:
+    """Stall every websocket push for ``{"seconds": N}`` of wall time (0 resumes)."""
+    body = await _json_body(request)
+    seconds = None if body is None else body.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return _json({"error": 'expected {"seconds": N}'}, 400)
+    try:
+        request.app[STATE_KEY].pause_websockets(float(seconds))
+    except ValueError as exc:
+        return _json({"error": str(exc)}, 400)
+    return _json({"paused_s": seconds})
+
+
 async def _close_websockets(app: web.Application) -> None:
     for ws in list(app[STATE_KEY].websockets):
         await ws.close(code=1001, message=b"server shutdown")
@@ -129,6 +161,8 @@ def create_app(scenario: Scenario | None = None, *, clock: Clock | None = None) 
     app.router.add_get("/stream/ws/{tail:.*}", stream_handler)
     app.router.add_get("/_sim/requests", _sim_requests)
     app.router.add_post("/_sim/reset", _sim_reset)
+    app.router.add_post("/_sim/ws/drop", _sim_ws_drop)
+    app.router.add_post("/_sim/ws/pause", _sim_ws_pause)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     app.on_shutdown.append(_close_websockets)
     return app

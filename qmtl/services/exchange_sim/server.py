@@ -77,6 +77,15 @@ class SimulatorServer:
         """Swap the scenario; resets weights, bans, fault counters and cache, keeps the log."""
         self.state.set_scenario(scenario)
 
+    def drop_websockets(self, symbol: str | None = None) -> int:
+        """Cut open kline websockets like a network failure (``POST /_sim/ws/drop``); only
+        those subscribed to ``symbol`` (``BTCUSDT`` or ``BTC/USDT``) when given. How many."""
+        return self.state.drop_websockets(symbol)
+
+    def pause_websockets(self, seconds: float) -> None:
+        """Push nothing for ``seconds`` of wall time (``POST /_sim/ws/pause``); 0 resumes."""
+        self.state.pause_websockets(seconds)
+
     async def start(self) -> None:
         if self._runner is not None:
             return

@@ -2,13 +2,22 @@
 bodies.
 
 One instance per application, used from one event loop (not thread-safe). Replacing the
-scenario (:meth:`SimState.set_scenario`) resets every venue's budget, ban and fault counters
-and the page cache, and keeps the request log (call ``log.reset()`` for a clean slate).
+scenario (:meth:`SimState.set_scenario`) resets every venue's budget, ban and fault counters,
+the page cache and a websocket pause, and keeps the request log (call ``log.reset()`` for a
+clean slate).
+
+Websocket faults on demand (the ``/_sim/ws/...`` debug routes): :meth:`SimState.drop_websockets`
+cuts connections like a network failure (the TCP transport is aborted: no close frame), and
+:meth:`SimState.pause_websockets` stalls every push for a while (connections stay open and
+answer pings; the bars of the pause are simply never pushed, as on a stalled exchange feed).
+The pause runs on wall time (``time.monotonic``), like the pushes themselves.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
+from typing import Protocol
 
 import numpy as np
 from aiohttp import web
@@ -36,7 +45,19 @@ from qmtl.services.exchange_sim.weights import (
     futures_klines_weight_of,
 )
 
-__all__ = ["STATE_KEY", "SimState"]
+__all__ = ["STATE_KEY", "SimState", "WsConnection"]
+
+
+class WsConnection(Protocol):
+    """One open kline websocket, as the debug routes see it."""
+
+    def symbols(self) -> set[str]:
+        """Exchange symbols (``BTCUSDT``) and unified ones (``BTC/USDT``) it is subscribed to."""
+        ...
+
+    def drop(self) -> None:
+        """Cut the connection abruptly (no close frame), like a network failure."""
+        ...
 
 
 def _gates(scenario: Scenario) -> dict[VenueId, VenueGate]:
@@ -87,6 +108,7 @@ class SimState:
         self.clock = clock
         self.log = RequestLog()
         self.websockets: set[web.WebSocketResponse] = set()
+        self.ws_connections: set[WsConnection] = set()
         self.set_scenario(scenario)
 
     def set_scenario(self, scenario: Scenario) -> None:
@@ -94,6 +116,25 @@ class SimState:
         self.gates = _gates(scenario)
         self.faults = {venue: FaultCounters() for venue in VENUE_IDS}
         self.bodies = PageBodies()
+        self._ws_paused_until = 0.0
+
+    def drop_websockets(self, symbol: str | None = None) -> int:
+        """Cut every open kline websocket (only those subscribed to ``symbol``, exchange or
+        unified spelling, when given); how many were cut."""
+        cut = [c for c in self.ws_connections if symbol is None or symbol in c.symbols()]
+        for connection in cut:
+            connection.drop()
+        return len(cut)
+
+    def pause_websockets(self, seconds: float) -> None:
+        """Push nothing on any websocket for ``seconds`` of wall time from now (0: resume)."""
+        if not 0 <= seconds <= 3600:
+            raise ValueError(f"seconds: must be between 0 and 3600, got {seconds!r}")
+        self._ws_paused_until = time.monotonic() + seconds
+
+    def websockets_paused(self) -> bool:
+        """Whether pushes are paused (:meth:`pause_websockets`) right now."""
+        return time.monotonic() < self._ws_paused_until
 
     @property
     def limiter(self) -> WeightLimiter:

@@ -9,6 +9,12 @@ clock is fake) each subscription pushes the bar containing "now" (``x: false``, 
 "now"); when that bar has closed since the previous push, its final values come first with
 ``x: true``. Bars that do not exist (before listing, in a halt) are not pushed. The path must
 contain ``/stream``: ccxt's binance tells spot from futures sockets by it.
+
+Faults on demand (:class:`~qmtl.services.exchange_sim.state.SimState`): a dropped connection
+has its TCP transport aborted (the client sees a reset, not a close frame); while pushes are
+paused nothing is sent, and afterwards each subscription resumes with the bar that was
+forming when the pause began (now closed, ``x: true``) and the current one — the bars in
+between are never pushed, as after a real stall.
 """
 
 from __future__ import annotations
@@ -117,10 +123,23 @@ class _Subscription:
 
 
 class _Session:
-    def __init__(self, state: SimState, ws: web.WebSocketResponse) -> None:
+    """One connection; a :class:`~qmtl.services.exchange_sim.state.WsConnection`."""
+
+    def __init__(
+        self, state: SimState, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None
+    ) -> None:
         self.state = state
         self.ws = ws
+        self.transport = transport
         self.subs: dict[str, _Subscription] = {}
+
+    def symbols(self) -> set[str]:
+        markets = [sub.market for sub in self.subs.values()]
+        return {m.exchange_symbol for m in markets} | {m.symbol for m in markets}
+
+    def drop(self) -> None:
+        if isinstance(self.transport, asyncio.Transport):
+            self.transport.abort()
 
     async def send(self, payload: dict[str, Any]) -> None:
         await self.ws.send_str(json.dumps(payload, separators=(",", ":")))
@@ -128,6 +147,8 @@ class _Session:
     async def push_forever(self) -> None:
         while not self.ws.closed:
             await asyncio.sleep(self.state.scenario.ws_push_interval_ms / 1000)
+            if self.state.websockets_paused():
+                continue
             now_ms = self.state.now_ms()
             for sub in list(self.subs.values()):
                 for event in sub.events(self.state, now_ms):
@@ -184,7 +205,8 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=_MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     state.websockets.add(ws)
-    session = _Session(state, ws)
+    session = _Session(state, ws, request.transport)
+    state.ws_connections.add(session)
     pusher = asyncio.create_task(session.push_forever())
     try:
         async for message in ws:
@@ -197,4 +219,5 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await pusher
         state.websockets.discard(ws)
+        state.ws_connections.discard(session)
     return ws
