@@ -5,10 +5,11 @@ Protocol: ``{"method": "SUBSCRIBE", "params": ["btcusdt@kline_1m"], "id": 1}`` i
 requests get ``{"error": {"code": 2, "msg": ...}, "id": ...}`` (code 3 for invalid JSON).
 
 Every ``ws_push_interval_ms`` (wall time, so ccxt sees a live stream even when the tests'
-clock is fake) each subscription pushes the bar containing "now" (``x: false``, values as at
-"now"); when that bar has closed since the previous push, its final values come first with
-``x: true``. Bars that do not exist (before listing, in a halt) are not pushed. The path must
-contain ``/stream``: ccxt's binance tells spot from futures sockets by it.
+clock is fake), and right as a subscribed bar closes, each subscription pushes the bar
+containing "now" (``x: false``, values as at "now"); when that bar has closed since the
+previous push, its final values come first with ``x: true`` — so a bar's final kline goes out
+as it closes, as Binance sends it. Bars that do not exist (before listing, in a halt) are
+not pushed. The path must contain ``/stream``: ccxt's binance tells spot from futures sockets by it.
 
 Faults on demand (:class:`~qmtl.services.exchange_sim.state.SimState`): a dropped connection
 has its TCP transport aborted (the client sees a reset, not a close frame); while pushes are
@@ -144,9 +145,19 @@ class _Session:
     async def send(self, payload: dict[str, Any]) -> None:
         await self.ws.send_str(json.dumps(payload, separators=(",", ":")))
 
+    def _next_wake_s(self) -> float:
+        """Seconds to the next push: every ``ws_push_interval_ms``, and at the close of a
+        subscribed bar (Binance sends a bar's final kline as it closes, not at the next tick)."""
+        wait_ms = float(self.state.scenario.ws_push_interval_ms)
+        now_ms = self.state.now_ms()
+        for sub in self.subs.values():
+            interval_ms = INTERVALS[sub.interval] * 1000
+            wait_ms = min(wait_ms, interval_ms - now_ms % interval_ms + 1)
+        return wait_ms / 1000
+
     async def push_forever(self) -> None:
         while not self.ws.closed:
-            await asyncio.sleep(self.state.scenario.ws_push_interval_ms / 1000)
+            await asyncio.sleep(self._next_wake_s())
             if self.state.websockets_paused():
                 continue
             now_ms = self.state.now_ms()
