@@ -43,6 +43,7 @@ from qmtl.runtime.io.ccxt_fetcher import translate_ccxt_error
 from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS, bar_open_at, frame_from_columns, rows_to_block
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.config import QMTLConfig
+from qmtl.runtime.sdk.events import LIVE_RECONNECTING, log_event
 from qmtl.runtime.sdk.history_coverage import Range, subtract_ranges
 from qmtl.runtime.sdk.live_feed import HealGap, LiveUpdate
 from qmtl.runtime.sdk.node_id import check_interval
@@ -355,11 +356,7 @@ def _rows(sub: _Subscription, candles: Any) -> list[Row]:
 
 
 def _log_reconnect(sub: _Subscription, delay_ms: int, attempt: int, error: str) -> None:
-    logger.warning(
-        "live feed %s: connection lost (%s); reconnecting in %d ms (attempt %d)",
-        sub.node_id, error, delay_ms, attempt,
-        extra={
-            "node_id": sub.node_id, "interval": sub.interval, "delay_ms": delay_ms,
-            "attempt": attempt, "error": error,
-        },
+    log_event(
+        logger, LIVE_RECONNECTING, level=logging.WARNING, node_id=sub.node_id,
+        interval=sub.interval, delay_ms=delay_ms, attempt=attempt, error=error,
     )  # fmt: skip

@@ -37,6 +37,7 @@ __all__ = [
     "DOMAIN_GATE_MISSING_AS_OF",
     "EVENT_FIELDS",
     "FINGERPRINT_PREVIEW_MISMATCH",
+    "LIVE_RECONNECTING",
     "LOG_FORMATS",
     "RATE_LIMIT_PENALTY",
     "RATE_LIMIT_REDIS_RESTORED",
@@ -69,6 +70,7 @@ RATE_LIMIT_REDIS_RESTORED: Final = "seamless.rate_limit.redis_restored"
 ARTIFACT_PUBLISHED: Final = "seamless.artifact.published"
 FINGERPRINT_PREVIEW_MISMATCH: Final = "seamless.fingerprint.preview_mismatch"
 AS_OF_ADVANCED: Final = "seamless.as_of.advanced"
+LIVE_RECONNECTING: Final = "seamless.live.reconnecting"
 
 _BATCH = ("batch_id", "node_id", "interval", "start", "end", "attempt", "max_attempts", "source")
 _LEASE = (
@@ -102,6 +104,7 @@ EVENT_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     ARTIFACT_PUBLISHED: ("node_id", "dataset_fingerprint", "as_of", "rows", "bytes"),
     FINGERPRINT_PREVIEW_MISMATCH: ("node_id", "preview_fingerprint", "dataset_fingerprint"),
     AS_OF_ADVANCED: ("node_id", "world_id", "previous", "current"),
+    LIVE_RECONNECTING: ("node_id", "interval", "delay_ms", "attempt", "error"),
 }
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
