@@ -138,12 +138,16 @@ def test_pending_settings_a_file_sets_are_named(
     """A setting no component reads yet is accepted, and config check says it has no
     effect yet (never silently ignored); one that has a reader is not named."""
     path = tmp_path / "c.yaml"
-    path.write_text("cache: {ttl_ms: 5}\nseamless: {live: {ws: {enabled: true}}}\n")
+    path.write_text(
+        "cache: {ttl_ms: 5}\nseamless: {observability: {storage_wait_warn_ms: 200}, "
+        "live: {ws: {enabled: true}}}\n"
+    )
     assert run_check(["config", "check", str(path), "--no-env"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("ok: ")
     assert [line for line in out if line.startswith("note: ")] == [
-        "note: seamless.live.ws.enabled: has no effect yet (live feeds)",
+        "note: seamless.observability.storage_wait_warn_ms: has no effect yet "
+        "(operations (alerts and dashboards))",
     ]
 
 
@@ -283,7 +287,10 @@ def test_check_json_gives_the_same_facts(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "c.yaml"
-    text = "seamless: {live: {ws: {enabled: true}}}\nexchanges: {binance: {symbols: [BTC/USDT]}}\n"
+    text = (
+        "seamless: {observability: {storage_wait_warn_ms: 200}}\n"
+        "exchanges: {binance: {symbols: [BTC/USDT]}}\n"
+    )
     lines = check_lines(path, text, capsys)
     result = check_json(path, capsys)
     assert set(result) == {"ok", "store", "exchanges", "rate_limiter", "artifacts", "notes"}
@@ -293,7 +300,8 @@ def test_check_json_gives_the_same_facts(
     assert result["artifacts"] == lines["artifacts"]
     assert list(result["exchanges"]) == ["binance"]
     assert [f"note: {note}" for note in result["notes"]] == [
-        "note: seamless.live.ws.enabled: has no effect yet (live feeds)"
+        "note: seamless.observability.storage_wait_warn_ms: has no effect yet "
+        "(operations (alerts and dashboards))"
     ]
 
 

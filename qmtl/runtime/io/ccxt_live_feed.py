@@ -139,6 +139,8 @@ class CcxtLiveFeed:
     ) -> None:
         self.config = config
         self.settings = config.seamless.live.ws
+        if self.settings.dedupe_by != "ts":  # a bar's identity: ccxt candles carry only ts
+            raise ValueError(f"dedupe_by: only 'ts' is supported, got {self.settings.dedupe_by!r}")
         self.heal = heal
         self.clock = clock or SystemClock()
         self._clients: dict[str, Any] = {}  # exchange id -> ccxt.pro exchange (untyped)

@@ -21,17 +21,12 @@ __all__ = ["PENDING_PARAMETERS", "PENDING_SETTINGS", "pending_settings_in_use"]
 
 _ARTIFACTS = "artifacts (immutable fingerprinted Parquet, as_of)"
 _COORDINATOR = "the distributed backfill coordinator and workers"
-_LIVE = "live feeds"
 _OPERATIONS = "operations (alerts and dashboards)"
 
 #: Setting key path (``*`` for any domain) -> the capability that will read it.
 PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
     {
         "seamless.backfill.mode": _ARTIFACTS,
-        "seamless.live.ws.enabled": _LIVE,
-        "seamless.live.ws.reconnect_backoff_ms": _LIVE,
-        "seamless.live.ws.dedupe_by": _LIVE,
-        "seamless.live.ws.emit_building_candle": _LIVE,
         "seamless.observability.coverage_ratio_threshold": _OPERATIONS,
         "seamless.observability.backfill_completion_ratio_min": _OPERATIONS,
         "seamless.observability.storage_wait_warn_ms": _OPERATIONS,
