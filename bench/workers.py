@@ -72,7 +72,7 @@ import redis.asyncio as aioredis
 
 from qmtl.runtime.io.redis_rate_limiter import TOKEN_BUCKET_LUA
 from qmtl.services.exchange_sim import Scenario, SimulatorServer, run_simulator
-from qmtl.testing.cluster import coordinator_process, start_worker
+from qmtl.testing.cluster import coordinator_process, start_worker, worker_config
 from qmtl.testing.servers import PostgresServer, RedisServer
 
 DAY = 86_400
@@ -83,21 +83,16 @@ def _config(
     path: Path, *, sim: str, coordinator: str, redis: str, symbols: list[str], run: str,
     workers: int, args: argparse.Namespace,
 ) -> Path:  # fmt: skip
-    path.write_text(
-        "exchanges:\n"
-        "  binance:\n"
-        f"    symbols: [{', '.join(symbols)}]\n"
-        "    timeframes: [1m]\n"
-        f"    urls: {{rest: '{sim}'}}\n"
-        "seamless:\n"
-        f"  rate_limit: {{redis_dsn: '{redis}', tokens_per_interval: {args.tokens}, "
-        f"interval_ms: {args.interval_ms}, burst_tokens: {args.burst}, "
-        f"expected_workers: {workers}, key_template: 'bench-{run}:{{exchange}}'}}\n"
-        f"  backfill: {{window_bars: {args.window_bars}, max_concurrent_requests: 8}}\n"
-        "environment:\n"
-        f"  coordinator_url: '{coordinator}'\n"
-    )
-    return path
+    rate_limit = {
+        "tokens_per_interval": args.tokens, "interval_ms": args.interval_ms,
+        "burst_tokens": args.burst, "expected_workers": workers,
+        "key_template": f"bench-{run}:{{exchange}}",
+    }  # fmt: skip
+    backfill = {"window_bars": args.window_bars, "max_concurrent_requests": 8}
+    return worker_config(
+        path, symbols=symbols, timeframes=["1m"], rest=sim, coordinator=coordinator, redis=redis,
+        seamless={"rate_limit": rate_limit, "backfill": backfill},
+    )  # fmt: skip
 
 
 class BudgetMonitor:

@@ -22,7 +22,7 @@ from qmtl.runtime.sdk.history_coverage import compute_missing_ranges
 from qmtl.runtime.sdk.lease_rules import parse_lease_key
 from qmtl.runtime.sdk.node_id import format_node_id, parse_node_id
 from qmtl.services.exchange_sim import Scenario, run_simulator
-from qmtl.testing.cluster import CLI, coordinator_process, start_worker
+from qmtl.testing.cluster import CLI, coordinator_process, start_worker, worker_config
 from tests.cli_rig import one_error_line
 from tests.conftest import S3Bucket
 
@@ -38,23 +38,26 @@ def _scenario(latency_ms: float) -> Scenario:
 
 
 def _config(
-    tmp: Path, *, sim: str, coordinator: str, redis: str, ttl_ms: int = 120_000, artifact: str = ""
+    tmp: Path,
+    *,
+    sim: str,
+    coordinator: str,
+    redis: str,
+    ttl_ms: int = 120_000,
+    artifact: dict[str, object] | None = None,
 ) -> Path:
-    path = tmp / f"worker-{ttl_ms}.yaml"
-    path.write_text(
-        "exchanges:\n"
-        "  binance:\n"
-        f"    symbols: [{', '.join(SYMBOLS)}]\n"
-        f"    timeframes: [{', '.join(TIMEFRAMES)}]\n"
-        f"    urls: {{rest: '{sim}'}}\n"
-        "seamless:\n"
-        f"  rate_limit: {{redis_dsn: '{redis}'}}\n"
-        f"  backfill: {{distributed_lease_ttl_ms: {ttl_ms}}}\n"
-        f"{artifact}"
-        "environment:\n"
-        f"  coordinator_url: '{coordinator}'\n"
+    seamless: dict[str, object] = {"backfill": {"distributed_lease_ttl_ms": ttl_ms}}
+    if artifact is not None:
+        seamless["artifact"] = artifact
+    return worker_config(
+        tmp / f"worker-{ttl_ms}.yaml",
+        symbols=SYMBOLS,
+        timeframes=TIMEFRAMES,
+        rest=sim,
+        coordinator=coordinator,
+        redis=redis,
+        seamless=seamless,
     )
-    return path
 
 
 def _s3_keys(bucket: S3Bucket, prefix: str) -> list[str]:
@@ -120,10 +123,11 @@ async def test_four_workers_fetch_every_window_exactly_once_and_publish_each_nod
 ) -> None:
     """Besides every window fetched once: with publication on (an S3 artifact store), each
     node's range is published by exactly one worker — one manifest per node in the bucket."""
-    artifact = (
-        f"  artifact: {{object_store_uri: '{s3_bucket.uri}/cluster', "
-        f"s3_endpoint_url: '{s3_bucket.endpoint_url}', publish_optional: true}}\n"
-    )
+    artifact: dict[str, object] = {
+        "object_store_uri": f"{s3_bucket.uri}/cluster",
+        "s3_endpoint_url": s3_bucket.endpoint_url,
+        "publish_optional": True,
+    }
     credentials = {
         "AWS_ACCESS_KEY_ID": s3_bucket.access_key,
         "AWS_SECRET_ACCESS_KEY": s3_bucket.secret_key,

@@ -22,26 +22,21 @@ from qmtl.runtime.io.storage import open_storage
 from qmtl.runtime.sdk.history_coverage import compute_missing_ranges
 from qmtl.runtime.sdk.node_id import format_node_id, parse_node_id
 from qmtl.services.exchange_sim import Scenario, run_simulator
-from qmtl.testing.cluster import coordinator_process, start_worker
+from qmtl.testing.cluster import coordinator_process, start_worker, worker_config
 
 SYMBOLS = ("BTC/USDT", "ETH/USDT")
 POLL_S = 0.2
 
 
 def _config(tmp: Path, *, sim: str, coordinator: str, redis: str, timeframe: str) -> Path:
-    path = tmp / f"follow-{timeframe}.yaml"
-    path.write_text(
-        "exchanges:\n"
-        "  binance:\n"
-        f"    symbols: [{', '.join(SYMBOLS)}]\n"
-        f"    timeframes: [{timeframe}]\n"
-        f"    urls: {{rest: '{sim}'}}\n"
-        "seamless:\n"
-        f"  rate_limit: {{redis_dsn: '{redis}'}}\n"
-        "environment:\n"
-        f"  coordinator_url: '{coordinator}'\n"
+    return worker_config(
+        tmp / f"follow-{timeframe}.yaml",
+        symbols=SYMBOLS,
+        timeframes=[timeframe],
+        rest=sim,
+        coordinator=coordinator,
+        redis=redis,
     )
-    return path
 
 
 def _scenario() -> Scenario:

@@ -23,7 +23,7 @@ from qmtl.runtime.io.storage import open_storage
 from qmtl.runtime.sdk.history_coverage import compute_missing_ranges
 from qmtl.runtime.sdk.node_id import format_node_id, parse_node_id
 from qmtl.services.exchange_sim import Scenario, run_simulator
-from qmtl.testing.cluster import coordinator_process, start_worker
+from qmtl.testing.cluster import coordinator_process, start_worker, worker_config
 from qmtl.testing.servers import free_port
 
 SYMBOLS = (
@@ -45,20 +45,15 @@ def _scenario(latency_ms: float) -> Scenario:
 
 
 def _config(tmp: Path, *, sim: str, coordinator: str, redis: str, ttl_ms: int) -> Path:
-    path = tmp / f"worker-{ttl_ms}.yaml"
-    path.write_text(
-        "exchanges:\n"
-        "  binance:\n"
-        f"    symbols: [{', '.join(SYMBOLS)}]\n"
-        f"    timeframes: [{', '.join(TIMEFRAMES)}]\n"
-        f"    urls: {{rest: '{sim}'}}\n"
-        "seamless:\n"
-        f"  rate_limit: {{redis_dsn: '{redis}'}}\n"
-        f"  backfill: {{distributed_lease_ttl_ms: {ttl_ms}}}\n"
-        "environment:\n"
-        f"  coordinator_url: '{coordinator}'\n"
+    return worker_config(
+        tmp / f"worker-{ttl_ms}.yaml",
+        symbols=SYMBOLS,
+        timeframes=TIMEFRAMES,
+        rest=sim,
+        coordinator=coordinator,
+        redis=redis,
+        seamless={"backfill": {"distributed_lease_ttl_ms": ttl_ms}},
     )
-    return path
 
 
 async def _leases(coordinator: str) -> dict[str, dict[str, object]]:

@@ -34,7 +34,7 @@ from qmtl.runtime.sdk.artifact_keys import MANIFEST_PREFIX
 from qmtl.runtime.sdk.node_id import format_node_id, parse_node_id
 from qmtl.runtime.sdk.timestamps import format_iso
 from qmtl.services.exchange_sim import Scenario, run_simulator
-from qmtl.testing.cluster import CLI, coordinator_process, start_worker
+from qmtl.testing.cluster import CLI, coordinator_process, start_worker, worker_config
 from qmtl.testing.servers import MotoS3Server, PostgresServer, RedisServer
 
 __all__ = ["SYMBOLS", "TIMEFRAMES", "WORKERS", "run_cluster"]
@@ -50,21 +50,15 @@ BUCKET: Final = "qmtl-cluster"
 ARTIFACTS: Final = f"s3://{BUCKET}/artifacts"
 
 
-def _config(sim: str, coordinator: str, redis: str, s3: MotoS3Server) -> str:
-    return (
-        "exchanges:\n"
-        "  binance:\n"
-        f"    symbols: [{', '.join(SYMBOLS)}]\n"
-        f"    timeframes: [{', '.join(TIMEFRAMES)}]\n"
-        f"    urls: {{rest: '{sim}'}}\n"
-        "seamless:\n"
-        f"  rate_limit: {{redis_dsn: '{redis}'}}\n"
-        "  backfill: {distributed_lease_ttl_ms: 10000}\n"
-        f"  artifact: {{object_store_uri: '{ARTIFACTS}', s3_endpoint_url: '{s3.endpoint_url}', "
-        "publish_optional: true}\n"
-        "environment:\n"
-        f"  coordinator_url: '{coordinator}'\n"
-    )
+def _config(path: Path, sim: str, coordinator: str, redis: str, s3: MotoS3Server) -> Path:
+    artifact = {
+        "object_store_uri": ARTIFACTS, "s3_endpoint_url": s3.endpoint_url, "publish_optional": True,
+    }  # fmt: skip
+    return worker_config(
+        path, symbols=SYMBOLS, timeframes=TIMEFRAMES, rest=sim, coordinator=coordinator,
+        redis=redis,
+        seamless={"backfill": {"distributed_lease_ttl_ms": 10_000}, "artifact": artifact},
+    )  # fmt: skip
 
 
 async def _echo(name: str, stream: asyncio.StreamReader, lines: list[str], quiet: bool) -> None:
@@ -145,7 +139,7 @@ async def _cluster(
     async with run_simulator(scenario) as sim:
         async with coordinator_process(pg) as url:
             config = tmp / "cluster.yaml"
-            await asyncio.to_thread(config.write_text, _config(sim.base_url, url, redis, s3))
+            await asyncio.to_thread(_config, config, sim.base_url, url, redis, s3)
             if not quiet:
                 print(
                     f"cluster: simulator {sim.base_url}, coordinator {url}, store {pg}, "

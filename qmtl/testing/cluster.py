@@ -10,12 +10,12 @@ import os
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["CLI", "coordinator_process", "start_worker"]
+__all__ = ["CLI", "coordinator_process", "start_worker", "worker_config"]
 
 #: The CLI of the running interpreter (the installed console script's equivalent).
 CLI: Final = (sys.executable, "-m", "qmtl.cli.main")
@@ -72,3 +72,33 @@ async def start_worker(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {}), "QMTL_SEAMLESS_WORKER": name},
     )  # fmt: skip
+
+
+def worker_config(
+    path: Path,
+    *,
+    symbols: Sequence[str],
+    timeframes: Sequence[str],
+    rest: str,
+    coordinator: str,
+    redis: str,
+    seamless: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the configuration a cluster's workers share to ``path``: Binance (``symbols`` ×
+    ``timeframes``) at ``rest``, the shared Redis budget, the coordinator, and any other
+    ``seamless`` settings (``rate_limit`` entries are merged over the Redis DSN)."""
+    import yaml
+
+    extra = dict(seamless or {})
+    rate_limit = {"redis_dsn": redis, **extra.pop("rate_limit", {})}
+    document = {
+        "exchanges": {
+            "binance": {
+                "symbols": list(symbols), "timeframes": list(timeframes), "urls": {"rest": rest},
+            },
+        },
+        "seamless": {"rate_limit": rate_limit, **extra},
+        "environment": {"coordinator_url": coordinator},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path

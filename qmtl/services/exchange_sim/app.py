@@ -1,4 +1,5 @@
-"""The aiohttp application: Binance spot and USD-M, OKX v5, the kline websocket, debug routes.
+"""The aiohttp application: Binance spot and USD-M, OKX v5, their kline websockets, debug
+routes.
 
 Every request outside ``/_sim/`` and the websocket belongs to one venue, chosen by path
 (:func:`~qmtl.services.exchange_sim.venue_gates.venue_of`), and passes one middleware that,
@@ -30,7 +31,8 @@ from qmtl.services.exchange_sim.scenario import Scenario
 from qmtl.services.exchange_sim.state import STATE_KEY, SimState
 from qmtl.services.exchange_sim.venue_errors import VenueError
 from qmtl.services.exchange_sim.venue_gates import venue_of
-from qmtl.services.exchange_sim.ws import stream_handler
+from qmtl.services.exchange_sim.ws import binance_handler, stream_handler
+from qmtl.services.exchange_sim.ws_okx import okx_business_handler
 
 __all__ = ["create_app", "state_of"]
 
@@ -39,12 +41,14 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _UNKNOWN_ERROR = "An unknown error occurred while processing the request."
 _LOGGED_QUERY_CHARS = 1024  # hostile queries can be 64 KiB; the log keeps their start
+#: Websocket paths (no venue budget): Binance spot, Binance USD-M, OKX business.
+_WS_PREFIXES = ("/stream/ws", "/market/ws", "/ws/v5/")
 
 
 @web.middleware
 async def _exchange_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
-    venue = venue_of(path)
+    venue = None if path.startswith(_WS_PREFIXES) else venue_of(path)
     if venue is None:
         return await handler(request)
     state = request.app[STATE_KEY]
@@ -120,7 +124,8 @@ async def _json_body(request: web.Request) -> dict[str, Any] | None:
 
 
 async def _sim_ws_drop(request: web.Request) -> web.Response:
-    """Cut every kline websocket, or those subscribed to ``{"symbol": "BTCUSDT"}``."""
+    """Cut every kline websocket (every venue's), or those subscribed to ``{"symbol":
+    "BTCUSDT"}`` (any spelling: ``BTCUSDT``, ``BTC-USDT``, ``BTC/USDT``, ``BTC/USDT:USDT``)."""
     body = await _json_body(request)
     symbol = None if body is None else body.get("symbol")
     if body is None or (symbol is not None and not isinstance(symbol, str)):
@@ -159,6 +164,10 @@ def create_app(scenario: Scenario | None = None, *, clock: Clock | None = None) 
     add_okx_routes(app)
     app.router.add_get("/stream/ws", stream_handler)
     app.router.add_get("/stream/ws/{tail:.*}", stream_handler)
+    usdm_ws = binance_handler("binanceusdm")
+    app.router.add_get("/market/ws", usdm_ws)
+    app.router.add_get("/market/ws/{tail:.*}", usdm_ws)
+    app.router.add_get("/ws/v5/business", okx_business_handler)
     app.router.add_get("/_sim/requests", _sim_requests)
     app.router.add_post("/_sim/reset", _sim_reset)
     app.router.add_post("/_sim/ws/drop", _sim_ws_drop)
