@@ -4,7 +4,13 @@ One ccxt.pro client per exchange (built on first use from ``exchanges.<id>``: UR
 type, options); one task per subscribed ``(node_id, interval)`` looping ``watch_ohlcv``,
 started by the node's first :meth:`~CcxtLiveFeed.latest_bars` or :meth:`~CcxtLiveFeed.stream`.
 
-**When a bar is closed.** ccxt's candles carry no closed flag (Binance's ``x`` is dropped):
+Tested against the simulator's websockets for ``binance`` (spot), ``binanceusdm`` (USD-M
+perpetuals, node ids like ``ohlcv:binanceusdm:BTC/USDT:USDT:1m``, ``market_type: swap``) and
+``okx`` (spot, ``candle*`` channels; ccxt's OKX timeframes start at ``1m``); nothing here is
+exchange-specific beyond ccxt's own URL keys.
+
+**When a bar is closed.** ccxt's candles carry no closed flag (Binance's ``x`` and OKX's
+``confirm`` are dropped):
 each is the latest state of its bar. A bar counts as closed once a *later* bar has arrived on
 the same connection — an exchange sends a bar's final values before the first update of the
 next one, so the values held then are final. Until then it is *forming* (delivered only with
