@@ -161,3 +161,29 @@ async def test_decision_queue_answers_every_decision_whatever_the_timing() -> No
         ["a0", "a1", "a2"],
         ["b0", "b1", "b2"],
     ]
+
+
+async def test_postgres_counts_are_seeded_from_an_older_schema(postgres_dsn: str) -> None:
+    """A database whose lease rows predate the counts table: opening the store counts them,
+    so completion ratios stay right across the upgrade."""
+    import asyncpg
+
+    from qmtl.services.coordinator.postgres_store import COUNTS_TABLE
+
+    store = PostgresLeaseStore(postgres_dsn)
+    await store.open()
+    node = "ohlcv:binance:SEED/USDT:1m"
+    keys = [LeaseKey(node, 60, i * 60, (i + 1) * 60) for i in range(3)]
+    tokens = [rules.new_token() for _ in keys]
+    for key, token in zip(keys, tokens, strict=True):
+        await store.apply(str(key), node, _decision("claim", key, token))
+    await store.apply(str(keys[0]), node, _decision("complete", keys[0], tokens[0]))
+    await store.close()
+    conn = await asyncpg.connect(postgres_dsn)
+    await conn.execute(f"DROP TABLE {COUNTS_TABLE}")
+    await conn.close()
+    store = PostgresLeaseStore(postgres_dsn)
+    await store.open()
+    applied = await store.apply(str(keys[1]), node, _decision("complete", keys[1], tokens[1]))
+    await store.close()
+    assert applied.completion_ratio == pytest.approx(2 / 3)

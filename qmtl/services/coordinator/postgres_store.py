@@ -10,9 +10,11 @@ connection (imported on first use), four round trips whatever the batch size:
    the advisory lock holds it anyway.
 2. One statement, read after the locks (so every earlier decision on these keys, by any
    replica, is visible): the database's clock (``now_ms``: replicas agree on expiry), the
-   batch's rows, and per node of the batch its completed and claimed windows (the batch's
-   own rows are taken out and added back as they stand after each decision).
-3. The rows the decisions wrote, one per key, in one ``INSERT … ON CONFLICT`` of arrays.
+   batch's rows, and per node of the batch its completed and claimed windows from the
+   counts table (the batch's own rows are taken out and added back as they stand after
+   each decision).
+3. One statement: the rows the decisions wrote, one per key (``INSERT … ON CONFLICT`` of
+   arrays), and the counts' changes.
 4. ``COMMIT``.
 
 Keys and values are bound as parameters, never spliced into SQL (the lock ids are integers
@@ -44,7 +46,7 @@ from qmtl.services.coordinator.lease_rows import (
     written,
 )
 
-__all__ = ["PostgresLeaseStore", "advisory_key"]
+__all__ = ["COUNTS_TABLE", "PostgresLeaseStore", "advisory_key"]
 
 _O = TypeVar("_O")
 
@@ -52,18 +54,37 @@ _O = TypeVar("_O")
 #: round trip, the next is already being decided.
 BATCHES_IN_FLIGHT: Final = 1
 
+#: Completed and claimed windows per node, kept in step with the lease rows by every batch
+#: (a primary-key read per node instead of counting a node's rows: the lease table is
+#: update-heavy, and counting through its dead row versions grew with every claim).
+COUNTS_TABLE: Final = "qmtl_coordinator_node_counts"
+_COUNTS_SCHEMA_SQL: Final = (
+    f"CREATE TABLE IF NOT EXISTS {COUNTS_TABLE} (node_id TEXT PRIMARY KEY, "
+    "completed BIGINT NOT NULL, claimed BIGINT NOT NULL)"
+)
+#: Counts of the rows already there when the counts table is created (older schema).
+_COUNTS_SEED_SQL: Final = (
+    f"INSERT INTO {COUNTS_TABLE} (node_id, completed, claimed) "
+    f"SELECT node_id, COUNT(*) FILTER (WHERE state = 'completed'), COUNT(*) FROM {TABLE} "
+    "GROUP BY node_id"
+)
 _READ_SQL: Final = (
     "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms, "
     f"ARRAY(SELECT ROW({COLUMNS}) FROM {TABLE} WHERE lease_key = ANY($1::text[])) AS rows, "
-    "ARRAY(SELECT ROW(node_id, COUNT(*) FILTER (WHERE state = 'completed'), COUNT(*)) "
-    f"FROM {TABLE} WHERE node_id = ANY($2::text[]) GROUP BY node_id) AS counts"
+    f"ARRAY(SELECT ROW(node_id, completed, claimed) FROM {COUNTS_TABLE} "
+    "WHERE node_id = ANY($2::text[])) AS counts"
 )
-_UPSERT_SQL: Final = (
-    f"INSERT INTO {TABLE} ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::text[], "
-    "$3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[]) "
+#: The batch's rows and the counts' changes, one statement.
+_WRITE_SQL: Final = (
+    f"WITH written AS (INSERT INTO {TABLE} ({COLUMNS}) SELECT * FROM unnest($1::text[], "
+    "$2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[]) "
     "ON CONFLICT (lease_key) DO UPDATE SET node_id = EXCLUDED.node_id, "
     "token = EXCLUDED.token, lease_until_ms = EXCLUDED.lease_until_ms, "
-    "state = EXCLUDED.state, reason = EXCLUDED.reason, updated_ms = EXCLUDED.updated_ms"
+    "state = EXCLUDED.state, reason = EXCLUDED.reason, updated_ms = EXCLUDED.updated_ms) "
+    f"INSERT INTO {COUNTS_TABLE} AS c (node_id, completed, claimed) "
+    "SELECT * FROM unnest($8::text[], $9::bigint[], $10::bigint[]) "
+    "ON CONFLICT (node_id) DO UPDATE SET completed = c.completed + EXCLUDED.completed, "
+    "claimed = c.claimed + EXCLUDED.claimed"
 )
 
 
@@ -112,6 +133,10 @@ class PostgresLeaseStore:
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", TABLE)
                     await conn.execute(SCHEMA_SQL)
                     await conn.execute(INDEX_SQL)
+                    seeded = await conn.fetchval("SELECT to_regclass($1)", COUNTS_TABLE)
+                    await conn.execute(_COUNTS_SCHEMA_SQL)
+                    if seeded is None:
+                        await conn.execute(_COUNTS_SEED_SQL)
             except (OSError, asyncpg.PostgresError) as exc:
                 raise self._error(exc) from exc
             self._pool = pool
@@ -147,14 +172,15 @@ class PostgresLeaseStore:
                     base = {
                         node: [int(done), int(claimed)] for node, done, claimed in found["counts"]
                     }
+                    before = dict(rows)
                     for row in rows.values():  # counted apart, as they stand after each decision
-                        counts = base[row.node_id]
+                        counts = base.setdefault(row.node_id, [0, 0])
                         counts[0] -= row.state is LeaseState.COMPLETED
                         counts[1] -= 1
                     results, writes = _decide(batch, rows, base, int(found["now_ms"]))
                     if writes:
                         columns = list(zip(*(values_of(r) for r in writes.values()), strict=True))
-                        await conn.execute(_UPSERT_SQL, *columns)
+                        await conn.execute(_WRITE_SQL, *columns, *_count_changes(before, writes))
                     await conn.execute("COMMIT")
                 except BaseException:
                     await conn.execute("ROLLBACK")
@@ -176,6 +202,23 @@ class PostgresLeaseStore:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise self._error(exc) from exc
         return [record_of(row) for row in rows]
+
+
+def _count_changes(
+    before: dict[str, LeaseRecord], writes: dict[str, LeaseRecord]
+) -> tuple[list[str], list[int], list[int]]:
+    """Per node: how its completed and claimed windows change when ``writes`` replace the
+    rows ``before`` (columns for the counts upsert)."""
+    changes: dict[str, list[int]] = {}
+    for key, after in writes.items():
+        old = before.get(key)
+        change = changes.setdefault(after.node_id, [0, 0])
+        change[0] += (after.state is LeaseState.COMPLETED) - (
+            old is not None and old.state is LeaseState.COMPLETED
+        )
+        change[1] += old is None
+    nodes = sorted(changes)  # every batch updates count rows in one order: no deadlock
+    return nodes, [changes[n][0] for n in nodes], [changes[n][1] for n in nodes]
 
 
 def _decide(
