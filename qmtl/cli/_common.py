@@ -23,7 +23,7 @@ import sys
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich import box
 from rich.console import Console
@@ -36,7 +36,7 @@ from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.timestamps import LAST_INSTANT, format_iso, parse_instant
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 
     from qmtl.runtime.sdk.backfill_config import BackfillConfig
     from qmtl.runtime.sdk.backfill_types import BatchOutcome
@@ -64,6 +64,7 @@ __all__ = [
     "show_store",
     "stop_signals",
     "store_dsn",
+    "until_stopped",
     "usage_handler",
     "window_bounds",
     "window_from_args",
@@ -199,6 +200,32 @@ def stop_signals(stop: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+_T = TypeVar("_T")
+
+
+async def until_stopped(
+    work: Awaitable[_T], *, timeout_s: float | None = None
+) -> tuple[str, _T | None]:
+    """Run ``work`` until it ends (``("done", result)``; its error, if it failed), SIGINT or
+    SIGTERM arrives (``("stopped", None)``) or ``timeout_s`` passes (``("timeout", None)``);
+    in the last two cases ``work`` is cancelled and awaited (what it holds is released — a
+    worker's batches fail their leases so others take them at once). How a long-running
+    command stops gracefully. Call it in the event loop's thread."""
+    task = asyncio.ensure_future(work)
+    with stop_signals() as stopping:
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return "done", task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return ("stopped" if stopping.is_set() else "timeout"), None
 
 
 def show_store(location: str) -> None:

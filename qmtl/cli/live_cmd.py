@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import sys
@@ -33,7 +32,7 @@ from qmtl.cli._common import (
     add_store_options,
     resolve_config,
     show_store,
-    stop_signals,
+    until_stopped,
 )
 from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.metrics_endpoint import serve_metrics
@@ -168,26 +167,14 @@ async def _live(config: QMTLConfig, args: argparse.Namespace, node_id: str) -> N
             feed = PollingLiveFeed(provider.fetcher, clock=provider.clock)
         how = "websocket" if not owned else "polling the REST API"
         print(f"live: {node_id} ({how})", file=sys.stderr, flush=True)
-        reason = "stopped"
         try:
-            with stop_signals() as stopping:
-                follow = asyncio.ensure_future(_follow(provider, feed, node_id, printer, args.bars))
-                waits = [follow, asyncio.ensure_future(stopping.wait())]
-                timeout = args.seconds
-                done, _ = await asyncio.wait(
-                    waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in waits:
-                    task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follow
-                if follow in done:
-                    reason = follow.result()
-                elif not done:
-                    reason = "seconds"
+            how, ended = await until_stopped(
+                _follow(provider, feed, node_id, printer, args.bars), timeout_s=args.seconds
+            )
         finally:
             if owned:
                 await feed.aclose()
+        reason = {"done": ended, "stopped": "stopped", "timeout": "seconds"}[how]
         printer.emit(
             {"event": "stopped", "bars": printer.bars, "reason": reason},
             f"stopped ({reason}): {printer.bars} closed bars",

@@ -64,7 +64,7 @@ from qmtl.cli._common import (
     print_json,
     resolve_config,
     show_store,
-    stop_signals,
+    until_stopped,
     window_from_args,
 )
 from qmtl.cli.main import missing_data_exit
@@ -79,8 +79,6 @@ from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.served_artifacts import publishes
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
-
     from qmtl.runtime.io.batch_leases import BatchLeases
     from qmtl.runtime.sdk.backfill_config import BackfillConfig
     from qmtl.runtime.sdk.backfill_types import BatchOutcome
@@ -293,24 +291,6 @@ async def _rounds(
         await _round(provider, run, nodes, window)
 
 
-async def _until_stopped(stopping: asyncio.Event, work: Awaitable[None]) -> bool:
-    """Run ``work`` until it ends (``False``) or ``stopping`` is set (``True``: ``work`` is
-    cancelled — its batches in flight fail their leases, so others may take them at once)."""
-    task = asyncio.ensure_future(work)
-    stop = asyncio.ensure_future(stopping.wait())
-    try:
-        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop.cancel()
-    if task.done():
-        task.result()  # its error, if it failed
-        return False
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return True
-
-
 async def _work(
     config: QMTLConfig,
     run: _Run,
@@ -330,9 +310,8 @@ async def _work(
         run.store = await provider.storage.resolved_location()
         if not quiet:
             show_store(run.store)
-        with stop_signals() as stopping:
-            work = _rounds(provider, run, nodes, window, follow=follow)
-            run.stopped = await _until_stopped(stopping, work)
+        how, _ = await until_stopped(_rounds(provider, run, nodes, window, follow=follow))
+        run.stopped = how == "stopped"
         now = int(time.time())
         last = run.window or window
         run.reports = []
