@@ -187,3 +187,35 @@ async def test_postgres_counts_are_seeded_from_an_older_schema(postgres_dsn: str
     applied = await store.apply(str(keys[1]), node, _decision("complete", keys[1], tokens[1]))
     await store.close()
     assert applied.completion_ratio == pytest.approx(2 / 3)
+
+
+async def test_postgres_vacuums_its_counts_table_as_count_rows_churn(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every node's count row changes with each batch; the store vacuums the counts table
+    every ``VACUUM_EVERY`` count updates (autovacuum alone let dead versions pile up and
+    latency grow), beside the decisions, and answers correctly throughout."""
+    import asyncpg
+
+    from qmtl.services.coordinator import postgres_store
+
+    monkeypatch.setattr(postgres_store, "VACUUM_EVERY", 20)
+    store = PostgresLeaseStore(postgres_dsn)
+    await store.open()
+    node = "ohlcv:binance:VAC/USDT:1m"
+    for i in range(60):
+        key = LeaseKey(node, 60, i * 60, (i + 1) * 60)
+        token = rules.new_token()
+        await store.apply(str(key), node, _decision("claim", key, token))
+        done = await store.apply(str(key), node, _decision("complete", key, token))
+        assert done.completion_ratio == 1.0
+    await store.close()  # waits for a vacuum in flight
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        vacuums = await conn.fetchval(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = $1",
+            postgres_store.COUNTS_TABLE,
+        )
+    finally:
+        await conn.close()
+    assert vacuums >= 3, vacuums  # 120 count updates, one vacuum per 20

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -46,7 +47,9 @@ from qmtl.services.coordinator.lease_rows import (
     written,
 )
 
-__all__ = ["COUNTS_TABLE", "PostgresLeaseStore", "advisory_key"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["COUNTS_TABLE", "VACUUM_EVERY", "PostgresLeaseStore", "advisory_key"]
 
 _O = TypeVar("_O")
 
@@ -62,6 +65,13 @@ _COUNTS_SCHEMA_SQL: Final = (
     f"CREATE TABLE IF NOT EXISTS {COUNTS_TABLE} (node_id TEXT PRIMARY KEY, "
     "completed BIGINT NOT NULL, claimed BIGINT NOT NULL)"
 )
+#: Count-row updates between two vacuums of the counts table. A node's count row changes
+#: with every batch that touches the node; the dead versions pile up on the table's few
+#: pages far faster than autovacuum (once a minute at most) removes them, and every read and
+#: write of a count then walks them: latency grew round after round (1,000 claims/s with
+#: completions: p99 5 → 170 ms over 40 s; flat 2.5–2.9 ms with the counts table vacuumed).
+#: Vacuuming ~100 rows costs next to nothing.
+VACUUM_EVERY: Final = 5_000
 #: Counts of the rows already there when the counts table is created (older schema).
 _COUNTS_SEED_SQL: Final = (
     f"INSERT INTO {COUNTS_TABLE} (node_id, completed, claimed) "
@@ -112,6 +122,8 @@ class PostgresLeaseStore:
         self._pool: Any = None
         self._lock = asyncio.Lock()
         self._queue = DecisionQueue(self._apply_batch, in_flight=BATCHES_IN_FLIGHT)
+        self._count_updates = 0  #: since the last vacuum of the counts table
+        self._vacuum: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         _, at, tail = self._dsn.rpartition("@")
@@ -142,6 +154,8 @@ class PostgresLeaseStore:
             self._pool = pool
 
     async def close(self) -> None:
+        if self._vacuum is not None:
+            await asyncio.gather(self._vacuum, return_exceptions=True)
         async with self._lock:
             pool, self._pool = self._pool, None
             if pool is not None:
@@ -180,14 +194,28 @@ class PostgresLeaseStore:
                     results, writes = _decide(batch, rows, base, int(found["now_ms"]))
                     if writes:
                         columns = list(zip(*(values_of(r) for r in writes.values()), strict=True))
-                        await conn.execute(_WRITE_SQL, *columns, *_count_changes(before, writes))
+                        changes = _count_changes(before, writes)
+                        await conn.execute(_WRITE_SQL, *columns, *changes)
+                        self._count_updates += len(changes[0])
                     await conn.execute("COMMIT")
                 except BaseException:
                     await conn.execute("ROLLBACK")
                     raise
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise self._error(exc) from exc
+        if self._count_updates >= VACUUM_EVERY and (self._vacuum is None or self._vacuum.done()):
+            self._count_updates = 0
+            self._vacuum = asyncio.create_task(self._vacuum_counts(pool))
         return results
+
+    async def _vacuum_counts(self, pool: Any) -> None:
+        """``VACUUM`` the counts table (:data:`VACUUM_EVERY`) on a connection of its own,
+        beside the decisions (it takes no lock they wait for). A failure is logged only."""
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute(f"VACUUM {COUNTS_TABLE}")
+        except Exception as exc:  # the next batch past the threshold tries again
+            logger.warning("could not vacuum %s: %s", COUNTS_TABLE, exc)
 
     async def inspect(self, prefix: str, limit: int) -> list[LeaseRecord]:
         pool = self._pool_or_fail()
