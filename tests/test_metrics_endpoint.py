@@ -84,6 +84,9 @@ async def test_a_busy_port_is_one_line_and_the_users_mistake() -> None:
         ["simulator", "serve"],
         ["worker", "--config", "c.yaml"],
         ["backfill", "--config", "c.yaml"],
+        ["live", "ohlcv:binance:BTC/USDT:1m"],
+        ["demo"],
+        ["demo", "--cluster"],
     ],
 )
 def test_every_long_running_command_takes_the_option(argv: list[str]) -> None:
@@ -167,3 +170,28 @@ def test_a_bad_metrics_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "70000" in one_error_line(done.stderr, "coordinator")
     assert "coordinator:" not in done.stdout  # never announced
+
+
+def test_demo_serves_its_metrics_while_it_runs(tmp_path: Path) -> None:
+    """``demo --metrics-port``: scraped while the demo backfills, the backfill's own counters
+    show up (the demo's components record into the registry it serves)."""
+    with subprocess.Popen(
+        [*CLI, "demo", "--days", "1", "--dir", str(tmp_path), "--json", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
+    ) as proc:  # fmt: skip
+        try:
+            url = _line_starting(proc.stderr, "metrics: ")
+            seen = ""
+            while proc.poll() is None and "seamless_backfill_rows_total{" not in seen:
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as response:
+                        seen = response.read().decode()
+                except OSError:
+                    break  # the demo finished between the poll and the scrape
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, err
+    assert "seamless_backfill_rows_total{" in seen, seen[-2000:]

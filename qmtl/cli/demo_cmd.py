@@ -21,9 +21,10 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qmtl.cli._common import (
+    add_metrics_option,
     console,
     coverage_table,
     print_json,
@@ -33,17 +34,23 @@ from qmtl.cli.artifacts_cmd import store_uri
 from qmtl.cli.artifacts_report import artifact_table, duckdb_command, entry_dict
 from qmtl.runtime.io.artifact import ArtifactRegistrar
 from qmtl.runtime.io.composition import build_provider, config_for_nodes
+from qmtl.runtime.io.metrics_endpoint import serve_metrics
 from qmtl.runtime.sdk.config import QMTLConfig, StorageConfig
 from qmtl.runtime.sdk.events import ARTIFACT_PUBLISHED
 from qmtl.runtime.sdk.history_coverage import DEFAULT_STABILIZATION_BARS, Range
+from qmtl.runtime.sdk.metrics import default_metrics
 from qmtl.runtime.sdk.node_id import format_node_id
 from qmtl.runtime.sdk.timestamps import format_iso
 from qmtl.services.exchange_sim import Scenario, run_simulator
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from qmtl.runtime.sdk.artifact_catalog import ArtifactEntry
 
 __all__ = ["demo_scenario", "register", "run_demo"]
+
+_T = TypeVar("_T")
 
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
 INTERVAL = 60
@@ -248,7 +255,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="another artifact store instead of DIR/artifacts (file://DIR, a path, s3://...)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_metrics_option(parser)
     parser.set_defaults(handler=_run)
+
+
+async def _served(port: int | None, work: Awaitable[_T]) -> _T:
+    """``work`` with this process's metrics served on ``port`` (``--metrics-port``) meanwhile."""
+    async with serve_metrics(port, default_metrics().registry):
+        return await work
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -261,7 +275,10 @@ def _run(args: argparse.Namespace) -> int:
     dsn = None if args.dsn is None else StorageConfig(dsn=args.dsn).dsn  # checked up front
     artifacts = None if args.artifacts is None else store_uri(args.artifacts, option="--artifacts")
     result = asyncio.run(
-        run_demo(args.days, args.dir, dsn=dsn, artifacts=artifacts, quiet=args.json)
+        _served(
+            args.metrics_port,
+            run_demo(args.days, args.dir, dsn=dsn, artifacts=artifacts, quiet=args.json),
+        )
     )
     if args.json:
         print_json(result)
@@ -280,7 +297,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
     if not 1 <= days <= 30:
         raise ValueError(f"--days must be within 1..30 with --cluster, got {days}")
     try:
-        result = asyncio.run(run_cluster(days, quiet=args.json))
+        result = asyncio.run(_served(args.metrics_port, run_cluster(days, quiet=args.json)))
     except ServerUnavailable as exc:  # exit 3: this machine lacks a server the cluster needs
         raise SeamlessError(
             f"demo --cluster could not start its servers: {exc} (it needs PostgreSQL and "
