@@ -23,7 +23,7 @@ import sys
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rich import box
 from rich.console import Console
@@ -60,6 +60,7 @@ __all__ = [
     "print_json",
     "resolve_config",
     "segment_lines",
+    "serve_until_stopped",
     "settings",
     "show_store",
     "stop_signals",
@@ -203,6 +204,41 @@ def stop_signals(stop: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
 
 
 _T = TypeVar("_T")
+
+
+class _Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def serve_until_stopped(
+    service: _Service,
+    banner: Callable[[], Sequence[str]],
+    *,
+    metrics_port: int | None,
+    started: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """How a serving command runs: start ``service``, serve this process's metrics on
+    ``metrics_port`` (``None``: no port), print the ``banner`` lines on stdout (clients read
+    them to find the service), set ``started``; then wait for ``stop``, SIGINT or SIGTERM
+    (:func:`stop_signals`, entered first so no signal finds the default handler) and stop the
+    service gracefully. A bad or busy metrics port fails before the banner."""
+    from qmtl.runtime.io.metrics_endpoint import serve_metrics
+    from qmtl.runtime.sdk.metrics import default_metrics
+
+    with stop_signals(stop) as stopping:
+        await service.start()
+        try:
+            async with serve_metrics(metrics_port, default_metrics().registry):
+                for line in banner():
+                    print(line, flush=True)
+                if started is not None:
+                    started.set()
+                await stopping.wait()
+        finally:
+            await service.stop()
 
 
 async def until_stopped(

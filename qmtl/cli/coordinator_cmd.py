@@ -17,8 +17,7 @@ import contextlib
 import sys
 from typing import Any
 
-from qmtl.cli._common import add_metrics_option, settings, stop_signals, usage_handler
-from qmtl.runtime.io.metrics_endpoint import serve_metrics
+from qmtl.cli._common import add_metrics_option, serve_until_stopped, settings, usage_handler
 from qmtl.runtime.sdk.metrics import default_metrics
 from qmtl.services.coordinator.server import CoordinatorServer
 from qmtl.services.coordinator.store import DEFAULT_DSN, open_lease_store
@@ -67,20 +66,16 @@ async def serve(
     """Serve until ``stop`` is set, or SIGINT / SIGTERM arrives (``stop_signals``: leases
     in flight are answered, then the store is closed); ``started`` is set once bound.
     ``metrics_port`` also serves the metrics there (``None``: only on the service's port)."""
-    metrics = default_metrics()
     server = CoordinatorServer(
-        open_lease_store(dsn), metrics=metrics, host=host, port=port, token=token
+        open_lease_store(dsn), metrics=default_metrics(), host=host, port=port, token=token
     )
-    with stop_signals(stop) as stopping:
-        await server.start()
-        try:
-            async with serve_metrics(metrics_port, metrics.registry):
-                print(f"coordinator: {server.base_url}", flush=True)
-                if started is not None:
-                    started.set()
-                await stopping.wait()
-        finally:
-            await server.stop()
+    await serve_until_stopped(
+        server,
+        lambda: [f"coordinator: {server.base_url}"],
+        metrics_port=metrics_port,
+        started=started,
+        stop=stop,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:

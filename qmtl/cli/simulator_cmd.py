@@ -17,9 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qmtl.cli._common import add_metrics_option, stop_signals, usage_handler
-from qmtl.runtime.io.metrics_endpoint import serve_metrics
-from qmtl.runtime.sdk.metrics import default_metrics
+from qmtl.cli._common import add_metrics_option, serve_until_stopped, usage_handler
 from qmtl.services.exchange_sim.scenario import Scenario
 from qmtl.services.exchange_sim.server import SimulatorServer
 
@@ -63,18 +61,15 @@ async def serve(
     """Serve until ``stop`` is set, or SIGINT / SIGTERM arrives (``stop_signals``);
     ``started`` is set once bound. ``metrics_port`` serves ``/metrics`` there too."""
     server = SimulatorServer(scenario, host=host, port=port)
-    with stop_signals(stop) as stopping:
-        await server.start()
-        try:
-            async with serve_metrics(metrics_port, default_metrics().registry):
-                print(f"rest: {server.base_url}", flush=True)
-                print(f"ws: {server.ws_url}/stream/ws", flush=True)
-                print(f"symbols: {', '.join(scenario.symbols)}", flush=True)
-                if started is not None:
-                    started.set()
-                await stopping.wait()
-        finally:
-            await server.stop()
+
+    def banner() -> list[str]:  # read once the server is bound
+        return [
+            f"rest: {server.base_url}",
+            f"ws: {server.ws_url}/stream/ws",
+            f"symbols: {', '.join(scenario.symbols)}",
+        ]
+
+    await serve_until_stopped(server, banner, metrics_port=metrics_port, started=started, stop=stop)
     return server
 
 
