@@ -135,17 +135,20 @@ def settings(args: argparse.Namespace) -> QMTLConfig:
 
 
 def resolve_config(args: argparse.Namespace, node_ids: Iterable[str]) -> QMTLConfig:
-    """The configuration a command runs with: ``--config`` (else one made for
-    ``node_ids``) with ``--dsn`` and ``--exchange-url`` over it; ``ConfigError`` listing
+    """The configuration a command runs with: ``--config`` (else one made for ``node_ids``)
+    with ``--dsn``, ``--exchange-url`` and ``--ws-url`` over it; ``ConfigError`` listing
     every problem building its runtime would hit (what ``config check`` reports)."""
     from qmtl.runtime.io.composition import check_runtime, config_for_nodes, with_overrides
 
-    dsn = getattr(args, "dsn", None)
-    exchange_url = getattr(args, "exchange_url", None)
+    overrides = {
+        "dsn": getattr(args, "dsn", None),
+        "exchange_url": getattr(args, "exchange_url", None),
+        "ws_url": getattr(args, "ws_url", None),
+    }
     if getattr(args, "config", None):
-        config = with_overrides(settings(args), dsn=dsn, exchange_url=exchange_url)
+        config = with_overrides(settings(args), **overrides)
     else:
-        config = config_for_nodes(node_ids, dsn=dsn, exchange_url=exchange_url)
+        config = config_for_nodes(node_ids, **overrides)
     problems = check_runtime(config)
     if problems:
         raise ConfigError(problems)

@@ -36,7 +36,6 @@ from qmtl.cli._common import (
 )
 from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.metrics_endpoint import serve_metrics
-from qmtl.runtime.sdk._config_models import ExchangeUrls
 from qmtl.runtime.sdk.live_feed import store_closed_bars
 from qmtl.runtime.sdk.live_polling import PollingLiveFeed
 from qmtl.runtime.sdk.metrics import default_metrics
@@ -73,16 +72,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     add_metrics_option(parser)
     parser.set_defaults(handler=_run)
-
-
-def _with_ws(config: QMTLConfig, exchange_id: str, ws_url: str) -> QMTLConfig:
-    if not ws_url.startswith(("ws://", "wss://")):
-        raise ValueError(f"--ws-url must be ws:// or wss://, got {ws_url!r}")
-    entry = config.exchanges[exchange_id]
-    urls = ExchangeUrls(ws=ws_url) if entry.urls is None else replace(entry.urls, ws=ws_url)
-    exchanges = {**config.exchanges, exchange_id: replace(entry, urls=urls)}
-    live = replace(config.seamless.live, ws=replace(config.seamless.live.ws, enabled=True))
-    return replace(config, exchanges=exchanges, seamless=replace(config.seamless, live=live))
 
 
 class _Printer:
@@ -182,13 +171,13 @@ async def _live(config: QMTLConfig, args: argparse.Namespace, node_id: str) -> N
 
 
 def _run(args: argparse.Namespace) -> int:
-    node = parse_node_id(args.node_id)
+    parse_node_id(args.node_id)  # a bad node id is the first thing said
+    if args.ws_url is not None and not args.ws_url.startswith(("ws://", "wss://")):
+        raise ValueError(f"--ws-url must be ws:// or wss://, got {args.ws_url!r}")
     if args.bars is not None and args.bars < 1:
         raise ValueError(f"--bars must be >= 1, got {args.bars}")
     if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
         raise ValueError(f"--seconds must be a finite number > 0, got {args.seconds}")
-    config = resolve_config(args, (args.node_id,))
-    if args.ws_url:
-        config = _with_ws(config, node.exchange, args.ws_url)
+    config = resolve_config(args, (args.node_id,))  # --ws-url: the websocket feed, on
     asyncio.run(_live(config, args, args.node_id))
     return 0

@@ -170,30 +170,45 @@ def build_live_feed(
 
 
 def with_overrides(
-    config: QMTLConfig, *, dsn: str | None = None, exchange_url: str | None = None
+    config: QMTLConfig,
+    *,
+    dsn: str | None = None,
+    exchange_url: str | None = None,
+    ws_url: str | None = None,
 ) -> QMTLConfig:
     """``config`` with explicit arguments applied over it: ``dsn`` replaces
-    ``seamless.storage.dsn``; ``exchange_url`` replaces ``exchanges.<id>.urls.rest`` of every
-    configured exchange (keeping a configured websocket URL). ``ValueError`` for a bad value."""
+    ``seamless.storage.dsn``; ``exchange_url`` replaces ``exchanges.<id>.urls.rest`` and
+    ``ws_url`` ``exchanges.<id>.urls.ws`` of every configured exchange (each keeps the other),
+    and ``ws_url`` also turns the websocket live feed on (``seamless.live.ws.enabled``).
+    ``ValueError`` for a bad value."""
+    seamless = config.seamless
     if dsn is not None:
-        seamless = replace(config.seamless, storage=StorageConfig(dsn=dsn))
-        config = replace(config, seamless=seamless)
-    if exchange_url is not None:
+        seamless = replace(seamless, storage=StorageConfig(dsn=dsn))
+    if ws_url is not None:
+        seamless = replace(
+            seamless, live=replace(seamless.live, ws=replace(seamless.live.ws, enabled=True))
+        )
+    if exchange_url is not None or ws_url is not None:
         exchanges = {
             exchange_id: replace(
                 entry,
                 urls=ExchangeUrls(
-                    rest=exchange_url, ws=entry.urls.ws if entry.urls is not None else None
+                    rest=exchange_url or (entry.urls.rest if entry.urls is not None else None),
+                    ws=ws_url or (entry.urls.ws if entry.urls is not None else None),
                 ),
             )
             for exchange_id, entry in config.exchanges.items()
         }
         config = replace(config, exchanges=exchanges)
-    return config
+    return replace(config, seamless=seamless)
 
 
 def config_for_nodes(
-    node_ids: Iterable[str], *, dsn: str | None = None, exchange_url: str | None = None
+    node_ids: Iterable[str],
+    *,
+    dsn: str | None = None,
+    exchange_url: str | None = None,
+    ws_url: str | None = None,
 ) -> QMTLConfig:
     """The configuration of a command run without a file: the nodes' exchanges with their
     symbols and timeframes, the default settings otherwise, then :func:`with_overrides`."""
@@ -213,7 +228,7 @@ def config_for_nodes(
             for exchange_id, entry in exchanges.items()
         }
     )
-    return with_overrides(config, dsn=dsn, exchange_url=exchange_url)
+    return with_overrides(config, dsn=dsn, exchange_url=exchange_url, ws_url=ws_url)
 
 
 def check_runtime(config: QMTLConfig) -> list[str]:
