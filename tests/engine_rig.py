@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
 from qmtl.runtime.io.storage import open_storage
-from qmtl.runtime.sdk.backfill_config import BackfillConfig
+from qmtl.runtime.sdk.backfill_config import BackfillConfig, BackfillMode
 from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.fetch_result import SeamlessFetchResult
 from qmtl.runtime.sdk.history_storage import HistoryStorage
@@ -43,6 +43,7 @@ class Rig:
         strategy: str = "SEAMLESS",
         sla: SLAPolicy | None = None,
         delay_s: float = 0.0,
+        mode: BackfillMode = "background",
     ) -> None:
         self.clock = FakeClock(start=NOW)
         self.registry = CollectorRegistry()
@@ -63,6 +64,7 @@ class Rig:
             sla=sla,
             clock=self.clock,
             metrics=metrics,
+            backfill_config=BackfillConfig(mode=mode),
         )
 
     async def fetch(self, start: int = T0, end: int = END, **kw: object) -> SeamlessFetchResult:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from qmtl.cli import config_cmd
+from qmtl.runtime.sdk import pending_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "docs" / "config.example.yaml"
@@ -133,10 +134,14 @@ def test_config_without_subcommand_prints_usage(capsys: pytest.CaptureFixture[st
 
 
 def test_pending_settings_a_file_sets_are_named(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A setting no component reads yet is accepted, and config check says it has no
-    effect yet (never silently ignored); one that has a reader is not named."""
+    """A setting no component reads yet (none today: the mechanism is shown with a patched
+    list) is accepted, and config check says it has no effect yet (never silently ignored);
+    one that has a reader is not named."""
+    monkeypatch.setattr(
+        pending_settings, "PENDING_SETTINGS", {"cache.ttl_ms": "a future capability"}
+    )
     path = tmp_path / "c.yaml"
     path.write_text(
         "cache: {ttl_ms: 5}\nseamless: {observability: {storage_wait_warn_ms: 200}, "
@@ -146,8 +151,7 @@ def test_pending_settings_a_file_sets_are_named(
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("ok: ")
     assert [line for line in out if line.startswith("note: ")] == [
-        "note: seamless.observability.storage_wait_warn_ms: has no effect yet "
-        "(operations (alerts and dashboards))",
+        "note: cache.ttl_ms: has no effect yet (a future capability)",
     ]
 
 
@@ -286,6 +290,8 @@ def test_check_json_gives_the_same_facts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    pending = {"seamless.observability.storage_wait_warn_ms": "a future capability"}
+    monkeypatch.setattr(pending_settings, "PENDING_SETTINGS", pending)
     path = tmp_path / "c.yaml"
     text = (
         "seamless: {observability: {storage_wait_warn_ms: 200}}\n"
@@ -301,7 +307,7 @@ def test_check_json_gives_the_same_facts(
     assert list(result["exchanges"]) == ["binance"]
     assert [f"note: {note}" for note in result["notes"]] == [
         "note: seamless.observability.storage_wait_warn_ms: has no effect yet "
-        "(operations (alerts and dashboards))"
+        "(a future capability)"
     ]
 
 

@@ -41,6 +41,8 @@ SPEC_METRICS = {
 #: Events beyond the contract's list, each with what it reports.
 ADDED_EVENTS = {
     "seamless.live.reconnecting",  # a websocket live feed lost its connection: delay, attempt
+    # a fetch or backfill crossed a seamless.observability threshold: measure, value, threshold
+    "seamless.observability.threshold_crossed",
 }
 
 

@@ -190,3 +190,14 @@ def test_get_limiter_picks_redis_from_config_or_environment() -> None:
     assert isinstance(from_config, RedisRateLimiter)
     with pytest.raises(ValueError, match="redis_dsn: unsupported scheme"):
         get_limiter(RateLimiterConfig(), "binance", env={"QMTL_CCXT_RATE_LIMITER_REDIS": "h:1"})
+
+
+def test_a_new_limiters_counters_start_at_zero() -> None:
+    """Alerts take ``increase()`` of the penalty and drop counters: a series that first
+    appears at 1 hides the first 429/418 from them, so a key's series exist at 0 at once."""
+    registry = CollectorRegistry()
+    get_limiter(RateLimiterConfig(), "binance", metrics=SeamlessMetrics(registry))
+    for status in ("429", "418"):
+        labels = {"key": "ccxt:binance", "status": status}
+        assert registry.get_sample_value("seamless_rl_penalty_total", labels) == 0.0
+    assert registry.get_sample_value("seamless_rl_dropped_total", {"key": "ccxt:binance"}) == 0.0

@@ -6,7 +6,8 @@ the real ccxt client into the embedded DuckDB store, publishing what it served a
 artifacts; prints the coverage report (stored, known-empty, missing) and each node's dataset
 fingerprint; then fetches everything again to show that the second pass is served from the
 store with zero exchange requests, the same fingerprints and no new artifact. Ends with the
-artifacts and a DuckDB one-liner that reads them without qmtl.
+artifacts and a DuckDB one-liner that reads them without qmtl, and with --plot FILE.png, a
+timeline of each node's coverage (stored, known-empty, missing).
 
 The window ends stabilization_bars bars before now, so every bar the demo serves is final
 and gets published.
@@ -27,18 +28,20 @@ from qmtl.cli._common import (
     add_metrics_option,
     console,
     coverage_table,
+    err_console,
     print_json,
     segment_lines,
 )
 from qmtl.cli.artifacts_cmd import store_uri
 from qmtl.cli.artifacts_report import artifact_table, duckdb_command, entry_dict
+from qmtl.cli.coverage_plot import check_plot_path, write_coverage_plot
 from qmtl.runtime.io.artifact import ArtifactRegistrar
 from qmtl.runtime.io.composition import build_provider, config_for_nodes
 from qmtl.runtime.io.metrics_endpoint import serve_metrics
 from qmtl.runtime.sdk.config import QMTLConfig, StorageConfig
 from qmtl.runtime.sdk.events import ARTIFACT_PUBLISHED
 from qmtl.runtime.sdk.history_coverage import DEFAULT_STABILIZATION_BARS, Range
-from qmtl.runtime.sdk.metrics import default_metrics
+from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
 from qmtl.runtime.sdk.node_id import format_node_id
 from qmtl.runtime.sdk.timestamps import format_iso
 from qmtl.services.exchange_sim import Scenario, run_simulator
@@ -111,10 +114,15 @@ async def run_demo(
     dsn: str | None = None,
     artifacts: str | None = None,
     quiet: bool = False,
+    plot: Path | None = None,
+    metrics: SeamlessMetrics | None = None,
 ) -> dict[str, Any]:
     """Run the demo into the store ``dsn`` (default: ``directory/seamless.duckdb``),
     publishing into the artifact store ``artifacts`` (default: ``directory/artifacts``);
-    returns the report printed by the command."""
+    returns the report printed by the command. ``plot``: also draw the nodes' coverage
+    reports (those the report prints) into this PNG file, rendered off the event loop; it
+    is announced on stdout, or on stderr when ``quiet`` (stdout then holds only JSON).
+    ``metrics``: the catalog the demo's components record into (default: the process's)."""
     now = int(time.time())
     end = now - now % INTERVAL - DEFAULT_STABILIZATION_BARS * INTERVAL  # final bars only
     window = Range(end - days * 86_400, end)
@@ -133,7 +141,9 @@ async def run_demo(
             # Built like every other command's provider: through the composition root.
             config = config_for_nodes(nodes, dsn=dsn, exchange_url=sim.base_url)
             config = _publishing(config, artifacts)
-            async with build_provider(config, strategy="AUTO_BACKFILL") as provider:
+            async with build_provider(
+                config, strategy="AUTO_BACKFILL", metrics=metrics
+            ) as provider:
                 store = await provider.storage.resolved_location()
                 if not quiet:
                     console.print(
@@ -196,6 +206,11 @@ async def run_demo(
     }
     if not quiet:
         _print(result, reports, [e for view in views for e in view.entries])
+    if plot is not None:
+        await write_coverage_plot(reports, plot)
+        (err_console if quiet else console).print(
+            f"plot written to {plot}", markup=False, soft_wrap=True
+        )
     return result
 
 
@@ -255,6 +270,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="another artifact store instead of DIR/artifacts (file://DIR, a path, s3://...)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        type=Path,
+        help="also draw each node's coverage as a timeline PNG "
+        "(needs pip install 'qmtl-seamless[plot]')",
+    )
     add_metrics_option(parser)
     parser.set_defaults(handler=_run)
 
@@ -274,10 +296,11 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--days must be within 1..365, got {args.days}")
     dsn = None if args.dsn is None else StorageConfig(dsn=args.dsn).dsn  # checked up front
     artifacts = None if args.artifacts is None else store_uri(args.artifacts, option="--artifacts")
+    plot = None if args.plot is None else check_plot_path(args.plot)  # before the backfill
     result = asyncio.run(
         _served(
             args.metrics_port,
-            run_demo(args.days, args.dir, dsn=dsn, artifacts=artifacts, quiet=args.json),
+            run_demo(args.days, args.dir, dsn=dsn, artifacts=artifacts, quiet=args.json, plot=plot),
         )
     )
     if args.json:
@@ -293,6 +316,8 @@ def _run_cluster(args: argparse.Namespace) -> int:
 
     if args.dsn is not None or args.artifacts is not None:
         raise ValueError("--cluster runs its own PostgreSQL: drop --dsn and --artifacts")
+    if args.plot is not None:
+        raise ValueError("--plot does not apply with --cluster (plot a node with coverage --plot)")
     days = 1 if args.days is None else args.days
     if not 1 <= days <= 30:
         raise ValueError(f"--days must be within 1..30 with --cluster, got {days}")

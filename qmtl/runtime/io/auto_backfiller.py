@@ -55,6 +55,7 @@ import numpy as np
 
 from qmtl.runtime.io.batch_leases import BatchLeases
 from qmtl.runtime.io.group_commit import GroupCommitter
+from qmtl.runtime.sdk._config_models import ObservabilityConfig
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.backfill_types import BackfillReport, BatchOutcome
 from qmtl.runtime.sdk.clock import Clock, SystemClock
@@ -65,6 +66,7 @@ from qmtl.runtime.sdk.events import (
     BACKFILL_FAILED,
     BACKFILL_RETRY,
     BACKFILL_SUCCEEDED,
+    THRESHOLD_CROSSED,
     log_event,
 )
 from qmtl.runtime.sdk.history_coverage import (
@@ -153,6 +155,7 @@ class DataFetcherAutoBackfiller:
         on_batch: Callable[[str, BatchOutcome], None] | None = None,
         coordinator: BackfillCoordinator | None = None,
         lease_ms: int | None = None,
+        observability: ObservabilityConfig | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.storage = storage
@@ -173,6 +176,10 @@ class DataFetcherAutoBackfiller:
         self._claimed: dict[_NodeKey, int] = {}
         self._completed: dict[_NodeKey, int] = {}
         self._storage_failure: StorageError | None = None
+        #: ``backfill_completion_ratio_min`` is read from here (:meth:`_judge_completion`).
+        self.observability = observability or ObservabilityConfig()
+        self._below: set[_NodeKey] = set()
+        self._failed: dict[_NodeKey, int] = {}
         self.coordinator = coordinator
         #: The batches' leases (``None`` without a coordinator); ``qmtl-seamless worker`` sets
         #: its ``require_lease``.
@@ -342,6 +349,7 @@ class DataFetcherAutoBackfiller:
                     logger, BACKFILL_FAILED, level=logging.ERROR, attempt=attempt,
                     error=message, **fields,
                 )  # fmt: skip
+                self._judge_completion(node_key, failed=True)
                 return BatchOutcome(
                     batch, attempts=attempt, rows=rows, data=data, empty=empty, error=message
                 )
@@ -374,6 +382,7 @@ class DataFetcherAutoBackfiller:
         )
         self._completed[node_key] = self._completed.get(node_key, 0) + 1
         self._update_completion(node_key)
+        self._judge_completion(node_key, failed=False)
 
     async def _run_once(
         self, node_id: str, interval: int, batch: Range, attempt: int
@@ -479,3 +488,22 @@ class DataFetcherAutoBackfiller:
         self.metrics.backfill_completion_ratio.labels(
             node_id=node_key[0], interval=str(node_key[1])
         ).set(ratio)
+
+    def _judge_completion(self, node_key: _NodeKey, *, failed: bool) -> None:
+        """After a batch finished: the share of *finished* batches that completed, against
+        ``backfill_completion_ratio_min`` (batches in flight are not failures yet), logged
+        once each time it falls under (not once per batch while it stays under)."""
+        if failed:
+            self._failed[node_key] = self._failed.get(node_key, 0) + 1
+        completed = self._completed.get(node_key, 0)
+        ratio = completed / (completed + self._failed.get(node_key, 0))
+        minimum = self.observability.backfill_completion_ratio_min
+        if ratio >= minimum:
+            self._below.discard(node_key)
+        elif node_key not in self._below:
+            self._below.add(node_key)
+            log_event(
+                logger, THRESHOLD_CROSSED, level=logging.WARNING, node_id=node_key[0],
+                interval=node_key[1], measure="backfill_completion_ratio", value=ratio,
+                threshold=minimum,
+            )  # fmt: skip

@@ -36,7 +36,7 @@ import functools
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -51,6 +51,7 @@ __all__ = [
     "parse_retry_after",
     "retry_after_of",
     "rewrite_urls",
+    "unlisted",
 ]
 
 CCXT_INSTALL_HINT = "ccxt is not installed: pip install 'qmtl-seamless[ccxt]'"
@@ -269,6 +270,18 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
         else:
             out[key] = value
     return out
+
+
+def unlisted(exchange: Any, symbols: Sequence[str], timeframe: str) -> list[str]:
+    """What a fetcher's configuration names that ``exchange`` (markets loaded) does not
+    list: ``"symbol 'X'"`` per unknown symbol, ``"timeframe 'T'"`` when the exchange
+    publishes its timeframes and ``timeframe`` is not one of them."""
+    markets = getattr(exchange, "markets", None) or {}
+    names = [f"symbol {symbol!r}" for symbol in symbols if symbol not in markets]
+    timeframes = getattr(exchange, "timeframes", None)
+    if isinstance(timeframes, Mapping) and timeframes and timeframe not in timeframes:
+        names.append(f"timeframe {timeframe!r}")
+    return names
 
 
 def check_exchange_id(exchange_id: object) -> str:

@@ -45,6 +45,7 @@ What it guarantees (the backfiller relies on every point):
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -58,6 +59,7 @@ from qmtl.runtime.io.ccxt_exchange import (
     create_exchange,
     http_status_of,
     retry_after_of,
+    unlisted,
 )
 from qmtl.runtime.io.ccxt_rate_limiter import shared_limiter
 from qmtl.runtime.io.exchange_profiles import ExchangeProfile, profile_for
@@ -92,6 +94,8 @@ __all__ = [
     "translate_ccxt_error",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: HTTP statuses that mean "slow down" (429) or "banned" (418), whatever ccxt raised for them.
 RATE_LIMIT_STATUSES = frozenset({418, 429})
 
@@ -104,7 +108,8 @@ class CcxtBackfillConfig(ExchangeAccess):
     YAML ``exchanges.<id>`` entry) plus the exchange id, URLs and limiter.
     ``urls={"rest": "http://host:port", "ws": ...}`` (or an ``ExchangeUrls``) points every API
     URL at another host (the simulator, offline runs). ``symbols`` and ``timeframe`` name the
-    universe a worker fills (the fetcher itself serves any symbol and timeframe)."""
+    universe a worker fills (the fetcher itself serves any symbol and timeframe; once the
+    markets are loaded it warns about those the exchange does not list)."""
 
     exchange_id: str
     timeframe: str = "1m"
@@ -273,6 +278,9 @@ class CcxtOHLCVFetcher:
             weight = self.profile.markets_weight
             await self._call(weight, self.exchange.load_markets, node_id=None, window=None)
             self._markets_loaded = True
+            for name in unlisted(self.exchange, self.config.symbols, self.config.timeframe):
+                logger.warning("%s does not list the configured %s: its fetches will fail",
+                               self.config.exchange_id, name)  # fmt: skip
 
     async def fetch(
         self, start: InstantLike, end: InstantLike, *, node_id: str, interval: int

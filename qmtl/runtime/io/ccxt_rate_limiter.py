@@ -35,7 +35,7 @@ from qmtl.runtime.io.limiter_base import penalty_ms_for as penalty_ms_for
 from qmtl.runtime.io.local_rate_limiter import LocalRateLimiter
 from qmtl.runtime.sdk.clock import Clock, SystemClock
 from qmtl.runtime.sdk.config import redis_dsn_from_env
-from qmtl.runtime.sdk.metrics import SeamlessMetrics
+from qmtl.runtime.sdk.metrics import SeamlessMetrics, default_metrics
 from qmtl.runtime.sdk.rate_limiter import USAGE_WINDOW_MS
 from qmtl.runtime.sdk.rate_limiter import RateLimiter as RateLimiter
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig, render_key
@@ -58,6 +58,12 @@ def get_limiter(
     names a server, else a process-local one. Fetchers use :func:`shared_limiter`."""
     key = render_key(config.key_template, exchange_id, account)
     config = _with_env_dsn(config, env)
+    metrics = metrics or default_metrics()
+    # The key's counters exist at 0 from the start: an alert's increase() then sees the
+    # first 429/418 or drop (a series born at 1 has no earlier sample to differ from).
+    metrics.rl_dropped.labels(key=key)
+    for status in ("429", "418"):
+        metrics.rl_penalty.labels(key=key, status=status)
     if config.redis_dsn is None:
         return LocalRateLimiter(config, key, clock=clock, metrics=metrics)
     from qmtl.runtime.io.redis_rate_limiter import RedisRateLimiter

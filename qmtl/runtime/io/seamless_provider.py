@@ -117,6 +117,7 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
             lease_ms=(
                 backfill_config.distributed_lease_ttl_ms if backfill_config is not None else None
             ),
+            observability=settings.observability if settings is not None else None,
         )
         self.auto_backfiller = backfiller
         super().__init__(
@@ -137,6 +138,7 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
             publish_optional=artifact.publish_optional,
             domains=domains,
             cache=cache,
+            observability=settings.observability if settings is not None else None,
         )
 
     @classmethod

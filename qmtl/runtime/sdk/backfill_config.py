@@ -33,8 +33,9 @@ class BackfillConfig:
     """
 
     mode: BackfillMode = "background"
-    """``background``: backfills run beside the fetches that need them; ``sync``: a fetch
-    waits for its backfill."""
+    """How a ``SEAMLESS`` fetch treats gaps longer than ``sla.max_sync_gap_bars``:
+    ``background`` backfills them beside the fetch (it serves what is stored now);
+    ``sync`` makes the fetch wait for them too, within its SLA backfill budget."""
     window_bars: int = 900
     """Bars per backfill batch (one or more exchange pages); 1 to 100000."""
     max_concurrent_requests: int = 8

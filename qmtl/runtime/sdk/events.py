@@ -44,6 +44,7 @@ __all__ = [
     "RATE_LIMIT_REDIS_UNAVAILABLE",
     "SLA_DOWNGRADE",
     "SLA_PHASE_EXCEEDED",
+    "THRESHOLD_CROSSED",
     "HumanFormatter",
     "JsonFormatter",
     "configure_logging",
@@ -71,6 +72,9 @@ ARTIFACT_PUBLISHED: Final = "seamless.artifact.published"
 FINGERPRINT_PREVIEW_MISMATCH: Final = "seamless.fingerprint.preview_mismatch"
 AS_OF_ADVANCED: Final = "seamless.as_of.advanced"
 LIVE_RECONNECTING: Final = "seamless.live.reconnecting"
+#: A fetch or a backfill crossed one of ``seamless.observability``'s thresholds (``measure``:
+#: coverage_ratio, storage_wait_ms, backfill_wait_ms or backfill_completion_ratio).
+THRESHOLD_CROSSED: Final = "seamless.observability.threshold_crossed"
 
 _BATCH = ("batch_id", "node_id", "interval", "start", "end", "attempt", "max_attempts", "source")
 _LEASE = (
@@ -105,6 +109,7 @@ EVENT_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     FINGERPRINT_PREVIEW_MISMATCH: ("node_id", "preview_fingerprint", "dataset_fingerprint"),
     AS_OF_ADVANCED: ("node_id", "world_id", "previous", "current"),
     LIVE_RECONNECTING: ("node_id", "interval", "delay_ms", "attempt", "error"),
+    THRESHOLD_CROSSED: ("node_id", "interval", "measure", "value", "threshold"),
 }
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}

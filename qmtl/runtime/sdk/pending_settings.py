@@ -19,29 +19,13 @@ if TYPE_CHECKING:
 
 __all__ = ["PENDING_PARAMETERS", "PENDING_SETTINGS", "pending_settings_in_use"]
 
-_ARTIFACTS = "artifacts (immutable fingerprinted Parquet, as_of)"
-_COORDINATOR = "the distributed backfill coordinator and workers"
-_OPERATIONS = "operations (alerts and dashboards)"
-
-#: Setting key path (``*`` for any domain) -> the capability that will read it.
-PENDING_SETTINGS: Mapping[str, str] = MappingProxyType(
-    {
-        "seamless.backfill.mode": _ARTIFACTS,
-        "seamless.observability.coverage_ratio_threshold": _OPERATIONS,
-        "seamless.observability.backfill_completion_ratio_min": _OPERATIONS,
-        "seamless.observability.storage_wait_warn_ms": _OPERATIONS,
-        "seamless.observability.backfill_wait_warn_ms": _OPERATIONS,
-    }
-)
+#: Setting key path (``*`` for any domain) -> the capability that will read it. Empty: every
+#: setting has its reader (a new setting lands with its reader, or here with a capability).
+PENDING_SETTINGS: Mapping[str, str] = MappingProxyType({})
 
 #: ``Class.parameter`` -> capability: constructor parameters the public signature has, which are
-#: accepted and refused (or ignored, as documented) until the capability lands.
-PENDING_PARAMETERS: Mapping[str, str] = MappingProxyType(
-    {
-        "CcxtBackfillConfig.symbols": _COORDINATOR,
-        "CcxtBackfillConfig.timeframe": _COORDINATOR,
-    }
-)
+#: accepted and refused (or ignored, as documented) until the capability lands. Empty too.
+PENDING_PARAMETERS: Mapping[str, str] = MappingProxyType({})
 
 
 def _value(config: Any, path: list[str]) -> list[tuple[str, Any, Any]]:

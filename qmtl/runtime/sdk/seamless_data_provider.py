@@ -12,7 +12,8 @@ Strategies:
 - ``PARTIAL_FILL``: serve what storage has *now*; the backfill of the rest runs in the
   background and a later fetch sees it.
 - ``SEAMLESS``: storage, then a synchronous backfill bounded by the SLA budgets; gaps longer
-  than ``sla.max_sync_gap_bars`` go to the background at once. When a budget runs out the
+  than ``sla.max_sync_gap_bars`` go to the background at once (unless ``BackfillConfig.mode``
+  is ``sync``: then the fetch waits for every gap, within budget). When a budget runs out the
   backfill keeps running in the background and ``sla.on_violation`` decides: raise
   (FAIL_FAST), serve partial (PARTIAL_FILL) or serve marked HOLD.
 
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from qmtl.runtime.sdk._config_models import ObservabilityConfig
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
 from qmtl.runtime.sdk.cache import ResultCache
 from qmtl.runtime.sdk.clock import Clock, SystemClock, wait_within
@@ -127,6 +129,7 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
         metrics: SeamlessMetrics | None = None,
         publish_optional: bool = False,
         domains: Mapping[str, DomainPolicy] | None = None,
+        observability: ObservabilityConfig | None = None,
     ) -> None:
         try:
             self.strategy = DataAvailabilityStrategy(strategy)
@@ -147,6 +150,8 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
         self.sla = sla
         self.partial_ok = partial_ok
         self.backfill_config = backfill_config or BackfillConfig()
+        #: Thresholds whose crossing a fetch logs (``seamless.observability``).
+        self.observability = observability or ObservabilityConfig()
         self.registrar = registrar
         self.publish_fingerprint = publish_fingerprint
         self.publish_optional = publish_optional
@@ -200,7 +205,7 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
         key = self.governor.cache_key(node_id, window, interval, self.conformance.version, context)
         cached = await self.governor.cached(key, context, policy)
         if cached is not None:
-            observe_fetch(self.metrics, cached.metadata, None)
+            observe_fetch(self.metrics, cached.metadata, None, self.observability)
             self._last_metadata.set(cached.metadata)
             return cached
         tracker = SLATracker(self._policy(), node_id=node_id, clock=self.clock)
@@ -405,8 +410,12 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
             outcome.errors += report.errors
             return
         policy = self._policy()
-        sync = [r for r in outcome.missing if policy.allows_sync_fill(r.bars(interval))]
-        deferred = [r for r in outcome.missing if not policy.allows_sync_fill(r.bars(interval))]
+        # ``backfill.mode: sync`` waits (within the budget) for every gap, however long.
+        waits_all = self.backfill_config.mode == "sync"
+        sync = [
+            r for r in outcome.missing if waits_all or policy.allows_sync_fill(r.bars(interval))
+        ]
+        deferred = [r for r in outcome.missing if r not in sync]
         if deferred:
             self._spawn(node_id, interval, deferred)
             outcome.partial = True
@@ -478,6 +487,6 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
                 reason=sla_downgrade.reason,
             )
         metadata = await self.governor.judge(metadata, context, policy, sla_downgrade=sla_downgrade)
-        observe_fetch(self.metrics, metadata, report)
+        observe_fetch(self.metrics, metadata, report, self.observability)
         self._last_metadata.set(metadata)
         return SeamlessFetchResult(frame, metadata)
