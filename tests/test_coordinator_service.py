@@ -110,6 +110,12 @@ def count(metrics: SeamlessMetrics, event: str) -> float:
 async def test_the_protocol(start: Start, http: aiohttp.ClientSession) -> None:
     server, metrics = await start()
     assert await call(http, server, "/healthz") == (200, {"status": "ok"})
+    # Every transition's series is there at 0 before the first one (alerts take increase()).
+    for event in ("claim", "complete", "fail", "expire"):
+        sample = metrics.registry.get_sample_value(
+            "seamless_coordinator_leases_total", {"event": event}
+        )
+        assert sample == 0.0, event
 
     status, body = await call(http, server, "/v1/leases/claim", {"key": key(0), "lease_ms": 60_000})
     assert status == 200 and set(body) == {"lease", "completion_ratio"}
@@ -345,3 +351,128 @@ async def test_concurrent_claims_each_grant_a_key_once_on_either_store(
     assert sorted(granted) == sorted(key(i) for i in range(20))
     assert all(status in (200, 409) for status, _ in results)
     assert count(metrics, "claim") == 20
+
+
+# -- an operator's release ----------------------------------------------------------------------
+
+
+async def holder(http: aiohttp.ClientSession, server: CoordinatorServer, k: str) -> dict[str, Any]:
+    """The lease on ``k`` as inspect shows it."""
+    _, body = await call(http, server, f"/v1/leases/inspect?prefix={k}")
+    (lease,) = [x for x in body["leases"] if x["key"] == k]
+    return dict(lease)
+
+
+async def test_an_operator_releases_a_lease_by_its_holder(
+    start: Start, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qmtl.services.coordinator")
+    server, metrics = await start()
+    _, claimed = await call(http, server, "/v1/leases/claim", {"key": key(0), "lease_ms": 60_000})
+    token, until = claimed["lease"]["token"], claimed["lease"]["lease_until_ms"]
+    shown = await holder(http, server, key(0))
+    release = {"key": key(0), "held_by": shown["held_by"], "reason": "stuck"}
+
+    wrong = {**release, "held_by": "0123456789abcdef"}
+    status, body = await call(http, server, "/v1/leases/release", wrong)
+    assert (status, body) == (
+        409,
+        {"error": "held by another holder", "held_by": shown["held_by"], "lease_until_ms": until},
+    )
+    status, body = await call(http, server, "/v1/leases/release", {**release, "key": key(9)})
+    assert status == 404 and "error" in body
+    assert count(metrics, "fail") == 0 and await holder(http, server, key(0)) == shown
+
+    caplog.clear()
+    assert await call(http, server, "/v1/leases/release", release) == (
+        200,
+        {"completion_ratio": 0.0},
+    )
+    after = await holder(http, server, key(0))
+    assert (after["state"], after["reason"]) == ("failed", "released by operator: stuck")
+    assert count(metrics, "fail") == 1
+    (event,) = [r for r in caplog.records if getattr(r, "event", None) == COORDINATOR_FAILED]
+    for field in EVENT_FIELDS[COORDINATOR_FAILED]:
+        assert hasattr(event, field), field
+    assert (event.lease_key, event.reason, event.released) == (  # type: ignore[attr-defined]
+        key(0), "released by operator: stuck", True,
+    )  # fmt: skip
+    assert event.lease_token == shown["held_by"]  # type: ignore[attr-defined]
+    assert all(token not in str(vars(r)) for r in caplog.records)
+
+    # The old holder's token is stale; nothing more to release; claimable at once.
+    stale = {"key": key(0), "token": token}
+    assert (await call(http, server, "/v1/leases/complete", stale))[0] == 409
+    assert (await call(http, server, "/v1/leases/fail", {**stale, "reason": "x"}))[0] == 409
+    assert (await call(http, server, "/v1/leases/heartbeat", {**stale, "lease_ms": 9}))[0] == 409
+    status, body = await call(http, server, "/v1/leases/release", release)
+    assert (status, body["error"]) == (409, "not held")
+    status, again = await call(http, server, "/v1/leases/claim", {"key": key(0), "lease_ms": 9000})
+    assert status == 200 and again["lease"]["token"] != token
+
+    # The operator's stale view never kills the new lease.
+    status, body = await call(http, server, "/v1/leases/release", release)
+    assert (status, body["error"]) == (409, "held by another holder")
+    assert (await holder(http, server, key(0)))["state"] == "held"
+    assert count(metrics, "fail") == 1 and count(metrics, "claim") == 2
+
+
+async def test_an_expired_lease_nobody_reclaimed_may_be_released(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    server, _ = await start()
+    _, claimed = await call(http, server, "/v1/leases/claim", {"key": key(0), "lease_ms": 100})
+    await asyncio.sleep(0.2)
+    shown = await holder(http, server, key(0))
+    assert shown["state"] == "expired"
+    release = {"key": key(0), "held_by": shown["held_by"], "reason": "worker host lost"}
+    assert (await call(http, server, "/v1/leases/release", release))[0] == 200
+    # Unreleased, the holder could still have completed it; now it cannot.
+    late = {"key": key(0), "token": claimed["lease"]["token"]}
+    assert (await call(http, server, "/v1/leases/complete", late))[0] == 409
+    assert (await holder(http, server, key(0)))["state"] == "failed"
+
+
+async def test_hostile_release_bodies_are_refused_and_change_nothing(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    server, metrics = await start(token="s3cret")
+    _, claimed = await call(
+        http, server, "/v1/leases/claim", {"key": key(0), "lease_ms": 60_000}, token="s3cret"
+    )
+    _, listed = await call(http, server, "/v1/leases/inspect", token="s3cret")
+    shown = listed["leases"][0]
+    good = {"key": key(0), "held_by": shown["held_by"], "reason": "stuck"}
+    for bad in [
+        {**good, "extra": 1},
+        {"key": key(0), "held_by": shown["held_by"]},
+        {**good, "held_by": 5},
+        {**good, "reason": ["stuck"]},
+        {**good, "key": None},
+        {**good, "reason": "r" * 1025},
+        {**good, "reason": ""},
+        {**good, "reason": "   "},
+        {**good, "reason": "stuck\nforged log line"},
+        {**good, "reason": "bell\x07"},
+        {**good, "key": "x:y"},
+        {**good, "key": key(0) + "\x00"},
+        {**good, "held_by": shown["held_by"].upper()},
+        {**good, "held_by": shown["held_by"][:15]},
+        {**good, "held_by": shown["held_by"] + "0"},
+        {**good, "held_by": "g" * 16},
+        {**good, "held_by": claimed["lease"]["token"]},  # the token is not the holder id
+    ]:
+        status, body = await call(http, server, "/v1/leases/release", bad, token="s3cret")
+        assert status == 400 and "error" in body, bad
+    padded = {**good, "pad": "x" * 20_000}
+    assert (await call(http, server, "/v1/leases/release", padded, token="s3cret"))[0] == 413
+    for raw in (b"{not json", b"[]", b'{"key": NaN}'):
+        status, _ = await call(http, server, "/v1/leases/release", raw=raw, token="s3cret")
+        assert status == 400, raw
+    for token in (None, "wrong"):  # auth first: nothing about the lease is revealed
+        status, body = await call(http, server, "/v1/leases/release", good, token=token)
+        assert status == 401 and set(body) == {"error"}
+    assert (await call(http, server, "/v1/leases/release", token="s3cret"))[0] == 405  # GET
+    _, listed = await call(http, server, "/v1/leases/inspect", token="s3cret")
+    assert listed["leases"] == [shown] and count(metrics, "fail") == 0
+    assert (await call(http, server, "/v1/leases/release", good, token="s3cret"))[0] == 200

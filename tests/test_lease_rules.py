@@ -79,11 +79,61 @@ def test_completed_windows_may_be_claimed_again() -> None:
     assert rules.completion_ratio([again.record], NODE) == 0.0
 
 
+def test_release_fails_a_held_lease_by_its_holder_id_without_the_token() -> None:
+    key = parse_lease_key(f"{NODE}:60:0:3600::")
+    granted = rules.claim(None, key, now_ms=0, lease_ms=10, token="a")
+    assert isinstance(granted, rules.Granted)
+    held = granted.record
+    assert isinstance(rules.release(None, held.held_by, "x", now_ms=1), rules.Missing)
+
+    other = rules.release(held, rules.holder_id("b"), "stuck", now_ms=1)
+    assert other == rules.Conflict("held by another holder", held.held_by, 10)
+
+    for now in (5, 50):  # live, then expired but not re-claimed: both may be released
+        out = rules.release(held, held.held_by, "stuck", now_ms=now)
+        assert isinstance(out, rules.Changed)
+        assert out.record == rules.LeaseRecord(
+            key=held.key, node_id=NODE, token="a", lease_until_ms=10,
+            state=LeaseState.FAILED, reason="released by operator: stuck", updated_ms=now,
+        )  # fmt: skip
+    released = out.record
+
+    # The old holder's token is stale now: nothing it does changes the row, and a failed
+    # row never turns completed.
+    assert rules.complete(released, "a", now_ms=60) == rules.Conflict(
+        "stale token", released.held_by, 10
+    )
+    assert isinstance(rules.fail(released, "a", "late", now_ms=60), rules.Conflict)
+    assert isinstance(rules.heartbeat(released, "a", now_ms=60, lease_ms=5), rules.Conflict)
+    # Nothing more to release; the key is claimable at once.
+    assert rules.release(released, released.held_by, "again", now_ms=60) == rules.Conflict(
+        "not held", released.held_by, 10
+    )
+    again = rules.claim(released, key, now_ms=60, lease_ms=10, token="c")
+    assert isinstance(again, rules.Granted) and again.expired is None
+
+
+def test_release_refuses_completed_rows_and_cuts_long_reasons() -> None:
+    key = parse_lease_key(f"{NODE}:60:0:3600::")
+    granted = rules.claim(None, key, now_ms=0, lease_ms=10, token="a")
+    assert isinstance(granted, rules.Granted)
+    done = rules.complete(granted.record, "a", now_ms=1)
+    assert isinstance(done, rules.Changed)
+    out = rules.release(done.record, done.record.held_by, "x", now_ms=2)
+    assert isinstance(out, rules.Conflict) and out.reason == "not held"
+
+    long = rules.release(granted.record, granted.record.held_by, "r" * 5000, now_ms=2)
+    assert isinstance(long, rules.Changed)
+    assert len(long.record.reason) == rules.MAX_REASON_LENGTH
+    assert long.record.reason.startswith(rules.RELEASE_REASON_PREFIX + "rrr")
+
+
 KEYS = [parse_lease_key(f"{NODE}:60:{i * 3600}:{(i + 1) * 3600}::") for i in range(3)]
 
 
 class LeaseMachine(RuleBasedStateMachine):
-    """The rules against a model: per key, (token, until, state); an advancing clock."""
+    """The rules against a model: per key, (token, until, state); an advancing clock; tokens
+    used by anyone (stale ones too), releases naming any holder."""
 
     @initialize()
     def setup(self) -> None:
@@ -92,6 +142,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.model: dict[str, tuple[str, int, str]] = {}
         self.tokens: list[str] = ["never-granted"]
         self.serial = 0
+        self.released: dict[str, set[str]] = {}  # key -> tokens whose lease was released
 
     def _live(self, key: str) -> bool:
         entry = self.model.get(key)
@@ -156,6 +207,41 @@ class LeaseMachine(RuleBasedStateMachine):
             self.model[key] = (current, until, "failed")
         else:
             self.model[key] = (current, max(until, self.now + 50), "held")
+
+    @rule(i=st.integers(0, 2), pick=st.integers(0, 10_000), reason=st.text(max_size=20))
+    def release(self, i: int, pick: int, reason: str) -> None:
+        key = str(KEYS[i])
+        named = rules.holder_id(self.tokens[pick % len(self.tokens)])
+        before = self.rows.get(key)
+        out = rules.release(before, named, reason, now_ms=self.now)
+        entry = self.model.get(key)
+        if entry is None:
+            assert isinstance(out, rules.Missing)
+            return
+        current, until, state = entry
+        if state != "held" or rules.holder_id(current) != named:
+            # never changes a row it does not name by its holder (or one not held)
+            assert isinstance(out, rules.Conflict) and self.rows[key] is before
+            assert out.reason == ("not held" if state != "held" else "held by another holder")
+            return
+        assert isinstance(out, rules.Changed)
+        assert out.record.reason == rules.RELEASE_REASON_PREFIX + reason
+        self.rows[key] = out.record
+        self.model[key] = (current, until, "failed")
+        self.released.setdefault(key, set()).add(current)
+        # claimable at once, whether the lease was live or had run out
+        again = rules.claim(out.record, KEYS[i], now_ms=self.now, lease_ms=1, token="probe")
+        assert isinstance(again, rules.Granted) and again.expired is None
+
+    @invariant()
+    def a_released_token_never_completes_fails_or_extends(self) -> None:
+        for key, tokens in self.released.items():
+            row = self.rows[key]
+            for token in tokens:
+                assert isinstance(rules.complete(row, token, now_ms=self.now), rules.Conflict)
+                assert isinstance(rules.fail(row, token, "x", now_ms=self.now), rules.Conflict)
+                beat = rules.heartbeat(row, token, now_ms=self.now, lease_ms=5)
+                assert isinstance(beat, rules.Conflict)
 
     @invariant()
     def rows_match_the_model(self) -> None:

@@ -1,4 +1,6 @@
-"""``qmtl-seamless coordinator serve``: run the backfill coordinator until Ctrl-C.
+"""``qmtl-seamless coordinator serve``: run the backfill coordinator until Ctrl-C; the
+group's ``inspect`` and ``release`` (an operator's view of the leases, and the hand release
+of a stuck one) live in :mod:`qmtl.cli.coordinator_admin`.
 
 Lease state lives in the store named by ``--dsn``: ``sqlite:///path`` for one machine (the
 default ``sqlite:///.qmtl/leases.db``) or ``postgresql://...`` for restarts and several
@@ -17,6 +19,7 @@ import contextlib
 import sys
 from typing import Any
 
+from qmtl.cli import coordinator_admin
 from qmtl.cli._common import add_metrics_option, serve_until_stopped, settings, usage_handler
 from qmtl.runtime.sdk.metrics import default_metrics
 from qmtl.services.coordinator.server import CoordinatorServer
@@ -26,8 +29,10 @@ __all__ = ["register", "serve"]
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add the ``coordinator`` command group (``coordinator serve``)."""
-    parser = subparsers.add_parser("coordinator", help="run the backfill coordinator")
+    """Add the ``coordinator`` command group (``serve``, ``inspect``, ``release``)."""
+    parser = subparsers.add_parser(
+        "coordinator", help="run the backfill coordinator; inspect and release its leases"
+    )
     commands = parser.add_subparsers(dest="coordinator_command", metavar="SUBCOMMAND")
     serve_parser = commands.add_parser(
         "serve",
@@ -50,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     add_metrics_option(serve_parser)
     serve_parser.set_defaults(handler=_serve)
+    coordinator_admin.register(commands)
     parser.set_defaults(handler=usage_handler(parser))
 
 

@@ -24,6 +24,13 @@ transaction it read the row in. Decisions written down:
   after its lease ran out as long as nobody re-claimed the key (its work is still the
   latest); ``heartbeat`` extends only a live lease. Completing twice with the same token is
   idempotent (:class:`Unchanged`). No row at all: :class:`Missing`.
+- ``release`` is an operator's ``fail`` without the token (a stuck lease, by hand): it names
+  the lease by its *holder id* instead, so a lease re-claimed since the operator looked
+  (another holder) is refused with :class:`Conflict` and never killed. Only a ``held`` row
+  is released, live or expired (an expired row nobody re-claimed still blocks nothing, but
+  its holder could still complete it; a release ends that too). The row becomes ``failed``
+  with its token kept, so the old holder's complete / fail / heartbeat find a stale token,
+  and the key is claimable at once.
 - ``completion_ratio`` of a node = completed ÷ claimed windows, counting distinct keys (a
   re-claimed completed window counts as claimed, not completed, until completed again); 0.0
   before any claim.
@@ -48,6 +55,7 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "MAX_LEASE_MS",
     "MAX_REASON_LENGTH",
+    "RELEASE_REASON_PREFIX",
     "Changed",
     "ClaimOutcome",
     "Conflict",
@@ -67,9 +75,12 @@ __all__ = [
     "holder_id",
     "new_token",
     "parse_lease_key",
+    "release",
 ]
 
 MAX_KEY_LENGTH: Final = 1024
+#: What a released row's ``reason`` starts with (the operator's reason follows).
+RELEASE_REASON_PREFIX: Final = "released by operator: "
 #: Longest lease (one day), in milliseconds; the shortest is 1 ms.
 MAX_LEASE_MS: Final = 86_400_000
 MAX_REASON_LENGTH: Final = 1024
@@ -196,7 +207,7 @@ class Granted:
 
 @dataclass(frozen=True, slots=True)
 class Changed:
-    """Complete, fail or heartbeat took effect: write ``record``."""
+    """Complete, fail, heartbeat or release took effect: write ``record``."""
 
     record: LeaseRecord
 
@@ -210,7 +221,9 @@ class Unchanged:
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
-    """Refused: another live lease holds the key, or the token is stale. Nothing changed."""
+    """Refused: another live lease holds the key, the token is stale, or (release) the
+    lease is not held or held by another holder. Nothing changed. ``held_by`` and
+    ``lease_until_ms`` are the row's as it stands."""
 
     reason: str
     held_by: str
@@ -309,6 +322,22 @@ def heartbeat(
         return _stale(record)
     until = max(record.lease_until_ms, now_ms + lease_ms)
     return Changed(replace(record, lease_until_ms=until, updated_ms=now_ms))
+
+
+def release(record: LeaseRecord | None, held_by: str, reason: str, *, now_ms: int) -> TokenOutcome:
+    """An operator fails the lease held by ``held_by`` (a :func:`holder_id`, as inspect shows
+    it) without its token, for ``reason``. :class:`Missing`: no row; :class:`Conflict`
+    ``"not held"`` (completed or failed: nothing to release) or ``"held by another holder"``
+    (re-claimed since the operator looked): nothing changes. The failed row's ``reason`` is
+    :data:`RELEASE_REASON_PREFIX` + ``reason``, cut to :data:`MAX_REASON_LENGTH`."""
+    if record is None:
+        return Missing()
+    if record.state is not LeaseState.HELD:  # live or expired alike (effective_state)
+        return Conflict("not held", record.held_by, record.lease_until_ms)
+    if record.held_by != held_by:  # public (shown by inspect): no constant-time compare
+        return Conflict("held by another holder", record.held_by, record.lease_until_ms)
+    text = (RELEASE_REASON_PREFIX + reason)[:MAX_REASON_LENGTH]
+    return Changed(replace(record, state=LeaseState.FAILED, reason=text, updated_ms=now_ms))
 
 
 def completion_ratio(records: Iterable[LeaseRecord], node_id: str) -> float:

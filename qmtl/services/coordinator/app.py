@@ -13,6 +13,16 @@ Routes (request and response bodies are JSON objects):
   ``limit`` (default 100, max 1000) leases whose key starts with ``prefix``, in key order,
   each ``{key, node_id, state, held_by, lease_until_ms, updated_ms, reason}``. Tokens are
   never shown: ``held_by`` is a digest of the holder's token.
+- ``POST /v1/leases/release {key, held_by, reason}`` → ``200 {completion_ratio}``: an operator
+  fails a stuck lease without its token, naming it by the ``held_by`` inspect showed (16 hex
+  digits), so that a lease re-claimed since is never killed: ``409 {error, held_by,
+  lease_until_ms}`` when the key is not held (``"not held"``) or held by another holder
+  (``"held by another holder"``, ``held_by`` the current one); 404 for a key never claimed.
+  Live and expired leases alike; the row becomes ``failed`` (reason ``"released by operator:
+  <reason>"``), claimable at once, and the old holder's token is stale. Counted and logged as
+  a worker's fail (``event="fail"``, ``seamless.backfill.coordinator_failed``) with the
+  row's reason and ``released=True``; the operator's ``reason`` is 1 .. 1 KiB of printable
+  text, not blank.
 - ``GET /healthz`` → ``{status: "ok"}`` (no auth); ``GET /metrics`` (Prometheus text).
 
 Every request but ``/healthz`` needs ``Authorization: Bearer <token>`` when a token is
@@ -29,6 +39,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -58,6 +69,8 @@ MAX_BODY_BYTES: Final = 16 * 1024
 MAX_INSPECT_LIMIT: Final = 1000
 _MAX_TOKEN_LENGTH: Final = 128
 _OPEN_PATHS: Final = frozenset({"/healthz"})
+#: What :func:`~qmtl.runtime.sdk.lease_rules.holder_id` returns.
+_HOLDER_RE: Final = re.compile(r"[0-9a-f]{16}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -180,6 +193,20 @@ def _reason(value: str) -> str:
     return value
 
 
+def _operator_reason(value: str) -> str:
+    """An operator's reason must say something, on one line (it goes into the row and logs)."""
+    _reason(value)
+    if not value.strip() or not value.isprintable():
+        raise _Reject(400, "reason must be non-blank printable text")
+    return value
+
+
+def _held_by(value: str) -> str:
+    if not _HOLDER_RE.fullmatch(value):
+        raise _Reject(400, "held_by must be 16 lower-case hex digits (as inspect shows it)")
+    return value
+
+
 # -- events and responses -------------------------------------------------------------------
 
 
@@ -280,6 +307,26 @@ async def _fail(request: web.Request) -> web.Response:
     return _json({"completion_ratio": applied.completion_ratio})
 
 
+async def _release(request: web.Request) -> web.Response:
+    state = state_of(request.app)
+    body = await _body(request, {"key": str, "held_by": str, "reason": str})
+    key = _key(body["key"])
+    held_by = _held_by(body["held_by"])
+    reason = _operator_reason(body["reason"])
+    applied = await state.store.apply(
+        str(key), key.node_id, lambda row, now: rules.release(row, held_by, reason, now_ms=now)
+    )
+    outcome = applied.outcome
+    if isinstance(outcome, rules.Conflict | rules.Missing):
+        raise _token_refusal(outcome)
+    if isinstance(outcome, rules.Changed):  # release never answers Unchanged
+        state.metrics.coordinator_leases.labels(event="fail").inc()
+        record, ratio = outcome.record, applied.completion_ratio
+        # The row's reason ("released by operator: ...") says in any log format what happened.
+        _log(state, COORDINATOR_FAILED, key, record, ratio, reason=record.reason, released=True)
+    return _json({"completion_ratio": applied.completion_ratio})
+
+
 async def _heartbeat(request: web.Request) -> web.Response:
     state = state_of(request.app)
     body = await _body(request, {"key": str, "token": str, "lease_ms": int})
@@ -346,6 +393,10 @@ def create_app(
     """The coordinator application over an opened ``store``. ``token`` (None or empty: no
     auth) is compared in constant time; ``metrics`` is the catalog ``/metrics`` exposes."""
     app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY_BYTES)
+    # Every transition's series exists at 0 from the start, so that an alert's increase()
+    # sees the first expiry (a series born at 1 has no earlier sample to differ from).
+    for event in ("claim", "complete", "fail", "expire"):
+        metrics.coordinator_leases.labels(event=event)
     app[_STATE] = CoordinatorState(
         store=store,
         metrics=metrics,
@@ -356,6 +407,7 @@ def create_app(
     app.router.add_post("/v1/leases/complete", _complete)
     app.router.add_post("/v1/leases/fail", _fail)
     app.router.add_post("/v1/leases/heartbeat", _heartbeat)
+    app.router.add_post("/v1/leases/release", _release)
     app.router.add_get("/v1/leases/inspect", _inspect)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
