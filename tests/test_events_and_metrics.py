@@ -43,6 +43,8 @@ ADDED_EVENTS = {
     "seamless.live.reconnecting",  # a websocket live feed lost its connection: delay, attempt
     # a fetch or backfill crossed a seamless.observability threshold: measure, value, threshold
     "seamless.observability.threshold_crossed",
+    # an archive file could not be used; its window is fetched from REST: window, kind, error
+    "seamless.archive.fallback",
 }
 
 

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qmtl.runtime.io.archive_backfill import ArchiveFirst
 from qmtl.runtime.io.batch_leases import BatchLeases
 from qmtl.runtime.io.group_commit import GroupCommitter
 from qmtl.runtime.sdk._config_models import ObservabilityConfig
@@ -136,7 +137,7 @@ class _Incomplete(Exception):
         self.empty = empty
 
 
-class DataFetcherAutoBackfiller:
+class DataFetcherAutoBackfiller(ArchiveFirst):
     """Backfills missing ranges of any node from ``fetcher`` into ``storage``; with a
     ``coordinator``, only batches whose lease it grants (held ``lease_ms`` milliseconds)."""
 
@@ -198,8 +199,11 @@ class DataFetcherAutoBackfiller:
     ) -> BackfillReport:
         """Backfill ``ranges`` (merged and cut into batches) and report every batch."""
         started = self.clock.monotonic()
-        merged = merge_ranges(ranges, interval)
-        outcomes: list[BatchOutcome] = []
+        # Whole stable periods from archive files first (when the fetcher has them); the
+        # REST batches below get what is still missing.
+        outcomes, merged = await self._archive_first(
+            node_id, interval, merge_ranges(ranges, interval), started
+        )
         running: set[asyncio.Task[list[BatchOutcome]]] = set()
         window = PLANNED_PER_SLOT * self.config.max_concurrent_requests
         stopped = False

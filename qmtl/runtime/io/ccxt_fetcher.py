@@ -62,13 +62,14 @@ from qmtl.runtime.io.ccxt_exchange import (
     unlisted,
 )
 from qmtl.runtime.io.ccxt_rate_limiter import shared_limiter
+from qmtl.runtime.io.exchange_archive import ExchangeArchive
 from qmtl.runtime.io.exchange_profiles import ExchangeProfile, profile_for
 from qmtl.runtime.io.exchange_usage import UsageRelay
 from qmtl.runtime.sdk._config_models import ExchangeAccess, ExchangeUrls
 from qmtl.runtime.sdk.backfill_types import FetchWindowResult
 from qmtl.runtime.sdk.bars import (
-    CANONICAL_COLUMNS,
     bar_open_at,
+    block_to_frame,
     misaligned,
     rows_to_block,
 )
@@ -226,6 +227,8 @@ class CcxtOHLCVFetcher:
         self._markets_lock = asyncio.Lock()
         self._markets_loaded = False
         self.requests = 0
+        #: Whole stable periods from the exchange's bulk archives (``archive.enabled``).
+        self.archive = ExchangeArchive(self, config.archive) if config.archive.enabled else None
 
     @property
     def limiter(self) -> RateLimiter:
@@ -257,6 +260,8 @@ class CcxtOHLCVFetcher:
         return self._exchange
 
     async def aclose(self) -> None:
+        if self.archive is not None:
+            await self.archive.aclose()
         await self._usage.drain()
         if self._exchange is not None:
             await self._exchange.close()
@@ -357,7 +362,7 @@ class CcxtOHLCVFetcher:
             cursor = int(ts[-1]) + interval
         self.requests += requests
         return FetchWindowResult(
-            _frame(chunks),
+            block_to_frame(np.concatenate(chunks) if chunks else None),
             tuple(empty),
             min(cursor, horizon),
             requests,
@@ -492,13 +497,3 @@ def _validated_page(
         page = page[~early]
     ordered: np.ndarray[Any, np.dtype[np.float64]] = page[np.argsort(page[:, 0], kind="stable")]
     return ordered
-
-
-def _frame(chunks: list[np.ndarray[Any, np.dtype[np.float64]]]) -> pd.DataFrame:
-    """Pages (in request order, each sorted) as one frame; duplicates are kept for
-    conformance to count and resolve (last wins)."""
-    block = np.concatenate(chunks) if chunks else np.empty((0, 6), dtype=np.float64)
-    data: dict[str, Any] = {"ts": (block[:, 0] // 1000).astype(np.int64)}
-    for i, name in enumerate(CANONICAL_COLUMNS[1:], start=1):
-        data[name] = block[:, i].copy()
-    return pd.DataFrame(data, columns=list(CANONICAL_COLUMNS))

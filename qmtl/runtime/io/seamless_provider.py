@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from qmtl.runtime.io.auto_backfiller import DataFetcherAutoBackfiller
 from qmtl.runtime.io.storage import open_storage
-from qmtl.runtime.sdk.backfill_types import DataFetcher, FetchWindowResult
+from qmtl.runtime.sdk.backfill_types import ArchiveSource, DataFetcher, FetchWindowResult
 from qmtl.runtime.sdk.cache import ResultCache
 from qmtl.runtime.sdk.clock import SystemClock
 from qmtl.runtime.sdk.config import ArtifactConfig, QMTLConfig, load_config
@@ -28,16 +28,22 @@ from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.seamless_data_provider import DataAvailabilityStrategy, SeamlessDataProvider
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pandas as pd
+
+    from qmtl.runtime.sdk.archive_plan import ArchiveWindow
     from qmtl.runtime.sdk.artifact_publisher import ArtifactPublisher
     from qmtl.runtime.sdk.backfill_config import BackfillConfig
     from qmtl.runtime.sdk.backfill_coordinator import BackfillCoordinator
     from qmtl.runtime.sdk.clock import Clock
     from qmtl.runtime.sdk.conformance import ConformancePipeline
+    from qmtl.runtime.sdk.history_coverage import Range
     from qmtl.runtime.sdk.live_feed import LiveDataFeed
     from qmtl.runtime.sdk.metrics import SeamlessMetrics
     from qmtl.runtime.sdk.sla import SLAPolicy
 
-__all__ = ["EnhancedQuestDBProvider", "ExchangeRouter"]
+__all__ = ["ArchiveRouter", "EnhancedQuestDBProvider", "ExchangeRouter"]
 
 
 class ExchangeRouter:
@@ -57,11 +63,43 @@ class ExchangeRouter:
             )
         return await fetcher.fetch_window(start, end, node_id=node_id, interval=interval)
 
+    @property
+    def archive(self) -> ArchiveRouter | None:
+        """The members' bulk archives, routed the same way (``None`` when none has one)."""
+        archives = {
+            exchange: archive
+            for exchange, fetcher in self.fetchers.items()
+            if (archive := getattr(fetcher, "archive", None)) is not None
+        }
+        return ArchiveRouter(archives) if archives else None
+
     async def aclose(self) -> None:
         for fetcher in self.fetchers.values():
             close = getattr(fetcher, "aclose", None)
             if close is not None:
                 await close()
+
+
+class ArchiveRouter:
+    """An :class:`ArchiveSource` over the archives of several exchanges: each node goes to
+    its exchange's (a node of an exchange without one plans nothing)."""
+
+    def __init__(self, archives: Mapping[str, ArchiveSource]) -> None:
+        self.archives = dict(archives)
+        self.max_concurrent_downloads = max(a.max_concurrent_downloads for a in archives.values())
+
+    async def archive_windows(
+        self, node_id: str, interval: int, missing: Sequence[Range]
+    ) -> list[ArchiveWindow]:
+        archive = self.archives.get(parse_node_id(node_id).exchange)
+        return [] if archive is None else await archive.archive_windows(node_id, interval, missing)
+
+    async def read_archive(
+        self, node_id: str, interval: int, window: ArchiveWindow
+    ) -> pd.DataFrame:
+        return await self.archives[parse_node_id(node_id).exchange].read_archive(
+            node_id, interval, window
+        )
 
 
 class EnhancedQuestDBProvider(SeamlessDataProvider):

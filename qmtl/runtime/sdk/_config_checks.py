@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qmtl.runtime.sdk._config_models import DOMAIN_NAMES, DomainPolicy, ExchangeConfig
+from qmtl.runtime.sdk.archive_plan import archive_prefix
 from qmtl.runtime.sdk.node_id import (
     NodeId,
     format_node_id,
@@ -128,6 +129,11 @@ def check_exchange(exchange_id: str, entry: ExchangeConfig) -> list[str]:
         if timeframe in seen:
             errors.append(f"{path}.timeframes[{index}]: duplicate timeframe {timeframe!r}")
         seen.add(timeframe)
+    if entry.archive.enabled and archive_prefix(exchange_id, entry.market_type) is None:
+        errors.append(
+            f"{path}.archive.enabled: {exchange_id} ({entry.market_type}) publishes no bulk "
+            "archives (Binance spot and USDⓈ-M futures do)"
+        )
     if errors:
         return errors
     for index, symbol in enumerate(entry.symbols):

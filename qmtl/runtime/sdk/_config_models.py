@@ -24,11 +24,13 @@ from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 from qmtl.runtime.sdk.sla import SLAPolicy
 
 __all__ = [
+    "DEFAULT_ARCHIVE_BASE_URL",
     "DEFAULT_CACHE_KEY_TEMPLATE",
     "DEFAULT_NODE_ID_FORMAT",
     "DEFAULT_PARTITION_TEMPLATE",
     "DOMAIN_DEFAULTS",
     "DOMAIN_NAMES",
+    "ArchiveConfig",
     "ArtifactConfig",
     "CacheConfig",
     "DomainPolicy",
@@ -392,6 +394,36 @@ class ExchangeUrls:
 
 MarketType = Literal["spot", "margin", "swap", "future", "option"]
 
+#: Where Binance publishes its bulk kline archives (the simulator serves the same layout).
+DEFAULT_ARCHIVE_BASE_URL = "https://data.binance.vision"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ArchiveConfig:
+    """Bulk history from the exchange's published archives (Binance public data: zipped CSV
+    klines per month and per day, each with a SHA-256 ``CHECKSUM``). When enabled, whole
+    stable months and days of a backfill are read from archive files — verified before a
+    single bar is stored, on their own concurrency limit, never spending the REST weight
+    budget — and REST fetches only the rest: the forming day, the current month's tail, and
+    any file that is missing, corrupt or incomplete. Off by default (and on exchanges that
+    publish no archives it is refused: Binance spot and USDⓈ-M futures publish them)."""
+
+    enabled: bool = False
+    """Read whole stable months and days from archives before asking the REST API."""
+    base_url: str = DEFAULT_ARCHIVE_BASE_URL
+    """Root of the archive (``http://`` or ``https://``): files are under
+    ``data/spot/...`` and ``data/futures/um/...``; the simulator serves them on its own
+    port (``--exchange-url`` points this at it too while it is left at the default)."""
+    max_concurrent_downloads: int = 4
+    """Archive files downloaded at the same time (each streams to a temporary file and is
+    verified, then parsed); 1 to 64."""
+
+    def __post_init__(self) -> None:
+        _url("base_url", self.base_url, ("http", "https"))
+        value = self.max_concurrent_downloads
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+            raise ValueError(f"max_concurrent_downloads: must be within 1..64, got {value!r}")
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ExchangeAccess:
@@ -419,6 +451,8 @@ class ExchangeAccess:
     profile: Mapping[str, object] = field(default_factory=dict)
     """Overrides of the exchange's profile (page sizes and their request weights,
     published rate limit, history depth...); ``qmtl-seamless exchanges`` shows them."""
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    """Read stable history from the exchange's bulk archives first (Binance only)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "symbols", tuple(self.symbols))

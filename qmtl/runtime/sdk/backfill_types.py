@@ -12,6 +12,11 @@ not vouched for either, and asking again cannot help (``unavailable_reason``: e.
 the exchange's history depth): they stay missing with that reason, never known-empty.
 Failures are raised as :class:`~qmtl.runtime.sdk.errors.ExchangeError` subclasses, never
 returned as partial frames.
+
+An :class:`ArchiveSource` (a fetcher's ``archive`` attribute, when it has one) serves whole
+stable periods from an exchange's bulk archives: the backfiller reads those first and asks
+the fetcher only for the rest. An archive's bars are only ever *data*: a bar absent from a
+file stays missing until the REST API has its say.
 """
 
 from __future__ import annotations
@@ -26,9 +31,17 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
+    from qmtl.runtime.sdk.archive_plan import ArchiveWindow
     from qmtl.runtime.sdk.conformance import ConformanceReport
 
-__all__ = ["BackfillReport", "Backfiller", "BatchOutcome", "DataFetcher", "FetchWindowResult"]
+__all__ = [
+    "ArchiveSource",
+    "BackfillReport",
+    "Backfiller",
+    "BatchOutcome",
+    "DataFetcher",
+    "FetchWindowResult",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +67,28 @@ class DataFetcher(Protocol):
     ) -> FetchWindowResult: ...
 
 
+@runtime_checkable
+class ArchiveSource(Protocol):
+    """Whole stable periods of a node from the exchange's bulk archives.
+
+    ``archive_windows`` plans the files covering ``missing`` (``[]``: none applies — another
+    exchange, an unarchived timeframe, an unknown symbol); ``read_archive`` returns one
+    window's bars (canonical columns, possibly with holes the REST API must confirm) or
+    raises :class:`~qmtl.runtime.sdk.errors.ArchiveError`, never a partial file. Reads are
+    limited to ``max_concurrent_downloads`` at once, apart from the exchange's weight budget.
+    """
+
+    max_concurrent_downloads: int
+
+    async def archive_windows(
+        self, node_id: str, interval: int, missing: Sequence[Range]
+    ) -> list[ArchiveWindow]: ...
+
+    async def read_archive(
+        self, node_id: str, interval: int, window: ArchiveWindow
+    ) -> pd.DataFrame: ...
+
+
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
     """What became of one batch: rows stored and ranges established, or the final error.
@@ -69,6 +104,7 @@ class BatchOutcome:
     conformance: ConformanceReport | None = None
     shared: bool = False  # another caller's batch covered it (single flight)
     held: bool = False  # another worker's lease holds it: not fetched, still missing
+    source: str = "rest"  # "archive": read from a bulk-archive file
 
     @property
     def ok(self) -> bool:

@@ -25,6 +25,7 @@ __all__ = [
     "PRICE_COLUMNS",
     "BarColumns",
     "bar_open_at",
+    "block_to_frame",
     "empty_frame",
     "frame_from_columns",
     "keep_last",
@@ -157,6 +158,20 @@ def prepare_bars(frame: pd.DataFrame) -> BarColumns:
         columns[name] = col.to_numpy(dtype=np.float64, na_value=np.nan)
     keep = keep_last(ts)
     return {name: np.ascontiguousarray(arr[keep]) for name, arr in columns.items()}
+
+
+def block_to_frame(block: npt.NDArray[np.float64] | None) -> pd.DataFrame:
+    """An ``(n, 6)`` float64 block of ccxt-style rows (``ts`` in epoch **milliseconds**,
+    then open, high, low, close, volume) as a frame of canonical columns (``ts`` in epoch
+    seconds), rows in block order — duplicates kept, for conformance to count and resolve
+    (last wins). ``None`` is no rows. REST pages and archive files both arrive this way, so
+    the same bars make the same frame whatever their source."""
+    if block is None:
+        block = np.empty((0, 6), dtype=np.float64)
+    data: dict[str, Any] = {"ts": (block[:, 0] // 1000).astype(np.int64)}
+    for i, name in enumerate(CANONICAL_COLUMNS[1:], start=1):
+        data[name] = block[:, i].copy()
+    return pd.DataFrame(data, columns=list(CANONICAL_COLUMNS))
 
 
 def frame_from_columns(columns: BarColumns, *, copy: bool = True) -> pd.DataFrame:

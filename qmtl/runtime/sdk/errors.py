@@ -5,6 +5,7 @@ translate foreign errors (ccxt, redis, asyncpg, aiohttp) at the edge with ``rais
 and attach the node id and window they were working on::
 
     SeamlessError
+    ├── ArchiveError                         a bulk-archive file is missing / corrupt / unreachable
     ├── ConfigError (also ValueError)        bad configuration; names the key path
     ├── ConformanceError                     strict conformance refused a frame
     ├── ExchangeError                        the exchange could not serve a window
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk.history_coverage import Range
 
 __all__ = [
+    "ArchiveError",
     "ConfigError",
     "ConformanceError",
     "ExchangeDataError",
@@ -49,6 +51,19 @@ __all__ = [
 
 class SeamlessError(Exception):
     """Root of every error qmtl-seamless raises on purpose."""
+
+
+class ArchiveError(SeamlessError):
+    """A bulk-archive file could not be used, and nothing from it was returned: ``kind`` is
+    ``missing``, ``checksum``, ``corrupt`` or ``unavailable``, ``name`` the file and
+    ``reason`` why, in one line. The backfill then asks the REST API for the file's window
+    (an archive is never the only evidence of anything)."""
+
+    def __init__(self, message: str, *, kind: str, name: str, reason: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+        self.reason = reason
 
 
 class ConfigError(SeamlessError, ValueError):

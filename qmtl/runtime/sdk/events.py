@@ -21,6 +21,7 @@ from typing import Any, Final
 from qmtl.runtime.sdk.timestamps import format_iso
 
 __all__ = [
+    "ARCHIVE_FALLBACK",
     "ARTIFACT_PUBLISHED",
     "AS_OF_ADVANCED",
     "BACKFILL_ATTEMPT",
@@ -72,6 +73,9 @@ ARTIFACT_PUBLISHED: Final = "seamless.artifact.published"
 FINGERPRINT_PREVIEW_MISMATCH: Final = "seamless.fingerprint.preview_mismatch"
 AS_OF_ADVANCED: Final = "seamless.as_of.advanced"
 LIVE_RECONNECTING: Final = "seamless.live.reconnecting"
+#: An archive file could not be used (missing, checksum, corrupt, unavailable): its window
+#: is fetched from the REST API instead.
+ARCHIVE_FALLBACK: Final = "seamless.archive.fallback"
 #: A fetch or a backfill crossed one of ``seamless.observability``'s thresholds (``measure``:
 #: coverage_ratio, storage_wait_ms, backfill_wait_ms or backfill_completion_ratio).
 THRESHOLD_CROSSED: Final = "seamless.observability.threshold_crossed"
@@ -110,6 +114,7 @@ EVENT_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     AS_OF_ADVANCED: ("node_id", "world_id", "previous", "current"),
     LIVE_RECONNECTING: ("node_id", "interval", "delay_ms", "attempt", "error"),
     THRESHOLD_CROSSED: ("node_id", "interval", "measure", "value", "threshold"),
+    ARCHIVE_FALLBACK: ("node_id", "interval", "window", "kind", "error"),
 }
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}

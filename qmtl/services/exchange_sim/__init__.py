@@ -1,5 +1,6 @@
 """The exchange simulator: Binance spot REST + kline websocket, Binance USD-M futures and
-OKX v5 REST on one port, deterministic, with faults.
+OKX v5 REST on one port, and Binance's public-data kline archives under ``/data/``;
+deterministic, with faults.
 
 The scenario format is in ``docs/simulator.md``. Typical test use::
 
@@ -10,8 +11,14 @@ The scenario format is in ``docs/simulator.md``. Typical test use::
 """
 
 from qmtl.services.exchange_sim.app import create_app
+from qmtl.services.exchange_sim.archive_names import ArchiveName, parse_archive_path
 from qmtl.services.exchange_sim.bars import Bars, forming_bar, generate_bars
-from qmtl.services.exchange_sim.request_log import KlinesRecord, RequestLog, RequestRecord
+from qmtl.services.exchange_sim.request_log import (
+    ARCHIVE_VENUE,
+    KlinesRecord,
+    RequestLog,
+    RequestRecord,
+)
 from qmtl.services.exchange_sim.scenario import (
     MalformedWindow,
     MarketScenario,
@@ -20,6 +27,7 @@ from qmtl.services.exchange_sim.scenario import (
     Scenario,
     TimeSpan,
 )
+from qmtl.services.exchange_sim.scenario_archive import ArchiveSettings, PublishDelay
 from qmtl.services.exchange_sim.scenario_venues import (
     VENUE_IDS,
     BinanceUsdmSettings,
@@ -34,9 +42,12 @@ from qmtl.services.exchange_sim.venue_gates import USED_WEIGHT_HEADER
 from qmtl.services.exchange_sim.weights import ENDPOINT_WEIGHTS, WeightLimiter
 
 __all__ = [
+    "ARCHIVE_VENUE",
     "ENDPOINT_WEIGHTS",
     "USED_WEIGHT_HEADER",
     "VENUE_IDS",
+    "ArchiveName",
+    "ArchiveSettings",
     "Bars",
     "BinanceUsdmSettings",
     "KlinesRecord",
@@ -46,6 +57,7 @@ __all__ = [
     "OkxSettings",
     "Outage",
     "PageFault",
+    "PublishDelay",
     "RequestLog",
     "RequestRecord",
     "Scenario",
@@ -58,5 +70,6 @@ __all__ = [
     "create_app",
     "forming_bar",
     "generate_bars",
+    "parse_archive_path",
     "run_simulator",
 ]

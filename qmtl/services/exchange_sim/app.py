@@ -1,15 +1,17 @@
-"""The aiohttp application: Binance spot and USD-M, OKX v5, their kline websockets, debug
-routes.
+"""The aiohttp application: Binance spot and USD-M, OKX v5, their kline websockets,
+Binance's public-data archive (``/data/``), debug routes.
 
-Every request outside ``/_sim/`` and the websocket belongs to one venue, chosen by path
-(:func:`~qmtl.services.exchange_sim.venue_gates.venue_of`), and passes one middleware that,
-in order: waits the venue's latency (wall time), charges the request against the venue's
-budget (Binance weight, OKX request counts; the venue's 429/418 when over it), runs the
-handler, turns a :class:`~qmtl.services.exchange_sim.venue_errors.VenueError` into the
-venue's error JSON, adds the venue's headers (``X-MBX-USED-WEIGHT-1m`` on Binance) and
-records the request. An unexpected exception becomes a 500 in the venue's format (and is
+Every request outside ``/_sim/``, the websocket and the archive belongs to one venue, chosen
+by path (:func:`~qmtl.services.exchange_sim.venue_gates.venue_of`), and passes one
+middleware that, in order: waits the venue's latency (wall time), charges the request
+against the venue's budget (Binance weight, OKX request counts; the venue's 429/418 when over
+it), runs the handler, turns a :class:`~qmtl.services.exchange_sim.venue_errors.VenueError`
+into the venue's error JSON, adds the venue's headers (``X-MBX-USED-WEIGHT-1m`` on Binance)
+and records the request. An unexpected exception becomes a 500 in the venue's format (and is
 logged): the simulator's own bugs must show up in tests as 500s, which hostile input never
-causes.
+causes. Archive requests skip that middleware: their handler
+(:mod:`~qmtl.services.exchange_sim.archive_routes`) charges no budget and answers and logs
+them the way S3 and the archive do.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from qmtl.runtime.sdk.clock import Clock, SystemClock
+from qmtl.services.exchange_sim.archive_routes import add_archive_routes
 from qmtl.services.exchange_sim.binance_routes import SPOT, USDM, add_binance_routes
 from qmtl.services.exchange_sim.okx_routes import add_okx_routes
 from qmtl.services.exchange_sim.params import MAX_QUERY_BYTES
@@ -172,6 +175,7 @@ def create_app(scenario: Scenario | None = None, *, clock: Clock | None = None) 
     app.router.add_post("/_sim/reset", _sim_reset)
     app.router.add_post("/_sim/ws/drop", _sim_ws_drop)
     app.router.add_post("/_sim/ws/pause", _sim_ws_pause)
+    add_archive_routes(app)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     app.on_shutdown.append(_close_websockets)
     return app

@@ -1,7 +1,10 @@
 """What the simulator was asked and what it answered, for tests to assert on.
 
 Every REST request of every venue is recorded (rejected and failed ones included) with the
-venue that answered it (``binance``, ``binanceusdm``, ``okx`` — told apart by path); candles
+venue that answered it (``binance``, ``binanceusdm``, ``okx`` — told apart by path), and so
+is every request for the public-data archive (``/data/...``, 404s included) with venue
+:data:`ARCHIVE_VENUE` and weight 0, so archive downloads are counted apart from REST traffic
+(``count(venue=ARCHIVE_VENUE)``, ``by_venue()``); candles
 requests (Binance ``klines``, OKX ``candles``/``history-candles``) also record their
 parameters and the bar window served, so a test can say "this window was fetched exactly
 once" or "no 429 happened on OKX". Debug routes (``/_sim/...``) and the websocket are not
@@ -17,13 +20,17 @@ from __future__ import annotations
 from collections import Counter
 from typing import NamedTuple
 
-__all__ = ["KlinesRecord", "RequestLog", "RequestRecord"]
+__all__ = ["ARCHIVE_VENUE", "KlinesRecord", "RequestLog", "RequestRecord"]
+
+#: The ``venue`` of archive requests (``/data/...``): no REST venue, no weight.
+ARCHIVE_VENUE = "archive"
 
 
 class RequestRecord(NamedTuple):
-    """One REST request: path, HTTP status, cost charged (Binance weight; 1 per request on
-    OKX; 0 when rejected or not limited), time (ms), venue and the raw query string (what a
-    client really sent: ``instType=SPOT``)."""
+    """One request: path, HTTP status, cost charged (Binance weight; 1 per request on OKX; 0
+    when rejected or not limited, and for archive files), time (ms), venue (a REST venue, or
+    :data:`ARCHIVE_VENUE`) and the raw query string (what a client really sent:
+    ``instType=SPOT``)."""
 
     path: str
     status: int
@@ -90,6 +97,10 @@ class RequestLog:
     def by_path(self, venue: str | None = None) -> Counter[str]:
         return Counter(r.path for r in self.requests if venue is None or r.venue == venue)
 
+    def by_venue(self) -> Counter[str]:
+        """Requests per venue, :data:`ARCHIVE_VENUE` included."""
+        return Counter(r.venue for r in self.requests)
+
     def statuses(self, venue: str | None = None) -> Counter[int]:
         return Counter(r.status for r in self.requests if venue is None or r.venue == venue)
 
@@ -144,6 +155,7 @@ class RequestLog:
         """Plain data for the ``GET /_sim/requests`` debug route."""
         return {
             "by_path": dict(self.by_path()),
+            "by_venue": dict(self.by_venue()),
             "statuses": {str(k): v for k, v in self.statuses().items()},
             "requests": [r._asdict() for r in self.requests],
             "klines": [k._asdict() for k in self.klines],

@@ -23,11 +23,16 @@ Shape (every key optional)::
         rate_limits: {candles: 40, history_candles: 20, instruments: 20, time: 10}
         history_candles_max_limit: 100
         latency_ms: 30
+    archive:                           # Binance public-data files under /data/
+      publish_delay: {daily: 3600, monthly: 86400}
+      missing: ["BTCUSDT-1m-2024-02.zip"]
+      incomplete: {"BTCUSDT-1m-2024-01-05.zip": [["2024-01-05T03:00Z", "2024-01-05T04:00Z"]]}
 
-Time conventions: ``listing``, ``halts`` and malformed/short/empty/duplicate windows are *bar
-time* (which bars exist / which pages break), as epoch **seconds** or ISO-8601 strings; outage
-spans are *wall time* of the simulator's clock, also in seconds; ``now`` is epoch
-**milliseconds** (Binance's unit) or an ISO string. Spans are half-open ``[start, end)``.
+Time conventions: ``listing``, ``halts``, malformed/short/empty/duplicate windows and archive
+``incomplete`` spans are *bar time* (which bars exist / which pages break), as epoch
+**seconds** or ISO-8601 strings; outage spans are *wall time* of the simulator's clock, also
+in seconds; ``now`` is epoch **milliseconds** (Binance's unit) or an ISO string. Spans are
+half-open ``[start, end)``.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from qmtl.services.exchange_sim._scenario_markets import (
     check_count,
     check_latency,
 )
+from qmtl.services.exchange_sim.scenario_archive import ArchiveSettings
 from qmtl.services.exchange_sim.scenario_venues import (
     USDM_SETTLE_ASSETS,
     VENUE_IDS,
@@ -89,7 +95,9 @@ class Scenario:
     answer (wall time) unless a venue sets its own. ``now_ms`` pins the exchange's "current
     time" (``None`` = the clock). ``markets`` are every venue's markets unless a venue lists
     its own; Binance USD-M gets the USDT/USDC ones as perpetuals (``BTC/USDT`` →
-    ``BTC/USDT:USDT``, same listing, halts and faults, bars of their own).
+    ``BTC/USDT:USDT``, same listing, halts and faults, bars of their own). ``archive`` is
+    what Binance's public-data archive (``/data/...``) serves
+    (:class:`~qmtl.services.exchange_sim.scenario_archive.ArchiveSettings`).
     """
 
     seed: int = 0
@@ -102,6 +110,7 @@ class Scenario:
     now_ms: int | None = None
     ws_push_interval_ms: int = 200
     venues: Venues = field(default_factory=Venues)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     _resolved: dict[str, tuple[MarketScenario, ...]] = field(init=False, repr=False, compare=False)
     _index: dict[str, dict[str, MarketScenario]] = field(init=False, repr=False, compare=False)
 

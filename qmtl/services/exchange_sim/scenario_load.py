@@ -29,6 +29,11 @@ from qmtl.services.exchange_sim._scenario_markets import (
     check_count,
 )
 from qmtl.services.exchange_sim.scenario import Scenario
+from qmtl.services.exchange_sim.scenario_archive import (
+    ArchiveSettings,
+    PublishDelay,
+    check_file_name,
+)
 from qmtl.services.exchange_sim.scenario_parse import Reader
 from qmtl.services.exchange_sim.scenario_venues import (
     BinanceUsdmSettings,
@@ -290,6 +295,57 @@ def _venues(raw: object) -> tuple[Venues, dict[str, Any]]:
     return r.build(Venues, **kwargs), weights
 
 
+def _file_name(name: object, path: str) -> str:
+    try:
+        return check_file_name(name, path)
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+
+
+def _incomplete(raw: object, path: str) -> dict[str, tuple[TimeSpan, ...]]:
+    """``{file name: [[start, end], ...]}`` (bar time)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"{path}: expected a mapping file name -> list of [start, end]"])
+    found: dict[str, tuple[TimeSpan, ...]] = {}
+    for name, spans in raw.items():
+        at = f"{path}.{name}"
+        _file_name(name, at)
+        if not isinstance(spans, list) or not spans:
+            raise ConfigError([f"{at}: expected a non-empty list of [start, end] spans"])
+        found[name] = tuple(_span_item(x, f"{at}[{i}]") for i, x in enumerate(spans))
+    return found
+
+
+def _archive(raw: object) -> ArchiveSettings:
+    """``archive``: what the public-data archive serves."""
+    r = Reader.of(raw if raw is not None else {}, "archive")
+    enabled = r.get("enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ConfigError([f"{r.at('enabled')}: must be true or false, got {enabled!r}"])
+    delay = PublishDelay()
+    if r.get("publish_delay") is not None:
+        dr = Reader.of(r.get("publish_delay"), r.at("publish_delay"))
+        delay = dr.build(
+            PublishDelay, daily=dr.integer("daily", 3600), monthly=dr.integer("monthly", 86_400)
+        )
+        dr.done()
+    bandwidth = r.get("bandwidth_bytes_per_s")
+    settings = r.build(
+        ArchiveSettings,
+        enabled=True if enabled is None else enabled,
+        publish_delay=delay,
+        missing=tuple(_file_name(x, p) for x, p in r.items("missing")),
+        corrupt=tuple(_file_name(x, p) for x, p in r.items("corrupt")),
+        checksum_mismatch=tuple(_file_name(x, p) for x, p in r.items("checksum_mismatch")),
+        incomplete=_incomplete(r.get("incomplete"), r.at("incomplete")),
+        bandwidth_bytes_per_s=None if bandwidth is None else r.number("bandwidth_bytes_per_s", 0.0),
+    )
+    r.done()
+    return settings
+
+
 def _parse_scenario(r: Reader) -> Scenario:
     venues, spot_weights = _venues(r.get("venues"))
     for key in spot_weights:
@@ -319,6 +375,7 @@ def _parse_scenario(r: Reader) -> Scenario:
         now_ms=now_ms,
         ws_push_interval_ms=r.integer("ws_push_interval_ms", 200),
         venues=venues,
+        archive=_archive(r.get("archive")),
         **kwargs,
     )
     r.done()

@@ -4,7 +4,8 @@ bodies.
 One instance per application, used from one event loop (not thread-safe). Replacing the
 scenario (:meth:`SimState.set_scenario`) resets every venue's budget, ban and fault counters,
 the page cache and a websocket pause, and keeps the request log (call ``log.reset()`` for a
-clean slate).
+clean slate) and the cache of built archive files (its keys name everything a file's bytes
+depend on, scenario faults included).
 
 Websocket faults on demand (the ``/_sim/ws/...`` debug routes): :meth:`SimState.drop_websockets`
 cuts connections like a network failure (the TCP transport is aborted: no close frame), and
@@ -24,6 +25,7 @@ from aiohttp import web
 from numpy.typing import NDArray
 
 from qmtl.runtime.sdk.clock import Clock
+from qmtl.services.exchange_sim.archive_cache import ArchiveCache
 from qmtl.services.exchange_sim.klines import (
     FaultCounters,
     Page,
@@ -107,6 +109,7 @@ class SimState:
     def __init__(self, scenario: Scenario, clock: Clock) -> None:
         self.clock = clock
         self.log = RequestLog()
+        self.archives = ArchiveCache()  # keyed by content: survives scenario swaps
         self.websockets: set[web.WebSocketResponse] = set()
         self.ws_connections: set[WsConnection] = set()
         self.set_scenario(scenario)

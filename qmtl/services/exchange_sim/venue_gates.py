@@ -47,15 +47,17 @@ OKX_CANDLES_PATHS = ("/api/v5/market/candles", "/api/v5/market/history-candles")
 
 
 def venue_of(path: str) -> VenueId | None:
-    """The venue answering ``path``; ``None`` for the debug routes and the websocket. Paths
-    of no venue (``/``, ``/nope``) are Binance spot's, which answers them 404."""
+    """The venue answering ``path``; ``None`` for the debug routes, the websocket and the
+    public-data archive (``/data/``: static files outside every REST budget, answered and
+    logged by :mod:`~qmtl.services.exchange_sim.archive_routes`). Paths of no venue (``/``,
+    ``/nope``) are Binance spot's, which answers them 404."""
     if path.startswith("/api/v3/"):  # the hot path first
         return "binance"
     if path.startswith("/api/v5/"):
         return "okx"
     if path.startswith("/fapi/"):
         return "binanceusdm"
-    if path.startswith(("/_sim/", "/stream")):
+    if path.startswith(("/_sim/", "/stream", "/data/")):
         return None
     return "binance"
 
