@@ -277,6 +277,18 @@ async def test_same_fingerprint_with_other_bytes_is_a_refused_collision(tmp_path
     assert counter._value.get() == 1.0
 
 
+async def test_a_nodes_collision_counter_exists_at_zero_from_its_first_publication(
+    tmp_path: Path,
+) -> None:
+    registry = CollectorRegistry()
+    async with LocalArtifactStore(tmp_path) as store:
+        registrar = ArtifactRegistrar(
+            store, clock=FakeClock(LATER), metrics=SeamlessMetrics(registry)
+        )
+        await publish(registrar, bars(T0, T0 + 3600), Range(T0, T0 + 3600))
+    assert registry.get_sample_value("fingerprint_collisions_total", {"node_id": NODE}) == 0.0
+
+
 async def test_verify_names_a_flipped_byte_and_a_missing_file(tmp_path: Path) -> None:
     async with LocalArtifactStore(tmp_path) as store:
         registrar = ArtifactRegistrar(store, clock=FakeClock(LATER))

@@ -8,6 +8,7 @@ a dead or missing S3 endpoint/bucket, a local root that is a file) and URI parsi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
@@ -140,6 +141,49 @@ async def test_concurrent_put_new_has_exactly_one_winner(store: ArtifactStore) -
     assert won.count(True) == 1
     assert await store.get("race/key") == contents[won.index(True)]
     assert await store.list("race/") == ["race/key"]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_restore_puts_back_exactly_the_bytes_it_is_told_to(store: ArtifactStore) -> None:
+    published = b"the published bytes"
+    # a lost object comes back (its parent prefixes too) ...
+    await store.restore("a/b/c.parquet", published, expected_sha256=sha(published))
+    assert await store.get("a/b/c.parquet") == published
+    # ... and damaged bytes are replaced whole, however long they were
+    assert await store.put_new("d/e", b"damaged, and longer than the published bytes")
+    await store.restore("d/e", published, expected_sha256=sha(published))
+    assert await store.get("d/e") == published
+    await store.restore("d/e", published, expected_sha256=sha(published))  # idempotent
+    assert await store.get("d/e") == published
+    assert await store.list("") == ["a/b/c.parquet", "d/e"]  # no staging object is listed
+    big = os.urandom(12 * 1024 * 1024)  # above obstore's multipart threshold: still one PUT
+    assert await store.put_new("big", b"x")
+    await store.restore("big", big, expected_sha256=sha(big))
+    assert await store.get("big") == big
+
+
+async def test_restore_refuses_bytes_without_the_expected_sha256(store: ArtifactStore) -> None:
+    published = b"published"
+    assert await store.put_new("k", b"damaged")
+    refused = [
+        (b"other bytes", sha(published)),  # the wrong bytes
+        (published, sha(published).upper()),  # the digest as manifests do not write it
+        (published, "sha256:" + sha(published)),
+        (published, sha(published)[:-1]),
+        (published, ""),
+    ]
+    for data, expected in refused:
+        with pytest.raises(ValueError, match="restore 'k'"):
+            await store.restore("k", data, expected_sha256=expected)
+    with pytest.raises(ValueError, match="refused, sha256 of the data"):
+        await store.restore("gone", b"other bytes", expected_sha256=sha(published))
+    with pytest.raises(ValueError, match="artifact key"):
+        await store.restore("../k", published, expected_sha256=sha(published))
+    assert await store.get("k") == b"damaged"  # nothing was written
+    assert await store.list("") == ["k"]
 
 
 # -- a dict model -----------------------------------------------------------------------------
@@ -333,6 +377,21 @@ async def test_a_local_key_named_like_a_directory_is_a_storage_error(tmp_path: P
         await store.put_new("d", b"d")
     with pytest.raises(StorageError):
         await store.put_new("d/x/y", b"y")
+
+
+async def test_a_local_restore_renames_a_new_file_over_the_key(tmp_path: Path) -> None:
+    """A reader holding the damaged file keeps reading it whole; new readers get the new
+    file; no staging file is left behind; a directory under the key's name is refused."""
+    store = LocalArtifactStore(tmp_path)
+    assert await store.put_new("d/x", b"damaged")
+    with (tmp_path / "d" / "x").open("rb") as held:
+        await store.restore("d/x", b"published", expected_sha256=sha(b"published"))
+        assert held.read() == b"damaged"  # replaced by rename, never written in place
+    assert (tmp_path / "d" / "x").read_bytes() == b"published"
+    assert _tree(tmp_path) == {"d", "d/x"}
+    with pytest.raises(StorageError, match="restore 'd' failed"):
+        await store.restore("d", b"published", expected_sha256=sha(b"published"))
+    assert _tree(tmp_path) == {"d", "d/x"}
 
 
 # -- open_artifact_store ----------------------------------------------------------------------

@@ -24,15 +24,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qmtl.runtime.io.binance_archive import (
-    ARCHIVE_TIMEFRAMES,
-    ArchiveFile,
-    ArchivePeriod,
-    ArchiveProblem,
-    ArchiveReader,
-    archive_file,
-    archive_prefix,
-)
+from qmtl.runtime.io.binance_archive import ArchiveFile, ArchiveProblem, ArchiveReader, archive_file
+from qmtl.runtime.sdk.archive_plan import ARCHIVE_TIMEFRAMES, ArchivePeriod, archive_prefix
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import TIMEFRAMES
 

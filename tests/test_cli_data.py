@@ -121,3 +121,29 @@ def test_user_mistakes_are_one_line_and_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_backfill_reads_archives_first_and_reports_the_sources_apart(
+    simulator_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``archive.enabled`` with ``--exchange-url``: the archive's default base URL follows
+    the exchange URL (the simulator serves both); January 2024 comes from one monthly file,
+    the half day after it from REST, and the report says so."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "seamless:\n"
+        f"  storage: {{dsn: 'duckdb:///{tmp_path}/a.duckdb'}}\n"
+        "exchanges:\n"
+        "  binance:\n"
+        "    symbols: [BTC/USDT]\n"
+        "    archive: {enabled: true}\n"
+    )
+    args = ["backfill", "--config", str(config), "--exchange-url", simulator_url,
+            "--start", "2024-01-01", "--end", "2024-02-01T12:00:00Z"]  # fmt: skip
+    assert main([*args, "--json"]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert output["sources"]["archive_bars"] == 31 * 1440
+    assert output["sources"]["archive_files"] == 1
+    assert output["sources"]["rest_bars"] == 720
+    assert 1 <= output["sources"]["rest_requests"] <= 3  # the half day (+ the markets)
+    assert output["nodes"][0]["data_bars"] == 31 * 1440 + 720

@@ -368,10 +368,19 @@ async def coordinator_and_worker(tmp: Path) -> tuple[Series, set[str]]:
             seen: Series = {}
 
             async def leases_counted() -> bool:
+                """Every lease transition happened at least once (their series exist at 0
+                from the coordinator's start)."""
                 nonlocal seen
                 seen = await scrape(coordinator_metrics)
-                events = {s.get("event") for s in seen.get("seamless_coordinator_leases", [])}
-                return events >= LEASE_EVENTS
+                async with aiohttp.ClientSession() as http, http.get(coordinator_metrics) as r:
+                    text = await r.text()
+                counted = {
+                    sample.labels["event"]
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                    if sample.name == "seamless_coordinator_leases_total" and sample.value > 0
+                }
+                return counted >= LEASE_EVENTS
 
             deadline = time.monotonic() + 90
             while not await leases_counted():

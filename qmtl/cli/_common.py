@@ -22,16 +22,16 @@ import signal
 import sys
 import time
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from qmtl.cli.batch_log import BatchLog
 from qmtl.runtime.sdk.coverage_report import CoverageReport
 from qmtl.runtime.sdk.errors import ConfigError, StorageError
-from qmtl.runtime.sdk.history_coverage import Range, subtract_ranges
+from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.node_id import parse_node_id
 from qmtl.runtime.sdk.timestamps import LAST_INSTANT, format_iso, parse_instant
 
@@ -39,12 +39,10 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 
     from qmtl.runtime.sdk.backfill_config import BackfillConfig
-    from qmtl.runtime.sdk.backfill_types import BatchOutcome
     from qmtl.runtime.sdk.config import QMTLConfig
     from qmtl.runtime.sdk.history_storage import HistoryStorage
 
 __all__ = [
-    "BatchLog",
     "add_exchange_options",
     "add_metrics_option",
     "add_store_options",
@@ -381,53 +379,6 @@ def window_from_args(
 
 
 # -- batches ----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class BatchLog:
-    """Every batch outcome of one command (``auto_backfiller.on_batch``), per node: bars
-    established, and the ranges that failed with their errors. A range that fails and is
-    later established (``ensure_data_available`` asks again) stops counting as failed, so
-    the counts describe what is still wrong, not every attempt."""
-
-    succeeded: int = 0
-    done_bars: int = 0
-    failures: dict[str, list[tuple[Range, str]]] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-
-    def record(self, node_id: str, outcome: BatchOutcome) -> None:
-        interval = parse_node_id(node_id).interval
-        established = [outcome.batch] if outcome.ok else [*outcome.data, *outcome.empty]
-        self.done_bars += sum(r.bars(interval) for r in established)
-        failed = self.failures.get(node_id, [])
-        if established:
-            failed = [
-                (piece, error) for r, error in failed for piece in subtract_ranges([r], established)
-            ]
-        if outcome.ok:
-            self.succeeded += 1
-        else:
-            error = outcome.error or "failed"
-            self.errors.append(error)
-            failed += [(r, error) for r in subtract_ranges([outcome.batch], established)]
-        self.failures[node_id] = failed
-
-    @property
-    def failed_batches(self) -> int:
-        return sum(len(f) for f in self.failures.values())
-
-    @property
-    def failed_bars(self) -> int:
-        return sum(
-            r.bars(parse_node_id(node).interval)
-            for node, failed in self.failures.items()
-            for r, _ in failed
-        )
-
-    def reasons(self, node_id: str, missing: Range) -> list[str]:
-        """The distinct errors of the failures that overlap ``missing``."""
-        found = [e for r, e in self.failures.get(node_id, []) if r.intersect(missing)]
-        return list(dict.fromkeys(found))
 
 
 def number_table(

@@ -1,4 +1,4 @@
-"""``qmtl-seamless artifacts list|show|verify|compact``: the published artifacts of a store.
+"""``qmtl-seamless artifacts list|show|verify|compact|repair``: the published artifacts of a store.
 
 An artifact is a set of stabilized bars published as an immutable Parquet file with a JSON
 manifest (``docs/artifacts.md``). These commands read and maintain the artifact store of
@@ -15,6 +15,7 @@ default is ``./.qmtl/artifacts``), or the one ``--store`` names (``file://DIR``,
   records, and its bars recompute to the recorded fingerprint and row count.
 - ``compact NODE_ID [--period month|year]``: one artifact per calendar period holding what
   many small publications hold (nothing is deleted; reads after it use the compacted file).
+- ``repair [NODE_ID]``: :mod:`qmtl.cli.artifacts_repair` (data files back from the hot store).
 
 ``list``, ``show`` and ``verify`` only read: a store that does not exist is reported as
 holding no artifacts and is not created. Exit codes: 0 done (an empty store included); 1 when
@@ -33,6 +34,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from qmtl.cli._common import console, print_json, settings, show_store, usage_handler
+from qmtl.cli.artifacts_repair import register_repair
 from qmtl.cli.artifacts_report import artifact_table, entry_dict, node_label
 from qmtl.runtime.sdk.artifact_keys import MANIFEST_PREFIX, as_of_from_ms
 from qmtl.runtime.sdk.artifact_store import ArtifactNotFoundError, check_key
@@ -52,9 +54,9 @@ T = TypeVar("T")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add the ``artifacts`` command group (``list``, ``show``, ``verify``, ``compact``)."""
+    """Add the ``artifacts`` command group (list, show, verify, compact, repair)."""
     parser = subparsers.add_parser(
-        "artifacts", help="list, show, verify and compact the published artifacts"
+        "artifacts", help="list, show, verify, compact and repair the published artifacts"
     )
     commands = parser.add_subparsers(dest="artifacts_command", metavar="SUBCOMMAND")
     as_of_help = (
@@ -99,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     _add_store_options(compact_parser, "print what was published as JSON")
     compact_parser.set_defaults(handler=_compact, command="artifacts compact")
+    register_repair(commands, _add_store_options, _registrar)
 
     parser.set_defaults(handler=usage_handler(parser))
 

@@ -17,7 +17,6 @@ import asyncio
 from typing import Any
 
 from qmtl.cli._common import (
-    BatchLog,
     add_exchange_options,
     add_metrics_option,
     add_store_options,
@@ -31,8 +30,9 @@ from qmtl.cli._common import (
     show_store,
     window_from_args,
 )
+from qmtl.cli.batch_log import BatchLog
 from qmtl.cli.main import missing_data_exit
-from qmtl.cli.progress import backfill_progress
+from qmtl.cli.progress import backfill_progress, requests_made
 from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.metrics_endpoint import serve_metrics
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
@@ -97,11 +97,18 @@ def _run(args: argparse.Namespace) -> int:
     store, reports = asyncio.run(
         _backfill(provider, nodes, window, log, quiet=args.json, metrics_port=args.metrics_port)
     )
+    sources = {
+        "archive_bars": log.archive_bars,
+        "archive_files": log.archive_files,
+        "rest_bars": log.done_bars - log.archive_bars,
+        "rest_requests": requests_made(provider),
+    }
     if args.json:
         print_json(
             {
                 "store": store,
                 "window": [window.start, window.end],
+                "sources": sources,
                 "nodes": [
                     {
                         **r.to_dict(),
@@ -116,6 +123,13 @@ def _run(args: argparse.Namespace) -> int:
         )
     else:
         console.print(coverage_table(reports, title="gap report"))
+        if log.archive_bars:
+            console.print(
+                f"sources: {sources['archive_bars']:,} bars from {sources['archive_files']:,} "
+                f"archive files, {sources['rest_bars']:,} bars from {sources['rest_requests']:,} "
+                "REST requests",
+                markup=False, soft_wrap=True,
+            )  # fmt: skip
         for rep in reports:
             for line in gap_lines(rep, log):
                 console.print(f"  {line}", markup=False, soft_wrap=True)

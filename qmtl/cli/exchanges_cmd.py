@@ -1,6 +1,7 @@
 """``qmtl-seamless exchanges [ID[:MARKET]...] [--config FILE] [--json]``: each exchange's
 profile — page size, weight per page, the published limit, the default budget the README rule
-gives under it, and the resulting ceiling in bars per second — so a user sees the plan
+gives under it, the resulting ceiling in bars per second, and whether the exchange publishes
+bulk archives (``exchanges.<id>.archive``) — so a user sees the plan
 before a long backfill. Without IDs: the exchanges of ``--config``, else every exchange of
 the published table. ``--config`` applies each configured exchange's ``profile`` overrides,
 ``page_limit`` and rate limit (the ceiling then uses that budget). Reads no store and
@@ -15,6 +16,7 @@ from typing import Any
 from qmtl.cli._common import console, number_table, print_json
 from qmtl.runtime.io.composition import fetcher_config
 from qmtl.runtime.io.exchange_profiles import PUBLISHED, ExchangeProfile, profile_for
+from qmtl.runtime.sdk.archive_plan import archive_prefix
 from qmtl.runtime.sdk.config import load_config
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 
@@ -68,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
                 "burst_tokens": budget.burst_tokens,
             }
             entry["ceiling_bars_per_s"] = profile.ceiling_bars_per_s(budget)
+            entry["archive"] = archive_prefix(profile.exchange_id, profile.market_type)
             payload.append(entry)
         print_json(payload)
         return 0
@@ -83,17 +86,23 @@ def _run(args: argparse.Namespace) -> int:
             f"{profile.limit:,}/{_seconds(profile.limit_interval_ms)}",
             "all" if profile.history_depth_bars is None else f"{profile.history_depth_bars:,}",
             profile.source,
+            "yes" if archive_prefix(profile.exchange_id, profile.market_type) else "no",
         )
         for profile, budget in rows
     ]
-    columns = ("market", "bars/page", "weight", "bars/s", "budget", "limit", "depth", "source")
+    columns = (
+        "market", "bars/page", "weight", "bars/s", "budget", "limit", "depth", "source",
+        "archive",
+    )  # fmt: skip
     table = number_table(
-        "exchange profiles", "exchange", columns, table_rows, optional=("limit", "depth", "source")
-    )
+        "exchange profiles", "exchange", columns, table_rows,
+        optional=("limit", "depth", "source", "archive"),
+    )  # fmt: skip
     console.print(table)
     console.print(
         "weight: per page; bars/s: the ceiling the budget (refill+burst per window) allows "
-        "under the exchange's published limit; --json for every field",
+        "under the exchange's published limit; archive: bulk archive files to read whole "
+        "months and days from (exchanges.<id>.archive.enabled); --json for every field",
     )
     return 0
 

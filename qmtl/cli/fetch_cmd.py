@@ -32,7 +32,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from qmtl.cli._common import (
-    BatchLog,
     add_exchange_options,
     add_store_options,
     add_window_options,
@@ -42,6 +41,7 @@ from qmtl.cli._common import (
     show_store,
     window_from_args,
 )
+from qmtl.cli.batch_log import BatchLog
 from qmtl.cli.main import missing_data_exit
 from qmtl.cli.progress import backfill_progress
 from qmtl.runtime.io.composition import build_provider

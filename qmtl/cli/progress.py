@@ -2,9 +2,10 @@
 
 ``backfill ━━━━━━━━━━ 1440/4320 bars 12 requests ETA 0:00:04`` — bars the exchange
 vouched for out of the bars missing when the command started, the exchange requests made so
-far (market loading included), failed batches beside it in red, and the time left. It is drawn
-only when stderr is a terminal and the command was not asked for ``--json``, so pipes, logs
-and machine-readable output stay clean.
+far (market loading included) and, with archives, the bars read from archive files
+(``+ 43,200 bars from 1 archive file``), failed batches beside it in red, and the time
+left. It is drawn only when stderr is a terminal and the command was not asked for
+``--json``, so pipes, logs and machine-readable output stay clean.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column
 
-from qmtl.cli._common import BatchLog, err_console
+from qmtl.cli._common import err_console
+from qmtl.cli.batch_log import BatchLog
 
 if TYPE_CHECKING:
     from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
@@ -56,8 +58,17 @@ class BackfillProgress:
             self._task,
             completed=self.log.done_bars,
             failed=_failed_text(self.log),
-            requests=f"{requests_made(self._provider):,} requests",
+            requests=_sources_text(self.log, requests_made(self._provider)),
         )
+
+
+def _sources_text(log: BatchLog, requests: int) -> str:
+    """``12 requests`` — and, once archive files gave bars, how many and from how many
+    files, so the archive's and the REST API's shares show apart."""
+    if not log.archive_bars:
+        return f"{requests:,} requests"
+    files = f"{log.archive_files:,} archive file{'s' if log.archive_files != 1 else ''}"
+    return f"{requests:,} requests + {log.archive_bars:,} bars from {files}"
 
 
 def _failed_text(log: BatchLog) -> str:

@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from qmtl.cli._common import (
-    BatchLog,
     add_exchange_options,
     add_metrics_option,
     add_store_options,
@@ -67,6 +66,7 @@ from qmtl.cli._common import (
     until_stopped,
     window_from_args,
 )
+from qmtl.cli.batch_log import BatchLog
 from qmtl.cli.main import missing_data_exit
 from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.coordinator_client import CoordinatorUnavailable

@@ -37,7 +37,7 @@ from urllib.parse import unquote
 import pandas as pd
 
 from qmtl import __version__
-from qmtl.runtime.io.artifact_files import parquet_bytes
+from qmtl.runtime.io.artifact_files import COMPRESSIONS, data_file_bytes
 from qmtl.runtime.io.artifact_read import (
     artifact_view,
     covering_catalog,
@@ -86,7 +86,7 @@ __all__ = ["ArtifactCollisionError", "ArtifactRegistrar"]
 
 logger = logging.getLogger(__name__)
 
-_COMPRESSIONS = frozenset({"zstd", "snappy", "gzip", "lz4", "brotli", "none"})
+_COMPRESSIONS = frozenset(COMPRESSIONS)
 #: Decoded data files kept in memory (they are immutable, so a cached copy is never stale).
 _TABLE_CACHE = 64
 
@@ -194,6 +194,9 @@ class ArtifactRegistrar:
         if not self.publish_fingerprint:
             return None
         check_interval(node_id, interval)
+        # The node's collision counter exists at 0 from its first publication, so that an
+        # alert's increase() sees the first collision (a series born at 1 hides it).
+        self.metrics.fingerprint_collisions.labels(node_id=node_id)
         watermark = self.clock.now()
         end = min(requested_range.end, _stable_end(watermark, interval, self.stabilization_bars))
         if end <= requested_range.start:
@@ -299,14 +302,15 @@ class ArtifactRegistrar:
             existing = catalog.by_fingerprint(fingerprint)
             if existing is not None:
                 return await self._publication(existing)
-            identity = {
-                "node_id": node_id,
-                "interval": str(interval),
-                "start": str(span.start),
-                "end": str(span.end),
-                "dataset_fingerprint": fingerprint,
-            }
-            data = await asyncio.to_thread(parquet_bytes, bars, identity, self.compression)
+            data = await asyncio.to_thread(
+                data_file_bytes,
+                bars,
+                node_id=node_id,
+                interval=interval,
+                span=(span.start, span.end),
+                fingerprint=fingerprint,
+                compression=self.compression,
+            )
             sha256 = hashlib.sha256(data).hexdigest()
             if kind == "compaction":
                 assert period is not None

@@ -3,12 +3,17 @@
 The bytes depend only on the bars and the identity written into the file's key-value
 metadata (node id, interval, range, fingerprint) — never on the clock, the host or the pandas
 version — so the same bars always give the same file, which is what lets a fingerprint name
-one file and a re-run reproduce it byte for byte.
+one file and a re-run reproduce it byte for byte. :func:`data_file_bytes` is the one way a
+data file is encoded — by publication, and again by repair
+(:mod:`~qmtl.runtime.io.artifact_repair`), which relies on getting the very same bytes.
+They also depend on the compression and the pyarrow version (its name is in the footer): the
+manifest records neither, only the file's SHA-256, which is how a re-encoding is checked.
 """
 
 from __future__ import annotations
 
 import io
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -19,7 +24,16 @@ from qmtl.runtime.sdk.artifact_catalog import SCHEMA
 from qmtl.runtime.sdk.artifact_store import Blob
 from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS, BarColumns, frame_from_columns
 
-__all__ = ["parquet_bytes", "read_parquet_bars", "read_parquet_columns"]
+__all__ = [
+    "COMPRESSIONS",
+    "data_file_bytes",
+    "parquet_bytes",
+    "read_parquet_bars",
+    "read_parquet_columns",
+]
+
+#: The Parquet compressions a data file may use (``seamless.artifact.compression``).
+COMPRESSIONS: Final = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
 
 #: Files at least this large decode their columns in parallel (pyarrow's threads); smaller
 #: ones decode faster on the calling thread alone.
@@ -46,6 +60,28 @@ def parquet_bytes(frame: pd.DataFrame, identity: dict[str, str], compression: st
         write_page_checksum=True,  # every read checks each page's CRC (see read below)
     )
     return buffer.getvalue()
+
+
+def data_file_bytes(
+    bars: pd.DataFrame,
+    *,
+    node_id: str,
+    interval: int,
+    span: tuple[int, int],
+    fingerprint: str,
+    compression: str,
+) -> bytes:
+    """The data file of an artifact: ``bars`` (conformed, exactly the published ones) with
+    the artifact's identity — node, interval (seconds), half-open ``span`` ``[start, end)``
+    in epoch seconds, dataset fingerprint — as key-value metadata."""
+    identity = {
+        "node_id": node_id,
+        "interval": str(interval),
+        "start": str(span[0]),
+        "end": str(span[1]),
+        "dataset_fingerprint": fingerprint,
+    }
+    return parquet_bytes(bars, identity, compression)
 
 
 def read_parquet_columns(data: Blob) -> BarColumns:

@@ -14,6 +14,16 @@ Create-once, per backend:
   obstore does not fsync, so ``put_new`` fsyncs the new file and its directories up to the
   root before it returns ``True``: from then on the object survives a power loss too.
 
+Restore (the one overwrite, for repairs: only bytes with the SHA-256 the caller names, see
+the port), per backend:
+
+- **S3**: one plain ``PUT`` (never multipart): S3 replaces an object whole, so readers get
+  the old object or the new one.
+- **Local**: the bytes go to a hidden staging file ``#restore-<random>`` in the key's
+  directory (``#`` is in no key, so it is never listed), which is fsynced, renamed over the
+  key with ``os.replace`` (atomic on POSIX) and followed by an fsync of the directories up to
+  the root: a crash leaves the old object or the new one, plus at most a hidden staging file.
+
 Keys are relative to the root (``prefix/key`` on S3) and checked by ``check_key`` on every
 call, list prefixes included (``"a/b/"`` and ``"a/b"`` both mean the directory ``a/b``).
 Failures of the store itself — unreachable, denied, a missing bucket, a root that is not a
@@ -26,12 +36,20 @@ An instance may be shared by the tasks of one event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING, Self
 
-from qmtl.runtime.sdk.artifact_store import ArtifactNotFoundError, ArtifactStore, Blob, check_key
+from qmtl.runtime.sdk.artifact_store import (
+    ArtifactNotFoundError,
+    ArtifactStore,
+    Blob,
+    check_key,
+    check_restore,
+)
 from qmtl.runtime.sdk.errors import StorageError
 
 if TYPE_CHECKING:
@@ -120,6 +138,24 @@ class _ObstoreArtifactStore:
             raise self._failure("put_new", key, exc) from exc
         await self._after_create(key)
         return True
+
+    async def restore(self, key: str, data: bytes, *, expected_sha256: str) -> None:
+        await asyncio.to_thread(check_restore, key, data, expected_sha256)  # hashing: CPU
+        store = await self._store(create=True)
+        if store is None:  # only readers find no store
+            raise StorageError(f"{self!r} could not be opened")
+        await self._replace(store, key, data)
+
+    async def _replace(self, store: ObjectStore, key: str, data: bytes) -> None:
+        """Write ``data`` over ``key``, whole (S3: one plain ``PUT``; the local store
+        overrides this)."""
+        import obstore
+        from obstore.exceptions import BaseError
+
+        try:
+            await obstore.put_async(store, key, data, use_multipart=False)
+        except (BaseError, OSError) as exc:
+            raise self._failure("restore", key, exc) from exc
 
     async def get(self, key: str) -> Blob:
         check_key(key)
@@ -228,6 +264,12 @@ class LocalArtifactStore(_ObstoreArtifactStore):
         except OSError as exc:
             raise self._failure("put_new (fsync)", key, exc) from exc
 
+    async def _replace(self, store: ObjectStore, key: str, data: bytes) -> None:
+        try:
+            await asyncio.to_thread(_replace_file, self.directory, key, data)
+        except OSError as exc:
+            raise self._failure("restore", key, exc) from exc
+
     async def _explain_exists(self, key: str) -> None:
         if await asyncio.to_thread(os.path.isdir, self._path(key)):
             raise StorageError(
@@ -262,6 +304,31 @@ def _is_key(key: str) -> bool:
     except ValueError:
         return False  # obstore's staging files end in '#<n>', which no key contains
     return True
+
+
+def _replace_file(root: str, key: str, data: bytes) -> None:
+    """Atomically replace the file at ``key`` under ``root`` with ``data`` (module
+    docstring: staging file, fsync, ``os.replace``, fsync of the directories). Parent
+    directories a lost file took with it are made again."""
+    target = os.path.join(root, *key.split("/"))
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f"#restore-{secrets.token_hex(8)}")  # never a key
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staging, target)  # a directory at `target`: IsADirectoryError
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        raise
+    _fsync_down_to(root, key)
 
 
 def _fsync_down_to(directory: str, key: str) -> None:

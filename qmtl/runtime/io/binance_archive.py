@@ -49,11 +49,8 @@ import numpy as np
 import numpy.typing as npt
 
 from qmtl.runtime.io.binance_archive_parse import max_csv_bytes, parse_checksum, read_kline_zip
-from qmtl.runtime.sdk._config_models import DEFAULT_ARCHIVE_BASE_URL
 from qmtl.runtime.sdk.archive_plan import (
-    ARCHIVE_TIMEFRAMES,
     ArchivePeriod,
-    archive_prefix,
     archived_timeframe,
 )
 from qmtl.runtime.sdk.errors import ArchiveError
@@ -62,15 +59,11 @@ from qmtl.runtime.sdk.node_id import TIMEFRAMES
 
 __all__ = [
     "ARCHIVE_PREFIXES",
-    "ARCHIVE_TIMEFRAMES",
-    "DEFAULT_ARCHIVE_BASE_URL",
     "ArchiveFile",
-    "ArchivePeriod",
     "ArchiveProblem",
     "ArchiveProblemKind",
     "ArchiveReader",
     "archive_file",
-    "archive_prefix",
 ]
 
 #: The archive trees this module knows: spot and USDⓈ-M futures.

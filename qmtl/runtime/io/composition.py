@@ -20,7 +20,13 @@ from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
 from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
-from qmtl.runtime.sdk._config_models import ExchangeAccess, ExchangeConfig, ExchangeUrls
+from qmtl.runtime.sdk._config_models import (
+    DEFAULT_ARCHIVE_BASE_URL,
+    ArchiveConfig,
+    ExchangeAccess,
+    ExchangeConfig,
+    ExchangeUrls,
+)
 from qmtl.runtime.sdk.config import QMTLConfig, StorageConfig
 from qmtl.runtime.sdk.node_id import parse_node_id
 
@@ -179,8 +185,9 @@ def with_overrides(
     """``config`` with explicit arguments applied over it: ``dsn`` replaces
     ``seamless.storage.dsn``; ``exchange_url`` replaces ``exchanges.<id>.urls.rest`` and
     ``ws_url`` ``exchanges.<id>.urls.ws`` of every configured exchange (each keeps the other),
-    and ``ws_url`` also turns the websocket live feed on (``seamless.live.ws.enabled``).
-    ``ValueError`` for a bad value."""
+    and ``ws_url`` also turns the websocket live feed on (``seamless.live.ws.enabled``); an
+    archive base URL left at Binance's own follows ``exchange_url``. ``ValueError`` for a bad
+    value."""
     seamless = config.seamless
     if dsn is not None:
         seamless = replace(seamless, storage=StorageConfig(dsn=dsn))
@@ -196,11 +203,21 @@ def with_overrides(
                     rest=exchange_url or (entry.urls.rest if entry.urls is not None else None),
                     ws=ws_url or (entry.urls.ws if entry.urls is not None else None),
                 ),
+                archive=_archive_at(entry.archive, exchange_url),
             )
             for exchange_id, entry in config.exchanges.items()
         }
         config = replace(config, exchanges=exchanges)
     return replace(config, seamless=seamless)
+
+
+def _archive_at(archive: ArchiveConfig, exchange_url: str | None) -> ArchiveConfig:
+    """The archive settings under ``--exchange-url``: a base URL left at Binance's own
+    follows the exchange URL (the simulator serves its archive on the same port); one the
+    configuration names stays."""
+    if exchange_url is None or archive.base_url != DEFAULT_ARCHIVE_BASE_URL:
+        return archive
+    return replace(archive, base_url=exchange_url)
 
 
 def config_for_nodes(
