@@ -19,6 +19,15 @@ simulator, over the same symbols × days:
 Prints candles/s, the ratio to the ceiling (target ≥ 0.97, zero 429s) and ours ÷ ccxt
 (target ≥ 1.15).
 
+``--archive`` compares archive-first with REST-only over 1 symbol × one calendar year of 1m
+bars (2025: Binance's microsecond files; 525,600 candles), each run on a fresh simulator and
+a fresh store, in one process: REST-only at the weight ceiling as above, then archive-first
+(``exchanges.binance.archive``: twelve monthly files, verified, parsed, stored), with every
+archive response capped at ``--archive-mbit`` (100 Mbit/s) and the simulator's files built
+before the clock starts (real archives are static files; ``--cold`` times the build too). It
+prints both rates, archive ÷ REST, archive ÷ the REST ceiling (target ≥ 3) and the REST
+requests the archive-first run still made.
+
 ``--exchange binanceusdm|okx`` runs the same against the simulator's Binance USD-M futures or
 OKX v5 format, with the exchange's profile: its page size (USD-M: 499 bars for weight 2;
 OKX: 100 bars a request), its published limit (USD-M 2400 weight/min; OKX history-candles 20
@@ -42,6 +51,7 @@ from qmtl.runtime.io.ccxt_exchange import rewrite_urls
 from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
 from qmtl.runtime.io.seamless_provider import EnhancedQuestDBProvider
 from qmtl.runtime.sdk.backfill_config import BackfillConfig
+from qmtl.runtime.sdk.config import ArchiveConfig
 from qmtl.runtime.sdk.rate_limiter_config import RateLimiterConfig
 from qmtl.services.exchange_sim import Scenario, SimulatorServer
 
@@ -80,8 +90,19 @@ VENUES = {  # exchange -> (market type, symbol suffix)
 }
 
 
+def requests_by_venue(base_url: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{base_url}/_sim/requests") as resp:  # loopback only
+        payload: dict[str, Any] = json.load(resp)
+    return {str(k): int(v) for k, v in payload["by_venue"].items()}
+
+
 async def run_ours(
-    base_url: str, symbols: list[str], start: int, end: int, exchange: str = "binance"
+    base_url: str,
+    symbols: list[str],
+    start: int,
+    end: int,
+    exchange: str = "binance",
+    archive: bool = False,
 ) -> tuple[int, float]:
     market_type, suffix = VENUES[exchange]
     if exchange == "binance":  # the README rule with session 1's 100-weight burst
@@ -91,8 +112,9 @@ async def run_ours(
     else:  # the profile's own default budget
         budget = RateLimiterConfig(local_semaphore=32)
     config = CcxtBackfillConfig(
-        exchange_id=exchange, market_type=market_type, urls={"rest": base_url}, rate_limiter=budget
-    )
+        exchange_id=exchange, market_type=market_type, urls={"rest": base_url}, rate_limiter=budget,
+        archive=ArchiveConfig(enabled=archive, base_url=base_url),
+    )  # fmt: skip
     fetcher = CcxtOHLCVFetcher(config)
     page = config.exchange_profile().bars_per_page
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,6 +221,59 @@ def compare(symbol_count: int, args: argparse.Namespace) -> None:
     print(f"ours / ccxt    = {ours / plain:.2f} (target >= 1.15)")
 
 
+def warm_archive(base_url: str, symbol: str, start: int, end: int) -> None:
+    """Have the simulator build every monthly file of the range once (it keeps them)."""
+    from datetime import UTC, datetime
+
+    month = datetime.fromtimestamp(start, UTC)
+    market = symbol.replace("/", "")
+    while month.timestamp() < end:
+        name = f"{market}-1m-{month:%Y-%m}.zip"
+        url = f"{base_url}/data/spot/monthly/klines/{market}/1m/{name}"
+        with urllib.request.urlopen(url) as resp:  # loopback only
+            resp.read()
+        month = month.replace(year=month.year + month.month // 12, month=month.month % 12 + 1)
+
+
+def archive_compare(args: argparse.Namespace) -> None:
+    """``--archive``: archive-first against REST-only, one symbol, one calendar year."""
+    from datetime import UTC, datetime
+
+    symbol = "BTC/USDT"
+    start = int(datetime(args.year, 1, 1, tzinfo=UTC).timestamp())
+    end = int(datetime(args.year + 1, 1, 1, tzinfo=UTC).timestamp())
+    ceiling = args.weight_limit / 60 / KLINES_WEIGHT * BARS_PER_PAGE
+    cap = int(args.archive_mbit * 1_000_000 / 8)
+    scenario: dict[str, Any] = {
+        "seed": 1, "symbols": [symbol], "latency_ms": args.latency_ms,
+        "weight_limit_per_minute": args.weight_limit,
+        "archive": {"bandwidth_bytes_per_s": cap},
+    }  # fmt: skip
+    print(f"-- 1 symbol x {args.year} ({(end - start) // 60:,} 1m candles); REST latency "
+          f"{args.latency_ms} ms, ceiling {ceiling:,.0f} candles/s; archive responses capped at "
+          f"{args.archive_mbit:g} Mbit/s; simulator files {'cold' if args.cold else 'pre-built'}"
+          )  # fmt: skip
+    rest, rest_429 = measure("rest", scenario, run_ours, [symbol], start, end)
+    proc, base_url = start_simulator(scenario)
+    try:
+        if not args.cold:
+            warm_archive(base_url, symbol, start, end)
+        before = requests_by_venue(base_url)
+        candles, seconds = asyncio.run(run_ours(base_url, [symbol], start, end, "binance", True))
+        after = requests_by_venue(base_url)
+    finally:
+        proc.terminate()
+        proc.join()
+    archived = candles / seconds
+    rest_requests = after.get("binance", 0) - before.get("binance", 0)
+    archive_requests = after.get("archive", 0) - before.get("archive", 0)
+    print(f"archive {candles:>10,} candles in {seconds:6.2f} s = {archived:9,.0f} candles/s; "
+          f"archive requests {archive_requests}, REST requests {rest_requests}")  # fmt: skip
+    verdict = "ok" if archived / ceiling >= 3 and rest_429 == 0 else "BELOW TARGET"
+    print(f"archive / rest    = {archived / rest:.2f}")
+    print(f"archive / ceiling = {archived / ceiling:.2f} (target >= 3: {verdict})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=60)
@@ -213,7 +288,14 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--weight-limit", type=int, default=6000)
     parser.add_argument("--exchange", choices=sorted(VENUES), default="binance")
+    parser.add_argument("--archive", action="store_true", help="archive-first vs REST-only")
+    parser.add_argument("--year", type=int, default=2025, help="--archive: the calendar year")
+    parser.add_argument("--archive-mbit", type=float, default=100.0, help="--archive: cap")
+    parser.add_argument("--cold", action="store_true", help="--archive: time the file builds")
     args = parser.parse_args()
+    if args.archive:
+        archive_compare(args)
+        return
     for count in args.symbols:
         (compare if args.exchange == "binance" else venue_compare)(count, args)
 
