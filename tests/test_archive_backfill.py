@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.storage import open_storage
 from qmtl.runtime.sdk.config import ConfigError, load_config
 from qmtl.runtime.sdk.fetch_result import SeamlessFetchResult
 from qmtl.runtime.sdk.history_coverage import Range, SegmentKind
+from qmtl.runtime.sdk.metrics import SeamlessMetrics
+from qmtl.services.coordinator import open_lease_store, run_coordinator
 from qmtl.services.exchange_sim import Scenario, SimulatorServer, run_simulator
 
 NODE = "ohlcv:binance:BTC/USDT:1m"
@@ -191,3 +196,32 @@ async def test_an_unlisted_symbol_plans_no_archive_and_rest_says_why(
                                       node_id="ohlcv:binance:NOPE/USDT:1m")  # fmt: skip
     assert result.metadata.coverage_ratio == 0.0
     assert any("NOPE" in e or "symbol" in e.lower() for e in result.metadata.backfill_errors)
+
+
+async def test_with_a_coordinator_each_file_is_read_under_its_lease(
+    sim: SimulatorServer, tmp_path: Path
+) -> None:
+    """Each archive window is claimed and completed at the coordinator like a REST batch
+    (two workers never download one file at once); a window another worker holds is left
+    missing — neither downloaded nor fetched by REST — and asked again later."""
+    metrics = SeamlessMetrics(CollectorRegistry())
+    store = open_lease_store(f"sqlite:///{tmp_path / 'leases.db'}")
+    async with run_coordinator(store, metrics=metrics) as server:
+        held = f"{NODE}:60:{ts('2024-11-01')}:{ts('2024-12-01')}::"
+        async with aiohttp.ClientSession() as http:
+            claim = {"key": held, "lease_ms": 600_000}
+            async with http.post(f"{server.base_url}/v1/leases/claim", json=claim) as resp:
+                assert resp.status == 200  # another worker holds November
+        cfg = config(tmp_path, sim, "c", archive=True)
+        cfg = replace(cfg, environment=replace(cfg.environment, coordinator_url=server.base_url))
+        before = klines(sim)
+        result = await backfill(cfg, ts("2024-10-01"), ts("2024-12-01"))
+        requests = klines(sim) - before
+    count = metrics.registry.get_sample_value
+    assert count("seamless_coordinator_leases_total", {"event": "claim"}) == 2  # + ours
+    assert count("seamless_coordinator_leases_total", {"event": "complete"}) == 1  # October
+    assert len(result.frame) == 31 * 1440  # October from its file; November held
+    assert [(m.start, m.end) for m in result.metadata.missing_ranges] == [
+        (ts("2024-11-01"), ts("2024-12-01"))
+    ]
+    assert requests == 0  # the held month was not fetched by REST either
