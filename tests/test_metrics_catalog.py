@@ -51,6 +51,8 @@ from qmtl.services.exchange_sim import Scenario, generate_bars, run_simulator
 from qmtl.testing.cluster import CLI, start_worker, worker_config
 from qmtl.testing.servers import RedisServer
 from tests.polling import wait_until
+from tests.test_events_and_metrics import SPEC_EVENTS  # SPEC §12: every event name
+from tests.test_events_and_metrics import SPEC_METRICS as SPEC_METRIC_NAMES
 
 _NW = frozenset({"node_id", "interval", "world_id"})
 _N = frozenset({"node_id", "interval"})
@@ -81,21 +83,6 @@ SPEC_METRICS: dict[str, frozenset[str]] = {
     "live_staleness_seconds": frozenset({"node_id", "world_id"}),
     "seamless_coordinator_leases": frozenset({"event"}),
 }
-
-#: SPEC §12: every event name.
-SPEC_EVENTS = frozenset(
-    {
-        "seamless.backfill.attempt", "seamless.backfill.succeeded", "seamless.backfill.retry",
-        "seamless.backfill.failed", "seamless.backfill.coordinator_claimed",
-        "seamless.backfill.coordinator_completed", "seamless.backfill.coordinator_failed",
-        "seamless.backfill.coordinator_expired", "seamless.domain_gate.downgrade",
-        "seamless.domain_gate.missing_as_of", "seamless.domain_gate.missing_artifact",
-        "seamless.sla.phase_exceeded", "seamless.sla.downgrade", "seamless.rate_limit.penalty",
-        "seamless.rate_limit.redis_unavailable", "seamless.rate_limit.redis_restored",
-        "seamless.artifact.published", "seamless.fingerprint.preview_mismatch",
-        "seamless.as_of.advanced", "seamless.coordinator.claim_failed",
-    }
-)  # fmt: skip
 
 LEASE_EVENTS = {"claim", "complete", "fail", "expire"}
 NODE = "ohlcv:binance:BTC/USDT:1m"
@@ -425,6 +412,7 @@ async def test_every_contract_metric_and_event_is_emitted_and_scraped(tmp_path: 
     there, logged = await coordinator_and_worker(tmp_path)
     scraped = merge(here, there)
 
+    assert set(SPEC_METRICS) == {name.removesuffix("_total") for name in SPEC_METRIC_NAMES}
     absent = sorted(set(SPEC_METRICS) - set(scraped))
     assert not absent, f"SPEC metrics never emitted: {absent}"
     unlabelled = {
