@@ -28,13 +28,12 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from qmtl.runtime.sdk.backfill_types import ArchiveSource, BatchOutcome
 from qmtl.runtime.sdk.errors import ArchiveError, ExchangeError, StorageError
 from qmtl.runtime.sdk.events import ARCHIVE_FALLBACK, BACKFILL_ATTEMPT, BACKFILL_FAILED, log_event
 from qmtl.runtime.sdk.history_coverage import Range, compute_missing_ranges, subtract_ranges
 from qmtl.runtime.sdk.history_storage import LedgerUpdate
+from qmtl.runtime.sdk.live_feed import closed_runs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk.conformance import ConformancePipeline
     from qmtl.runtime.sdk.history_storage import HistoryStorage
 
-__all__ = ["ARCHIVE_SOURCE", "ArchiveFirst", "data_runs"]
+__all__ = ["ARCHIVE_SOURCE", "ArchiveFirst"]
 
 logger = logging.getLogger("qmtl.runtime.io.auto_backfiller")
 
@@ -55,18 +54,6 @@ logger = logging.getLogger("qmtl.runtime.io.auto_backfiller")
 ARCHIVE_SOURCE = "archive"
 
 _NodeKey = tuple[str, int]
-
-
-def data_runs(ts: np.ndarray[Any, np.dtype[np.int64]], interval: int) -> tuple[Range, ...]:
-    """The runs of consecutive bar open times in sorted, unique ``ts`` (epoch s) as
-    half-open ranges: what a file vouches for (its holes are not vouched for)."""
-    if len(ts) == 0:
-        return ()
-    breaks = np.flatnonzero(np.diff(ts) != interval)
-    starts = np.concatenate(([0], breaks + 1))
-    ends = np.concatenate((breaks, [len(ts) - 1]))
-    pairs = zip(starts, ends, strict=True)
-    return tuple(Range(int(ts[a]), int(ts[b]) + interval) for a, b in pairs)
 
 
 class ArchiveFirst:
@@ -196,7 +183,7 @@ class ArchiveFirst:
             return BatchOutcome(span, attempts=1, source=ARCHIVE_SOURCE)
         frame, report = await asyncio.to_thread(self.conformance.normalize, frame, interval)
         self._count_conformance(node_id, interval, report.flags, report.warnings)
-        data = data_runs(frame["ts"].to_numpy(), interval)
+        data = tuple(closed_runs(frame["ts"].to_numpy(dtype="int64"), interval))
         update = LedgerUpdate(
             interval=interval, data=data, empty=(), source=ARCHIVE_SOURCE,
             fetched_at=self.clock.now(), stabilization_bars=self.stabilization_bars,

@@ -256,13 +256,19 @@ class SeamlessDataProvider(StoreQueries, SyncMethods):
         elif outcome.missing:
             outcome.partial = True  # the domain reads the store only
         with tracker.phase(SLAPhase.STORAGE_WAIT):
+            if repaired:  # the ledger moved on: say what is missing *now*
+                ledger = await self.storage.read_ledger(node_id, interval)
+                outcome.missing = compute_missing_ranges(ledger, window.start, window.end, interval)
             revision = await self.storage.revision(node_id)
             raw = await self.storage.read_range(node_id, window.start, window.end)
             if revision is not None and revision != await self.storage.revision(node_id):
                 revision = None  # a write landed during the read
-            if repaired:  # the ledger moved on: say what is missing *now*
-                ledger = await self.storage.read_ledger(node_id, interval)
-                outcome.missing = compute_missing_ranges(ledger, window.start, window.end, interval)
+        # The ledger was read before the bars, and writes only add: every bar it vouches for
+        # was read. A batch committed in between (a background backfill) added bars it
+        # calls missing: they are served, so they are not missing.
+        if outcome.missing and len(raw):
+            served = closed_runs(raw["ts"].to_numpy(dtype="int64"), interval)
+            outcome.missing = subtract_ranges(outcome.missing, served)
         if unstored is not None and not unstored.empty:
             runs = closed_runs(unstored["ts"].to_numpy(dtype="int64"), interval)
             outcome.missing = subtract_ranges(outcome.missing, runs)
