@@ -174,14 +174,14 @@ class ArchiveFirst:
         t0 = self.clock.monotonic()
         try:
             frame: pd.DataFrame = await archive.read_archive(node_id, interval, window)
-        except (ArchiveError, ExchangeError, ValueError) as exc:
+            frame, report = await asyncio.to_thread(self.conformance.normalize, frame, interval)
+        except Exception as exc:  # any unusable file (strict conformance included): REST
             kind = exc.kind if isinstance(exc, ArchiveError) else "unusable"
             log_event(
                 logger, ARCHIVE_FALLBACK, level=logging.WARNING, node_id=node_id,
                 interval=interval, window=str(span), kind=kind, error=str(exc),
             )  # fmt: skip
             return BatchOutcome(span, attempts=1, source=ARCHIVE_SOURCE)
-        frame, report = await asyncio.to_thread(self.conformance.normalize, frame, interval)
         self._count_conformance(node_id, interval, report.flags, report.warnings)
         data = tuple(closed_runs(frame["ts"].to_numpy(dtype="int64"), interval))
         update = LedgerUpdate(
