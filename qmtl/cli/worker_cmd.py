@@ -33,7 +33,7 @@ that published the node, else ``null``). ``--follow`` keeps going after the rang
 ``--poll-s`` the end moves to now and new closed bars are filled, until Ctrl-C or SIGTERM
 (exit 0). Either signal stops a worker gracefully: the batches in flight are cancelled and
 their leases failed (another worker may take them at once), and the summary covers each
-node's closed bars up to the last round's end.
+node's closed bars up to the end of the last round that completed.
 
 Exit codes as ``backfill``: 0 nothing missing; 1 something still missing; 2 a user mistake
 (no coordinator configured, an unknown symbol); 3 the exchange or the store failed every
@@ -282,13 +282,16 @@ async def _rounds(
     follow: bool,
 ) -> None:
     """One round over ``window``; with ``follow``, then one every ``poll_s`` with the end
-    moved to now (each node's target keeps to its closed bars)."""
+    moved to now (each node's target keeps to its closed bars). ``run.window`` is the window
+    of the last round that completed (the first one's until then): a worker stopped in the
+    middle of a round reports what it finished, not bars that closed a moment ago."""
     run.window = window
     await _round(provider, run, nodes, window)
     while follow:
         await asyncio.sleep(run.poll_s)
-        run.window = window = Range(window.start, max(window.end, int(time.time())))
-        await _round(provider, run, nodes, window)
+        following = Range(window.start, max(window.end, int(time.time())))
+        await _round(provider, run, nodes, following)
+        run.window = window = following
 
 
 async def _work(
