@@ -225,3 +225,14 @@ async def test_with_a_coordinator_each_file_is_read_under_its_lease(
         (ts("2024-11-01"), ts("2024-12-01"))
     ]
     assert requests == 0  # the held month was not fetched by REST either
+
+
+def test_the_fetcher_takes_archive_settings_as_a_mapping_and_refuses_other_exchanges() -> None:
+    from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
+
+    config = CcxtBackfillConfig(exchange_id="binance", archive={"enabled": True})  # type: ignore[arg-type]
+    assert CcxtOHLCVFetcher(config).archive is not None
+    assert CcxtOHLCVFetcher(CcxtBackfillConfig(exchange_id="binance")).archive is None
+    okx = CcxtBackfillConfig(exchange_id="okx", archive={"enabled": True})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"okx \(spot\) publishes no bulk archives"):
+        CcxtOHLCVFetcher(okx)

@@ -456,6 +456,8 @@ class ExchangeAccess:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "symbols", tuple(self.symbols))
+        if isinstance(self.archive, Mapping):  # ``archive={"enabled": True}`` in code
+            object.__setattr__(self, "archive", ArchiveConfig(**self.archive))
         object.__setattr__(self, "ccxt_options", MappingProxyType(dict(self.ccxt_options or {})))
         object.__setattr__(self, "profile", MappingProxyType(dict(self.profile or {})))
         if self.page_limit is not None and (
