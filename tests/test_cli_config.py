@@ -306,8 +306,7 @@ def test_check_json_gives_the_same_facts(
     assert result["artifacts"] == lines["artifacts"]
     assert list(result["exchanges"]) == ["binance"]
     assert [f"note: {note}" for note in result["notes"]] == [
-        "note: seamless.observability.storage_wait_warn_ms: has no effect yet "
-        "(a future capability)"
+        "note: seamless.observability.storage_wait_warn_ms: has no effect yet (a future capability)"
     ]
 
 
@@ -333,3 +332,15 @@ def test_check_refuses_a_duckdb_dsn_the_store_would_refuse(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("seamless.storage.dsn: a DuckDB DSN is duckdb:///relative/path")
+
+
+def test_check_names_an_exchanges_archive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    text = "exchanges:\n  binance: {symbols: [BTC/USDT], archive: {enabled: true}}\n"
+    lines = check_lines(path, text, capsys)
+    assert lines["exchange binance"] == "BTC/USDT × 1m; archive: https://data.binance.vision"
+    path.write_text("exchanges:\n  okx: {symbols: [BTC/USDT], archive: {enabled: true}}\n")
+    assert run_check(["config", "check", str(path)]) == 2
+    assert "okx (spot) publishes no bulk archives" in capsys.readouterr().err

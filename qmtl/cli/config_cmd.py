@@ -116,7 +116,9 @@ def _check(args: argparse.Namespace) -> int:
     print(_summary(config))
     print(f"store: {store}")
     for exchange_id, entry in exchanges.items():
-        print(f"exchange {exchange_id}: {_exchange_line(entry)}")
+        archive = config.exchanges[exchange_id].archive
+        where = f"; archive: {masked_dsn(archive.base_url)}" if archive.enabled else ""
+        print(f"exchange {exchange_id}: {_exchange_line(entry)}{where}")
     print(f"rate limiter: {facts['rate_limiter']}")
     print(f"artifacts: {facts['artifacts']}")
     for note in facts["notes"]:
