@@ -34,7 +34,6 @@ from qmtl.services.exchange_sim import Scenario, SimulatorServer, run_simulator
 
 NODE = "ohlcv:binance:BTC/USDT:1m"
 USDM = "ohlcv:binanceusdm:BTC/USDT:USDT:1h"
-DAY = 86_400
 
 
 def ts(text: str) -> int:
@@ -56,10 +55,6 @@ def config(tmp: Path, sim: SimulatorServer, name: str, *, archive: bool, **archi
 async def backfill(cfg: Any, start: int, end: int, node: str = NODE) -> SeamlessFetchResult:
     async with build_provider(cfg, strategy="AUTO_BACKFILL") as provider:
         return await provider.fetch(start, end, node_id=node)
-
-
-def bars(result: SeamlessFetchResult) -> pd.DataFrame:
-    return result.reset_index(drop=True) if isinstance(result, pd.DataFrame) else result.frame
 
 
 @pytest.fixture
