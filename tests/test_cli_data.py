@@ -147,3 +147,25 @@ def test_backfill_reads_archives_first_and_reports_the_sources_apart(
     assert output["sources"]["rest_bars"] == 720
     assert 1 <= output["sources"]["rest_requests"] <= 3  # the half day (+ the markets)
     assert output["nodes"][0]["data_bars"] == 31 * 1440 + 720
+
+
+@pytest.mark.usefixtures("terminal")
+def test_backfill_progress_and_report_show_archive_and_rest_apart(
+    simulator_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.cli_rig import progress_lines
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "seamless:\n"
+        f"  storage: {{dsn: 'duckdb:///{tmp_path}/p.duckdb'}}\n"
+        "exchanges:\n"
+        "  binance: {symbols: [BTC/USDT], archive: {enabled: true}}\n"
+    )
+    args = ["backfill", "--config", str(config), "--exchange-url", simulator_url,
+            "--start", "2024-03-01", "--end", "2024-03-03T06:00:00Z"]  # fmt: skip
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    last = progress_lines(err, "backfill")[-1]
+    assert "3240/3240 bars" in last and "+ 2,880 bars from 2 archive files" in last, last
+    assert "sources: 2,880 bars from 2 archive files, 360 bars from " in out
