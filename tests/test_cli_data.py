@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from qmtl.cli.main import main
+from tests.cli_rig import progress_lines
 
 NODE = "ohlcv:binance:BTC/USDT:1m"
 
@@ -153,8 +154,6 @@ def test_backfill_reads_archives_first_and_reports_the_sources_apart(
 def test_backfill_progress_and_report_show_archive_and_rest_apart(
     simulator_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.cli_rig import progress_lines
-
     config = tmp_path / "c.yaml"
     config.write_text(
         "seamless:\n"
