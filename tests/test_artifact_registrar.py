@@ -32,7 +32,7 @@ from qmtl.runtime.sdk.clock import FakeClock
 from qmtl.runtime.sdk.config import DEFAULT_PARTITION_TEMPLATE
 from qmtl.runtime.sdk.conformance import ConformanceReport
 from qmtl.runtime.sdk.errors import StorageError
-from qmtl.runtime.sdk.fingerprint import FingerprintMetadata, compute_fingerprint
+from qmtl.runtime.sdk.fingerprint import FingerprintConfig, FingerprintMetadata, compute_fingerprint
 from qmtl.runtime.sdk.history_coverage import Range
 from qmtl.runtime.sdk.metrics import SeamlessMetrics
 
@@ -397,3 +397,13 @@ async def test_an_unreadable_manifest_is_a_store_failure_and_a_verify_finding(
             await fresh.catalog(NODE)
         (problem,) = await verify(ArtifactRegistrar(store))
     assert problem.manifest_key == "(catalog)" and "not JSON" in problem.problem
+
+
+async def test_verify_recomputes_with_the_manifests_fingerprint_settings(tmp_path: Path) -> None:
+    """A store published with ``normalize_nan: canonical`` verifies clean for a reader with
+    the default settings: a fingerprint is checked against what it was computed with."""
+    canonical = FingerprintConfig(normalize_nan="canonical")
+    async with LocalArtifactStore(tmp_path) as store:
+        publisher = ArtifactRegistrar(store, clock=FakeClock(LATER), fingerprint_config=canonical)
+        await publish(publisher, bars(T0, T0 + 3600), Range(T0, T0 + 3600))
+        assert await verify(ArtifactRegistrar(store)) == []

@@ -289,11 +289,12 @@ async def test_the_compression_is_found_when_the_settings_changed(tmp_path: Path
         assert path.read_bytes() == original
 
 
-async def test_an_intact_file_flagged_by_other_fingerprint_settings_is_left_alone(
+async def test_a_file_published_with_other_fingerprint_settings_is_intact(
     tmp_path: Path,
 ) -> None:
-    """Bars with NaN, published with ``normalize_nan: zero``, verified by a registrar set to
-    ``canonical``: verify flags the fingerprint, but the file holds the published bytes."""
+    """Bars with NaN, published with ``normalize_nan: zero``, checked by a registrar set to
+    ``canonical``: verify recomputes with the manifest's settings, so nothing is damaged and
+    repair writes nothing."""
     frame = bars(T0, T0 + 3600)
     frame.loc[3, "volume"] = np.nan
     async with hot_store() as storage, LocalArtifactStore(tmp_path) as store:
@@ -305,9 +306,7 @@ async def test_an_intact_file_flagged_by_other_fingerprint_settings_is_left_alon
         other = ArtifactRegistrar(
             store, fingerprint_config=FingerprintConfig(normalize_nan="canonical")
         )
-        (result,) = await repair(other, storage)
-        assert result.action == "not repairable"
-        assert "holds exactly the bytes its manifest names" in result.reason
+        assert await repair(other, storage) == []
         assert tree(tmp_path) == before
         assert publication.manifest["fingerprint"]["normalize_nan"] == "zero"
 

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Literal
 
 from qmtl.runtime.io.artifact import ArtifactRegistrar
 from qmtl.runtime.io.artifact_files import read_parquet_bars
+from qmtl.runtime.io.artifact_read import parse_manifest
+from qmtl.runtime.sdk.artifact_catalog import manifest_fingerprint_config
 from qmtl.runtime.sdk.artifact_store import ArtifactNotFoundError
 from qmtl.runtime.sdk.conformance import ConformanceReport
 from qmtl.runtime.sdk.errors import StorageError
@@ -153,9 +155,12 @@ async def _check(registrar: ArtifactRegistrar, entry: ArtifactEntry) -> list[str
         range=(entry.start, entry.end),
         conformance_version=entry.conformance_version,
     )
-    recomputed = await asyncio.to_thread(
-        compute_fingerprint, bars, meta, config=registrar.fingerprint_config
-    )
+    try:  # the settings the fingerprint was computed with, not this reader's
+        manifest = parse_manifest(await registrar.store.get(entry.manifest_key), entry.manifest_key)
+        config = manifest_fingerprint_config(manifest)
+    except (ArtifactNotFoundError, StorageError, ValueError) as exc:
+        return [*found, f"the manifest's fingerprint settings are unreadable: {exc}"]
+    recomputed = await asyncio.to_thread(compute_fingerprint, bars, meta, config=config)
     if recomputed != entry.dataset_fingerprint:
         found.append(
             f"recomputed fingerprint {recomputed} differs from {entry.dataset_fingerprint}"

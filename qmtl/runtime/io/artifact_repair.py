@@ -33,13 +33,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 
 from qmtl.runtime.io.artifact_files import COMPRESSIONS, data_file_bytes
 from qmtl.runtime.io.artifact_maintenance import verify
 from qmtl.runtime.io.artifact_read import parse_manifest
+from qmtl.runtime.sdk.artifact_catalog import manifest_fingerprint_config
 from qmtl.runtime.sdk.artifact_store import ArtifactNotFoundError
 from qmtl.runtime.sdk.conformance import ConformancePipeline
 from qmtl.runtime.sdk.errors import ConformanceError
@@ -129,7 +130,7 @@ async def _repair_one(
     span = f"[{format_iso(entry.start)}, {format_iso(entry.end)})"
     manifest = parse_manifest(await store.get(entry.manifest_key), entry.manifest_key)
     try:
-        config = _fingerprint_config(manifest.get("fingerprint"))
+        config = manifest_fingerprint_config(manifest)
     except ValueError as exc:
         return "not repairable", f"the manifest's fingerprint settings are unusable: {exc}"
     if entry.conformance_version != pipeline.version:
@@ -140,7 +141,7 @@ async def _repair_one(
     if await _intact(registrar, entry):
         return "not repairable", (
             "the data file holds exactly the bytes its manifest names (same SHA-256): there "
-            "is nothing to put back (were the bars fingerprinted with other settings?)"
+            "is nothing to put back (the manifest itself disagrees with its file)"
         )
     raw = await storage.read_range(entry.node_id, entry.start, entry.end)
     try:
@@ -171,22 +172,6 @@ async def _repair_one(
         return "would restore", f"would re-encode {done}, SHA-256 as recorded"
     await store.restore(entry.data_key, data, expected_sha256=entry.data_sha256)
     return "restored", f"re-encoded {done}, SHA-256 as recorded"
-
-
-def _fingerprint_config(settings: Any) -> FingerprintConfig:
-    """The fingerprint settings a manifest records (``fingerprint``: ``algo``, ``columns``,
-    ``normalize_nan``); ``ValueError`` when they are missing or not supported."""
-    keys = ("algo", "columns", "normalize_nan")
-    if not isinstance(settings, dict) or any(k not in settings for k in keys):
-        raise ValueError(f"expected an object with {', '.join(keys)}, got {settings!r:.120}")
-    columns = settings["columns"]
-    if not isinstance(columns, list):
-        raise ValueError(f"columns must be a list, got {columns!r:.120}")
-    return FingerprintConfig(
-        algo=settings["algo"],
-        include_columns=tuple(columns),
-        normalize_nan=settings["normalize_nan"],
-    )
 
 
 async def _intact(registrar: ArtifactRegistrar, entry: ArtifactEntry) -> bool:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from qmtl.runtime.sdk.artifact_keys import as_of_from_ms, as_of_to_ms
 from qmtl.runtime.sdk.bars import CANONICAL_COLUMNS
+from qmtl.runtime.sdk.fingerprint import FingerprintConfig
 from qmtl.runtime.sdk.history_coverage import Range, merge_ranges, subtract_ranges
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
     "ArtifactKind",
     "build_manifest",
     "manifest_bytes",
+    "manifest_fingerprint_config",
 ]
 
 #: Version of the manifest document (bumped when a field changes meaning).
@@ -99,6 +101,24 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     """The canonical serialization: sorted keys, compact separators, ASCII, one newline."""
     text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return text.encode() + b"\n"
+
+
+def manifest_fingerprint_config(manifest: Mapping[str, Any]) -> FingerprintConfig:
+    """The fingerprint settings a manifest records (``fingerprint``: ``algo``, ``columns``,
+    ``normalize_nan``) — what its ``dataset_fingerprint`` was computed with, whatever the
+    reader's own settings are; ``ValueError`` when they are missing or not supported."""
+    settings = manifest.get("fingerprint")
+    keys = ("algo", "columns", "normalize_nan")
+    if not isinstance(settings, dict) or any(k not in settings for k in keys):
+        raise ValueError(f"expected an object with {', '.join(keys)}, got {settings!r:.120}")
+    columns = settings["columns"]
+    if not isinstance(columns, list):
+        raise ValueError(f"columns must be a list, got {columns!r:.120}")
+    return FingerprintConfig(
+        algo=settings["algo"],
+        include_columns=tuple(columns),
+        normalize_nan=settings["normalize_nan"],
+    )
 
 
 @dataclass(frozen=True, slots=True)
