@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
+    from qmtl.runtime.io.backfill_completion import BackfillCompletion
     from qmtl.runtime.io.batch_leases import BatchLeases
     from qmtl.runtime.sdk.archive_plan import ArchiveWindow
     from qmtl.runtime.sdk.clock import Clock
@@ -67,13 +68,11 @@ class ArchiveFirst:
     leases: BatchLeases | None
     _lease_slots: asyncio.Semaphore
     _inflight: dict[_NodeKey, dict[Range, asyncio.Task[BatchOutcome]]]
-    _claimed: dict[_NodeKey, int]
+    completion: BackfillCompletion
     _forget: Callable[[_NodeKey, Range, asyncio.Task[BatchOutcome]], None]
     _filled: Callable[[str, int, Range], Any]
     _commit: Callable[[str, Any, LedgerUpdate, int], Any]
     _succeeded: Callable[..., None]
-    _update_completion: Callable[[_NodeKey], None]
-    _judge_completion: Callable[..., None]
     _count_conformance: Callable[[str, int, dict[str, int], list[str]], None]
     _archive_slots: asyncio.Semaphore | None = None
 
@@ -168,8 +167,7 @@ class ArchiveFirst:
             "max_attempts": 1, "source": ARCHIVE_SOURCE,
         }  # fmt: skip
         node_key = (node_id, interval)
-        self._claimed[node_key] = self._claimed.get(node_key, 0) + 1
-        self._update_completion(node_key)
+        self.completion.claimed(node_key)
         log_event(logger, BACKFILL_ATTEMPT, attempt=1, **fields)
         t0 = self.clock.monotonic()
         try:
@@ -193,7 +191,7 @@ class ArchiveFirst:
         except StorageError as exc:
             log_event(logger, BACKFILL_FAILED, level=logging.ERROR, attempt=1, error=str(exc),
                       **fields)  # fmt: skip
-            self._judge_completion(node_key, failed=True)
+            self.completion.finished(node_key, ok=False)
             return BatchOutcome(span, attempts=1, error=str(exc), source=ARCHIVE_SOURCE)
         outcome = BatchOutcome(span, attempts=1, rows=rows, data=data, conformance=report,
                                source=ARCHIVE_SOURCE)  # fmt: skip

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qmtl.runtime.io.archive_backfill import ArchiveFirst
+from qmtl.runtime.io.backfill_completion import BackfillCompletion
 from qmtl.runtime.io.batch_leases import BatchLeases
 from qmtl.runtime.io.group_commit import GroupCommitter
 from qmtl.runtime.sdk._config_models import ObservabilityConfig
@@ -67,7 +68,6 @@ from qmtl.runtime.sdk.events import (
     BACKFILL_FAILED,
     BACKFILL_RETRY,
     BACKFILL_SUCCEEDED,
-    THRESHOLD_CROSSED,
     log_event,
 )
 from qmtl.runtime.sdk.history_coverage import (
@@ -174,13 +174,11 @@ class DataFetcherAutoBackfiller(ArchiveFirst):
         self._lease_slots = asyncio.Semaphore(self.config.max_concurrent_requests)
         self._committer = GroupCommitter(storage)
         self._inflight: dict[_NodeKey, dict[Range, asyncio.Task[BatchOutcome]]] = {}
-        self._claimed: dict[_NodeKey, int] = {}
-        self._completed: dict[_NodeKey, int] = {}
         self._storage_failure: StorageError | None = None
-        #: ``backfill_completion_ratio_min`` is read from here (:meth:`_judge_completion`).
         self.observability = observability or ObservabilityConfig()
-        self._below: set[_NodeKey] = set()
-        self._failed: dict[_NodeKey, int] = {}
+        self.completion = BackfillCompletion(
+            self.metrics, self.observability.backfill_completion_ratio_min
+        )
         self.coordinator = coordinator
         #: The batches' leases (``None`` without a coordinator); ``qmtl-seamless worker`` sets
         #: its ``require_lease``.
@@ -317,8 +315,7 @@ class DataFetcherAutoBackfiller(ArchiveFirst):
             "source": self.source,
         }
         node_key = (node_id, interval)
-        self._claimed[node_key] = self._claimed.get(node_key, 0) + 1
-        self._update_completion(node_key)
+        self.completion.claimed(node_key)
         todo = batch  # what is still to fetch (shrinks when an attempt vouches for a part)
         rows = 0
         data: tuple[Range, ...] = ()
@@ -353,7 +350,7 @@ class DataFetcherAutoBackfiller(ArchiveFirst):
                     logger, BACKFILL_FAILED, level=logging.ERROR, attempt=attempt,
                     error=message, **fields,
                 )  # fmt: skip
-                self._judge_completion(node_key, failed=True)
+                self.completion.finished(node_key, ok=False)
                 return BatchOutcome(
                     batch, attempts=attempt, rows=rows, data=data, empty=empty, error=message
                 )
@@ -384,9 +381,7 @@ class DataFetcherAutoBackfiller(ArchiveFirst):
         self.metrics.gap_repair_latency_ms.labels(**labels).observe(
             (self.clock.monotonic() - started) * 1000.0
         )
-        self._completed[node_key] = self._completed.get(node_key, 0) + 1
-        self._update_completion(node_key)
-        self._judge_completion(node_key, failed=False)
+        self.completion.finished(node_key, ok=True)
 
     async def _run_once(
         self, node_id: str, interval: int, batch: Range, attempt: int
@@ -485,29 +480,3 @@ class DataFetcherAutoBackfiller(ArchiveFirst):
                 self.metrics.conformance_flags.labels(**labels, flag_type=flag).inc(count)
         if warnings:
             self.metrics.conformance_warnings.labels(**labels).inc(len(warnings))
-
-    def _update_completion(self, node_key: _NodeKey) -> None:
-        claimed = self._claimed.get(node_key, 0)
-        ratio = self._completed.get(node_key, 0) / claimed if claimed else 1.0
-        self.metrics.backfill_completion_ratio.labels(
-            node_id=node_key[0], interval=str(node_key[1])
-        ).set(ratio)
-
-    def _judge_completion(self, node_key: _NodeKey, *, failed: bool) -> None:
-        """After a batch finished: the share of *finished* batches that completed, against
-        ``backfill_completion_ratio_min`` (batches in flight are not failures yet), logged
-        once each time it falls under (not once per batch while it stays under)."""
-        if failed:
-            self._failed[node_key] = self._failed.get(node_key, 0) + 1
-        completed = self._completed.get(node_key, 0)
-        ratio = completed / (completed + self._failed.get(node_key, 0))
-        minimum = self.observability.backfill_completion_ratio_min
-        if ratio >= minimum:
-            self._below.discard(node_key)
-        elif node_key not in self._below:
-            self._below.add(node_key)
-            log_event(
-                logger, THRESHOLD_CROSSED, level=logging.WARNING, node_id=node_key[0],
-                interval=node_key[1], measure="backfill_completion_ratio", value=ratio,
-                threshold=minimum,
-            )  # fmt: skip
