@@ -27,7 +27,10 @@ from qmtl.runtime.sdk.pending_settings import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent / "qmtl"
-CONFIG_MODULES = {"_config_models.py", "_config_checks.py", "_config_parse.py", "_config_source.py"}
+CONFIG_MODULES = {
+    "_config_models.py", "_config_exchange.py", "_config_checks.py", "_config_parse.py",
+    "_config_source.py",
+}  # fmt: skip
 #: The pending list may only shrink: lower this number when a capability lands.
 MAX_PENDING = 0
 

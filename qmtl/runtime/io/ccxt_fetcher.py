@@ -65,7 +65,7 @@ from qmtl.runtime.io.ccxt_rate_limiter import shared_limiter
 from qmtl.runtime.io.exchange_archive import ExchangeArchive
 from qmtl.runtime.io.exchange_profiles import ExchangeProfile, profile_for
 from qmtl.runtime.io.exchange_usage import UsageRelay
-from qmtl.runtime.sdk._config_models import ExchangeAccess, ExchangeUrls
+from qmtl.runtime.sdk._config_exchange import ExchangeAccess, ExchangeUrls
 from qmtl.runtime.sdk.backfill_types import FetchWindowResult
 from qmtl.runtime.sdk.bars import (
     bar_open_at,

@@ -20,7 +20,7 @@ from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
 from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
-from qmtl.runtime.sdk._config_models import (
+from qmtl.runtime.sdk._config_exchange import (
     DEFAULT_ARCHIVE_BASE_URL,
     ArchiveConfig,
     ExchangeAccess,

@@ -34,7 +34,7 @@ from qmtl.runtime.sdk.node_id import parse_node_id
 
 if TYPE_CHECKING:
     from qmtl.runtime.io.ccxt_fetcher import CcxtOHLCVFetcher
-    from qmtl.runtime.sdk._config_models import ArchiveConfig
+    from qmtl.runtime.sdk._config_exchange import ArchiveConfig
     from qmtl.runtime.sdk.history_coverage import Range
 
 __all__ = ["ExchangeArchive"]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qmtl.runtime.sdk._config_models import DOMAIN_NAMES, DomainPolicy, ExchangeConfig
+from qmtl.runtime.sdk._config_exchange import ExchangeConfig
+from qmtl.runtime.sdk._config_models import DOMAIN_NAMES, DomainPolicy
 from qmtl.runtime.sdk.archive_plan import archive_prefix
 from qmtl.runtime.sdk.node_id import (
     NodeId,

@@ -60,18 +60,16 @@ from types import MappingProxyType
 from typing import Any, cast
 
 from qmtl.runtime.sdk._config_checks import check_exchange, cross_check
+from qmtl.runtime.sdk._config_exchange import ArchiveConfig, ExchangeConfig, ExchangeUrls
 from qmtl.runtime.sdk._config_models import (
     DEFAULT_PARTITION_TEMPLATE,
     DOMAIN_DEFAULTS,
     DOMAIN_NAMES,
-    ArchiveConfig,
     ArtifactConfig,
     CacheConfig,
     DomainPolicy,
     DomainSource,
     EnvironmentConfig,
-    ExchangeConfig,
-    ExchangeUrls,
     LiveConfig,
     LiveWsConfig,
     ObservabilityConfig,
