@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
 from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.io.storage import open_storage
 from qmtl.runtime.sdk.config import ConfigError, load_config
@@ -223,11 +224,27 @@ async def test_with_a_coordinator_each_file_is_read_under_its_lease(
 
 
 def test_the_fetcher_takes_archive_settings_as_a_mapping_and_refuses_other_exchanges() -> None:
-    from qmtl.runtime.io.ccxt_fetcher import CcxtBackfillConfig, CcxtOHLCVFetcher
-
     config = CcxtBackfillConfig(exchange_id="binance", archive={"enabled": True})  # type: ignore[arg-type]
     assert CcxtOHLCVFetcher(config).archive is not None
     assert CcxtOHLCVFetcher(CcxtBackfillConfig(exchange_id="binance")).archive is None
     okx = CcxtBackfillConfig(exchange_id="okx", archive={"enabled": True})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"okx \(spot\) publishes no bulk archives"):
         CcxtOHLCVFetcher(okx)
+
+
+async def test_the_fetchers_own_fetch_reads_archives_first(sim: SimulatorServer) -> None:
+    """``CcxtOHLCVFetcher.fetch`` with the archive on: the same bars as REST-only; REST only
+    for the partial days and for a file that could not be used."""
+    start, end = ts("2024-05-30T18:00:00"), ts("2024-07-02T06:00:00")
+    rest_config = CcxtBackfillConfig(exchange_id="binance", urls={"rest": sim.base_url})
+    async with CcxtOHLCVFetcher(rest_config) as rest_fetcher:
+        expected = await rest_fetcher.fetch(start, end, node_id=NODE, interval=60)
+    before = klines(sim)
+    archive = {"enabled": True, "base_url": sim.base_url}
+    config = CcxtBackfillConfig(exchange_id="binance", urls={"rest": sim.base_url},
+                                archive=archive)  # type: ignore[arg-type]  # fmt: skip
+    async with CcxtOHLCVFetcher(config) as fetcher:
+        got = await fetcher.fetch(start, end, node_id=NODE, interval=60)
+    pd.testing.assert_frame_equal(got, expected)
+    assert len(got) == (end - start) // 60
+    assert klines(sim) - before <= 4  # 6 h + 6 h by REST: May and July 1 from daily files

@@ -291,8 +291,11 @@ class CcxtOHLCVFetcher:
         self, start: InstantLike, end: InstantLike, *, node_id: str, interval: int
     ) -> pd.DataFrame:
         """Canonical bars with ``start <= ts < end`` (closed bars only). Bounds are epoch
-        seconds, tz-aware datetimes or ISO-8601 strings, ceil-aligned to the node's grid."""
+        seconds, tz-aware datetimes or ISO-8601 strings, ceil-aligned to the node's grid.
+        With ``archive.enabled``, whole stable months and days come from archive files."""
         window = Range.aligned(start, end, interval)
+        if self.archive is not None:
+            return await self.archive.fetch(window, node_id=node_id, interval=interval)
         result = await self.fetch_window(
             window.start, window.end, node_id=node_id, interval=interval
         )

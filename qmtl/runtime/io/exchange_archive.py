@@ -17,6 +17,8 @@ sources apart; only the ledger's ``source`` says ``archive``.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -30,14 +32,19 @@ from qmtl.runtime.sdk.archive_plan import (
     plan_archive_windows,
 )
 from qmtl.runtime.sdk.bars import block_to_frame
+from qmtl.runtime.sdk.errors import ArchiveError
+from qmtl.runtime.sdk.events import ARCHIVE_FALLBACK, log_event
+from qmtl.runtime.sdk.history_coverage import Range, subtract_ranges
+from qmtl.runtime.sdk.live_feed import closed_runs
 from qmtl.runtime.sdk.node_id import parse_node_id
 
 if TYPE_CHECKING:
     from qmtl.runtime.io.ccxt_fetcher import CcxtOHLCVFetcher
     from qmtl.runtime.sdk._config_exchange import ArchiveConfig
-    from qmtl.runtime.sdk.history_coverage import Range
 
 __all__ = ["ExchangeArchive"]
+
+logger = logging.getLogger(__name__)
 
 #: Bars shorter than this (seconds) are read from daily files only.
 _MONTHLY_MIN_INTERVAL = 60
@@ -96,6 +103,37 @@ class ExchangeArchive:
             window.window.start,
         )  # fmt: skip
         return block_to_frame(await self.reader.read(file, interval))
+
+    async def fetch(self, window: Range, *, node_id: str, interval: int) -> pd.DataFrame:
+        """The fetcher's ``fetch`` archive-first: the planned files (read at most
+        ``max_concurrent_downloads`` at once), then REST pages for what they did not hold —
+        the partial days, unpublished periods, a file's holes and any file that could not be
+        used (logged as ``seamless.archive.fallback``). Bars sorted by open time."""
+        windows = await self.archive_windows(node_id, interval, [window])
+        reads = await asyncio.gather(*(self._read_or_none(node_id, interval, w) for w in windows))
+        frames = [frame for frame in reads if frame is not None]
+        held = [r for f in frames for r in closed_runs(f["ts"].to_numpy("int64"), interval)]
+        for rest in subtract_ranges([window], held):
+            page = await self.fetcher.fetch_window(
+                rest.start, rest.end, node_id=node_id, interval=interval
+            )
+            frames.append(page.frame)
+        if not frames:
+            return block_to_frame(None)
+        bars = pd.concat(frames, ignore_index=True)
+        return bars.sort_values("ts", kind="stable", ignore_index=True)
+
+    async def _read_or_none(
+        self, node_id: str, interval: int, window: ArchiveWindow
+    ) -> pd.DataFrame | None:
+        try:
+            return await self.read_archive(node_id, interval, window)
+        except ArchiveError as exc:
+            log_event(
+                logger, ARCHIVE_FALLBACK, level=logging.WARNING, node_id=node_id,
+                interval=interval, window=str(window.window), kind=exc.kind, error=str(exc),
+            )  # fmt: skip
+            return None
 
     async def _market_id(self, symbol: str) -> str | None:
         await self.fetcher.load_markets()
