@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from qmtl.runtime.sdk.backfill_types import ArchiveSource, BatchOutcome
 from qmtl.runtime.sdk.errors import ArchiveError, ExchangeError, StorageError
-from qmtl.runtime.sdk.events import ARCHIVE_FALLBACK, BACKFILL_ATTEMPT, BACKFILL_FAILED, log_event
+from qmtl.runtime.sdk.events import (
+    ARCHIVE_FALLBACK,
+    BACKFILL_ATTEMPT,
+    BACKFILL_FAILED,
+    batch_fields,
+    log_event,
+)
 from qmtl.runtime.sdk.history_coverage import Range, compute_missing_ranges, subtract_ranges
 from qmtl.runtime.sdk.history_storage import LedgerUpdate
 from qmtl.runtime.sdk.live_feed import closed_runs
@@ -47,7 +53,7 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk.conformance import ConformancePipeline
     from qmtl.runtime.sdk.history_storage import HistoryStorage
 
-__all__ = ["ARCHIVE_SOURCE", "ArchiveFirst"]
+__all__ = ["ARCHIVE_SOURCE", "ArchiveFirst", "log_fallback"]
 
 logger = logging.getLogger("qmtl.runtime.io.auto_backfiller")
 
@@ -55,6 +61,16 @@ logger = logging.getLogger("qmtl.runtime.io.auto_backfiller")
 ARCHIVE_SOURCE = "archive"
 
 _NodeKey = tuple[str, int]
+
+
+def log_fallback(node_id: str, interval: int, window: Range, exc: Exception) -> None:
+    """``seamless.archive.fallback``: the file of ``window`` could not be used (``kind``:
+    the :class:`ArchiveError`'s, or ``unusable`` for anything else) and REST fetches it."""
+    kind = exc.kind if isinstance(exc, ArchiveError) else "unusable"
+    log_event(
+        logger, ARCHIVE_FALLBACK, level=logging.WARNING, node_id=node_id, interval=interval,
+        window=str(window), kind=kind, error=str(exc),
+    )  # fmt: skip
 
 
 class ArchiveFirst:
@@ -161,11 +177,8 @@ class ArchiveFirst:
         started: float,
     ) -> BatchOutcome:
         span = window.window
-        fields: dict[str, Any] = {
-            "batch_id": f"{node_id}:{interval}:{span.start}:{span.end}",
-            "node_id": node_id, "interval": interval, "start": span.start, "end": span.end,
-            "max_attempts": 1, "source": ARCHIVE_SOURCE,
-        }  # fmt: skip
+        fields = batch_fields(node_id, interval, span.start, span.end, max_attempts=1,
+                              source=ARCHIVE_SOURCE)  # fmt: skip
         node_key = (node_id, interval)
         self.completion.claimed(node_key)
         log_event(logger, BACKFILL_ATTEMPT, attempt=1, **fields)
@@ -174,11 +187,7 @@ class ArchiveFirst:
             frame: pd.DataFrame = await archive.read_archive(node_id, interval, window)
             frame, report = await asyncio.to_thread(self.conformance.normalize, frame, interval)
         except Exception as exc:  # any unusable file (strict conformance included): REST
-            kind = exc.kind if isinstance(exc, ArchiveError) else "unusable"
-            log_event(
-                logger, ARCHIVE_FALLBACK, level=logging.WARNING, node_id=node_id,
-                interval=interval, window=str(span), kind=kind, error=str(exc),
-            )  # fmt: skip
+            log_fallback(node_id, interval, span, exc)
             return BatchOutcome(span, attempts=1, source=ARCHIVE_SOURCE)
         self._count_conformance(node_id, interval, report.flags, report.warnings)
         data = tuple(closed_runs(frame["ts"].to_numpy(dtype="int64"), interval))

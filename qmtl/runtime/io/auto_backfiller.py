@@ -68,6 +68,7 @@ from qmtl.runtime.sdk.events import (
     BACKFILL_FAILED,
     BACKFILL_RETRY,
     BACKFILL_SUCCEEDED,
+    batch_fields,
     log_event,
 )
 from qmtl.runtime.sdk.history_coverage import (
@@ -305,15 +306,8 @@ class DataFetcherAutoBackfiller(ArchiveFirst):
         self, node_id: str, interval: int, batch: Range, started: float
     ) -> BatchOutcome:
         cfg = self.config
-        fields: dict[str, Any] = {
-            "batch_id": f"{node_id}:{interval}:{batch.start}:{batch.end}",
-            "node_id": node_id,
-            "interval": interval,
-            "start": batch.start,
-            "end": batch.end,
-            "max_attempts": cfg.max_attempts,
-            "source": self.source,
-        }
+        fields = batch_fields(node_id, interval, batch.start, batch.end,
+                              max_attempts=cfg.max_attempts, source=self.source)  # fmt: skip
         node_key = (node_id, interval)
         self.completion.claimed(node_key)
         todo = batch  # what is still to fetch (shrinks when an attempt vouches for a part)
@@ -463,12 +457,11 @@ class DataFetcherAutoBackfiller(ArchiveFirst):
     def _not_fetched(self, node_id: str, interval: int, batch: Range) -> BatchOutcome:
         failure = self._storage_failure
         error = f"{_describe(failure)} (not fetched: the store is failing)" if failure else ""
-        log_event(
-            logger, BACKFILL_FAILED, level=logging.ERROR, attempt=0, error=error,
-            batch_id=f"{node_id}:{interval}:{batch.start}:{batch.end}", node_id=node_id,
-            interval=interval, start=batch.start, end=batch.end,
+        fields = batch_fields(
+            node_id, interval, batch.start, batch.end,
             max_attempts=self.config.max_attempts, source=self.source,
         )  # fmt: skip
+        log_event(logger, BACKFILL_FAILED, level=logging.ERROR, attempt=0, error=error, **fields)
         return BatchOutcome(batch, attempts=0, error=error)
 
     def _count_conformance(

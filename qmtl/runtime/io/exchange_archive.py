@@ -18,12 +18,12 @@ sources apart; only the ledger's ``source`` says ``archive``.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from qmtl.runtime.io.archive_backfill import log_fallback
 from qmtl.runtime.io.binance_archive import ArchiveReader, archive_file
 from qmtl.runtime.sdk.archive_plan import (
     ArchiveWindow,
@@ -33,7 +33,6 @@ from qmtl.runtime.sdk.archive_plan import (
 )
 from qmtl.runtime.sdk.bars import block_to_frame
 from qmtl.runtime.sdk.errors import ArchiveError
-from qmtl.runtime.sdk.events import ARCHIVE_FALLBACK, log_event
 from qmtl.runtime.sdk.history_coverage import Range, subtract_ranges
 from qmtl.runtime.sdk.live_feed import closed_runs
 from qmtl.runtime.sdk.node_id import parse_node_id
@@ -43,8 +42,6 @@ if TYPE_CHECKING:
     from qmtl.runtime.sdk._config_exchange import ArchiveConfig
 
 __all__ = ["ExchangeArchive"]
-
-logger = logging.getLogger(__name__)
 
 #: Bars shorter than this (seconds) are read from daily files only.
 _MONTHLY_MIN_INTERVAL = 60
@@ -129,10 +126,7 @@ class ExchangeArchive:
         try:
             return await self.read_archive(node_id, interval, window)
         except ArchiveError as exc:
-            log_event(
-                logger, ARCHIVE_FALLBACK, level=logging.WARNING, node_id=node_id,
-                interval=interval, window=str(window.window), kind=exc.kind, error=str(exc),
-            )  # fmt: skip
+            log_fallback(node_id, interval, window.window, exc)
             return None
 
     async def _market_id(self, symbol: str) -> str | None:

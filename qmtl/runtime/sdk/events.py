@@ -48,6 +48,7 @@ __all__ = [
     "THRESHOLD_CROSSED",
     "HumanFormatter",
     "JsonFormatter",
+    "batch_fields",
     "configure_logging",
     "log_event",
 ]
@@ -118,6 +119,18 @@ EVENT_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
 }
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+
+
+def batch_fields(
+    node_id: str, interval: int, start: int, end: int, *, max_attempts: int, source: str
+) -> dict[str, Any]:
+    """The fields every ``seamless.backfill.*`` event of one batch carries, but ``attempt``
+    (``batch_id`` is ``"{node_id}:{interval}:{start}:{end}"``)."""
+    return {
+        "batch_id": f"{node_id}:{interval}:{start}:{end}", "node_id": node_id,
+        "interval": interval, "start": start, "end": end, "max_attempts": max_attempts,
+        "source": source,
+    }  # fmt: skip
 
 
 def log_event(
