@@ -76,6 +76,7 @@ __all__ = [
     "new_token",
     "parse_lease_key",
     "release",
+    "released_reason",
 ]
 
 MAX_KEY_LENGTH: Final = 1024
@@ -336,8 +337,15 @@ def release(record: LeaseRecord | None, held_by: str, reason: str, *, now_ms: in
         return Conflict("not held", record.held_by, record.lease_until_ms)
     if record.held_by != held_by:  # public (shown by inspect): no constant-time compare
         return Conflict("held by another holder", record.held_by, record.lease_until_ms)
-    text = (RELEASE_REASON_PREFIX + reason)[:MAX_REASON_LENGTH]
-    return Changed(replace(record, state=LeaseState.FAILED, reason=text, updated_ms=now_ms))
+    return Changed(
+        replace(record, state=LeaseState.FAILED, reason=released_reason(reason), updated_ms=now_ms)
+    )
+
+
+def released_reason(reason: str) -> str:
+    """The ``reason`` a row released by an operator keeps: :data:`RELEASE_REASON_PREFIX` +
+    the operator's ``reason``, cut to :data:`MAX_REASON_LENGTH`."""
+    return (RELEASE_REASON_PREFIX + reason)[:MAX_REASON_LENGTH]
 
 
 def completion_ratio(records: Iterable[LeaseRecord], node_id: str) -> float:

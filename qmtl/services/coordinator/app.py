@@ -270,61 +270,60 @@ async def _claim(request: web.Request) -> web.Response:
     return _json(_lease_body(outcome.record, ratio))
 
 
-async def _complete(request: web.Request) -> web.Response:
-    state = state_of(request.app)
-    body = await _body(request, {"key": str, "token": str})
-    key = _key(body["key"])
-    token = _token(body["token"])
-    applied = await state.store.apply(
-        str(key), key.node_id, lambda row, now: rules.complete(row, token, now_ms=now)
-    )
+async def _settle(
+    state: CoordinatorState,
+    key: rules.LeaseKey,
+    decide: Callable[[rules.LeaseRecord | None, int], rules.TokenOutcome],
+    transition: str,
+    event: str,
+    **extra: Any,
+) -> web.Response:
+    """Apply a token decision (complete, fail, release) to ``key``'s row: a stale token or an
+    unknown key is refused; a change is counted as ``transition`` and logged as ``event``
+    (with ``extra``); the answer is the node's completion ratio."""
+    applied = await state.store.apply(str(key), key.node_id, decide)
     outcome = applied.outcome
     if isinstance(outcome, rules.Conflict | rules.Missing):
         raise _token_refusal(outcome)
     if isinstance(outcome, rules.Changed):
-        state.metrics.coordinator_leases.labels(event="complete").inc()
-        _log(state, COORDINATOR_COMPLETED, key, outcome.record, applied.completion_ratio)
+        state.metrics.coordinator_leases.labels(event=transition).inc()
+        _log(state, event, key, outcome.record, applied.completion_ratio, **extra)
     return _json({"completion_ratio": applied.completion_ratio})
 
 
+async def _complete(request: web.Request) -> web.Response:
+    body = await _body(request, {"key": str, "token": str})
+    key = _key(body["key"])
+    token = _token(body["token"])
+    return await _settle(
+        state_of(request.app), key, lambda row, now: rules.complete(row, token, now_ms=now),
+        "complete", COORDINATOR_COMPLETED,
+    )  # fmt: skip
+
+
 async def _fail(request: web.Request) -> web.Response:
-    state = state_of(request.app)
     body = await _body(request, {"key": str, "token": str, "reason": str})
     key = _key(body["key"])
     token = _token(body["token"])
     reason = _reason(body["reason"])
-    applied = await state.store.apply(
-        str(key), key.node_id, lambda row, now: rules.fail(row, token, reason, now_ms=now)
-    )
-    outcome = applied.outcome
-    if isinstance(outcome, rules.Conflict | rules.Missing):
-        raise _token_refusal(outcome)
-    if isinstance(outcome, rules.Changed):
-        state.metrics.coordinator_leases.labels(event="fail").inc()
-        _log(
-            state, COORDINATOR_FAILED, key, outcome.record, applied.completion_ratio, reason=reason
-        )
-    return _json({"completion_ratio": applied.completion_ratio})
+    return await _settle(
+        state_of(request.app), key, lambda row, now: rules.fail(row, token, reason, now_ms=now),
+        "fail", COORDINATOR_FAILED, reason=reason,
+    )  # fmt: skip
 
 
 async def _release(request: web.Request) -> web.Response:
-    state = state_of(request.app)
     body = await _body(request, {"key": str, "held_by": str, "reason": str})
     key = _key(body["key"])
     held_by = _held_by(body["held_by"])
     reason = _operator_reason(body["reason"])
-    applied = await state.store.apply(
-        str(key), key.node_id, lambda row, now: rules.release(row, held_by, reason, now_ms=now)
-    )
-    outcome = applied.outcome
-    if isinstance(outcome, rules.Conflict | rules.Missing):
-        raise _token_refusal(outcome)
-    if isinstance(outcome, rules.Changed):  # release never answers Unchanged
-        state.metrics.coordinator_leases.labels(event="fail").inc()
-        record, ratio = outcome.record, applied.completion_ratio
-        # The row's reason ("released by operator: ...") says in any log format what happened.
-        _log(state, COORDINATOR_FAILED, key, record, ratio, reason=record.reason, released=True)
-    return _json({"completion_ratio": applied.completion_ratio})
+    # Logged with the row's reason ("released by operator: ..."), which says in any log
+    # format what happened (release never answers Unchanged).
+    return await _settle(
+        state_of(request.app), key,
+        lambda row, now: rules.release(row, held_by, reason, now_ms=now),
+        "fail", COORDINATOR_FAILED, reason=rules.released_reason(reason), released=True,
+    )  # fmt: skip
 
 
 async def _heartbeat(request: web.Request) -> web.Response:
