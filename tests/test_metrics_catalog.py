@@ -95,11 +95,19 @@ MINUTE = 60
 Series = dict[str, list[dict[str, str]]]
 
 
-async def scrape(url: str) -> Series:
-    """``family -> [labels of each sample]`` from a ``/metrics`` URL (``le`` dropped)."""
+async def exposition(url: str) -> str:
+    """The text a ``/metrics`` URL serves."""
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         assert resp.status == 200, url
-        text = await resp.text()
+        return await resp.text()
+
+
+async def scrape(url: str) -> Series:
+    """``family -> [labels of each sample]`` from a ``/metrics`` URL (``le`` dropped)."""
+    return series_of(await exposition(url))
+
+
+def series_of(text: str) -> Series:
     series: Series = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -358,9 +366,8 @@ async def coordinator_and_worker(tmp: Path) -> tuple[Series, set[str]]:
                 """Every lease transition happened at least once (their series exist at 0
                 from the coordinator's start)."""
                 nonlocal seen
-                seen = await scrape(coordinator_metrics)
-                async with aiohttp.ClientSession() as http, http.get(coordinator_metrics) as r:
-                    text = await r.text()
+                text = await exposition(coordinator_metrics)
+                seen = series_of(text)
                 counted = {
                     sample.labels["event"]
                     for family in text_string_to_metric_families(text)
