@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _stats import pct
 
 from qmtl.runtime.io.coordinator_client import DistributedBackfillCoordinator
 from qmtl.runtime.sdk import lease_rules as rules
@@ -89,11 +90,6 @@ def lease_key(i: int, *, nodes: int = NODES, tag: str = "C") -> str:
     """The ``i``-th key: node ``{tag}{i % nodes}/USDT``, window ``i // nodes`` (1h of 1m bars)."""
     start = START + (i // nodes) * WINDOW_S
     return f"ohlcv:binance:{tag}{i % nodes:03d}/USDT:1m:{INTERVAL}:{start}:{start + WINDOW_S}::"
-
-
-def pct(samples: Sequence[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 async def pump(

@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _stats import pct
+
 from qmtl.runtime.io.composition import build_provider
 from qmtl.runtime.sdk.config import load_config
 from qmtl.runtime.sdk.live_polling import PollingLiveFeed
@@ -64,11 +66,6 @@ def _config(tmp: Path, rest: str, ws: str, *, websocket: bool, timeframe: str) -
         },
         env={},
     )
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 async def run_mode(mode: str, sim: Any, args: argparse.Namespace) -> dict[str, Any]:
