@@ -113,7 +113,8 @@ class ArchiveFirst:
             return [], list(merged)
         if not windows:
             return [], list(merged)
-        if self._archive_slots is None:
+        if self._archive_slots is None:  # files read *and committed* at once: the reader's
+            # own limit bounds downloads only, this one the parsed files awaiting their commit
             self._archive_slots = asyncio.Semaphore(archive.max_concurrent_downloads)
         slots = self._archive_slots
 
